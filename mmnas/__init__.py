@@ -1,0 +1,2 @@
+"""MMNasNet for VQA-v2 in PaddlePaddle."""
+__version__ = "0.1.0"

@@ -1,0 +1,227 @@
+"""Typed run configuration: YAML files merged into dataclasses, then CLI overrides.
+
+A config file is plain data with three sections, each optional:
+
+    model: {hidden_size: 512, genotype: {enc: [...], dec: [...]}, ...}
+    data:  {data_root: ./data, split: train+val+vg, ...}
+    train: {batch_size: 64, lr_base: 1.2e-4, ...}
+
+A file may name another with `base: <path relative to itself>`; the base is read first and
+the file's own values override it. Unknown keys are an error (a typo must not be ignored).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_DIR = os.path.join(REPO_ROOT, "configs")
+
+# --MODEL short names -> config files under configs/.
+MODEL_ALIASES = {
+    "small": "vqa/mmnasnet_small.yml",
+    "mmnasnet": "vqa/mmnasnet_small.yml",
+    "large": "vqa/mmnasnet_large.yml",
+    "mcan_small": "vqa/mcan_small.yml",
+    "tiny": "vqa/mmnasnet_tiny.yml",
+}
+
+OPS_ENC = ("SA", "FFN")
+OPS_DEC = ("SA", "GA", "RSA", "FFN")
+
+
+class ConfigError(ValueError):
+    """A configuration value or file that cannot be used; the message says which and why."""
+
+
+@dataclass
+class ModelConfig:
+    hidden_size: int = 512
+    heads: int = 8
+    rel_head_width: int = 64  # RSA heads = hidden_size / rel_head_width
+    rel_size: int = 64
+    ffn_size: Optional[int] = None  # None -> 4 * hidden_size
+    flat_mlp: int = 512
+    glimpses: int = 1
+    flat_out: int = 1024
+    word_embed: int = 300
+    feat_size: int = 2048
+    max_token: int = 14
+    max_regions: int = 100
+    dropout: float = 0.1
+    enc: List[str] = field(default_factory=lambda: ["SA"] * 4 + ["FFN"] * 4 + ["SA"] + ["FFN"] * 3)
+    dec: List[str] = field(default_factory=lambda: [
+        "GA", "GA", "FFN", "FFN", "GA", "FFN", "RSA", "GA", "FFN",
+        "GA", "RSA", "FFN", "RSA", "SA", "FFN", "RSA", "GA", "FFN"])
+
+    @property
+    def ffn_hidden(self) -> int:
+        return self.ffn_size or 4 * self.hidden_size
+
+    def validate(self) -> None:
+        if self.hidden_size % self.heads:
+            raise ConfigError(f"model.hidden_size={self.hidden_size} is not divisible by model.heads={self.heads}")
+        if self.hidden_size % self.rel_head_width:
+            raise ConfigError(f"model.hidden_size={self.hidden_size} is not divisible by "
+                              f"model.rel_head_width={self.rel_head_width}")
+        for part, ops, allowed in (("enc", self.enc, OPS_ENC), ("dec", self.dec, OPS_DEC)):
+            if not ops:
+                raise ConfigError(f"model.{part} (the genotype) is empty")
+            bad = [op for op in ops if op not in allowed]
+            if bad:
+                raise ConfigError(f"model.{part} has unknown op(s) {bad}; allowed: {list(allowed)}")
+
+
+@dataclass
+class DataConfig:
+    data_root: str = "./data"
+    split: str = "train+val+vg"  # train | train+val | train+val+vg (training); val; test
+    cache_dir: str = "results/cache"
+    answer_dict: Optional[str] = None  # explicit answer dictionary JSON, else built and cached
+    word_vectors: str = "auto"  # auto | spacy | glove | none
+    spacy_model: str = "en_vectors_web_lg"
+    glove_path: Optional[str] = None  # None -> <data_root>/glove/glove.840B.300d.txt(.zip)
+    preload: bool = False
+    num_workers: int = 2
+    drop_missing_images: bool = False
+    packed_feats: Optional[str] = None
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 64
+    accu: int = 1  # gradient accumulation: each batch split in `accu` sub-batches, one step
+    max_epoch: int = 13
+    lr_base: float = 1.2e-4
+    lr_base_vg: float = 1e-4  # used instead of lr_base when the split includes vg
+    lr_decay_epochs: List[int] = field(default_factory=lambda: [10, 12])
+    lr_decay_rate: float = 0.2
+    warmup_epochs: int = 3  # warm-up spans (warmup_epochs + 1) epochs' worth of steps
+    grad_clip: float = 1.0
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-9
+    loss: str = "bce"  # bce | kld
+    seed: int = 888
+    eval_every_epoch: bool = True
+    eval_batch_size: int = 256
+    save_pred: bool = False
+
+
+@dataclass
+class RunConfig:
+    run: str = "train"
+    version: str = "default"
+    gpu: str = ""  # "" -> CPU, "0,1" -> those GPUs
+    ckpt_dir: str = "ckpt"
+    results_dir: str = "results"
+    resume: bool = False
+    ckpt_version: Optional[str] = None
+    ckpt_epoch: Optional[int] = None
+    ckpt_path: Optional[str] = None
+    config_path: Optional[str] = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def resolve_model_path(model: str) -> str:
+    """Turn a --MODEL value (short name or YAML path) into an existing file path."""
+    if model in MODEL_ALIASES:
+        return os.path.join(CONFIG_DIR, MODEL_ALIASES[model])
+    if os.path.isfile(model):
+        return model
+    raise ConfigError(f"--MODEL={model!r} is neither a known name ({', '.join(MODEL_ALIASES)}) "
+                      f"nor an existing YAML file")
+
+
+def read_yaml(path: str) -> Dict[str, Any]:
+    """Read one config file, following `base:` links; returns the merged raw dict."""
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            raw = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping with model/data/train sections")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    merged = read_yaml(os.path.join(os.path.dirname(os.path.abspath(path)), base))
+    for key, value in raw.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def _build_section(cls, values: Dict[str, Any], where: str):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    obj = cls()
+    for key, value in values.items():
+        setattr(obj, key, copy.deepcopy(value))
+    return obj
+
+
+def _apply_genotype(model: Dict[str, Any]) -> Dict[str, Any]:
+    """Accept `genotype: {enc, dec}` in YAML as a readable spelling of model.enc / model.dec."""
+    model = dict(model)
+    genotype = model.pop("genotype", None)
+    if genotype is not None:
+        if not isinstance(genotype, dict) or not {"enc", "dec"} <= set(genotype):
+            raise ConfigError("model.genotype must be a mapping with `enc` and `dec` lists")
+        model["enc"], model["dec"] = list(genotype["enc"]), list(genotype["dec"])
+    return model
+
+
+def config_from_dict(raw: Dict[str, Any], where: str = "config") -> RunConfig:
+    unknown = sorted(set(raw) - set(_SECTIONS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown section(s) {unknown}; expected model, data, train")
+    cfg = RunConfig()
+    cfg.model = _build_section(ModelConfig, _apply_genotype(raw.get("model") or {}), f"{where}: model")
+    cfg.data = _build_section(DataConfig, raw.get("data") or {}, f"{where}: data")
+    cfg.train = _build_section(TrainConfig, raw.get("train") or {}, f"{where}: train")
+    cfg.model.validate()
+    return cfg
+
+
+def load_config(model: str = "small") -> RunConfig:
+    """Load the config named by --MODEL (a short name or a YAML path)."""
+    path = resolve_model_path(model)
+    cfg = config_from_dict(read_yaml(path), where=path)
+    cfg.config_path = path
+    return cfg
+
+
+def read_genotype(path: str) -> Dict[str, List[str]]:
+    """Read a genotype file (--ARCH_PATH): JSON or YAML with `enc` and `dec` lists, possibly
+    nested under `genotype` (as the search writes it)."""
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            raw = yaml.safe_load(f)  # JSON is valid YAML
+    except OSError as e:
+        raise ConfigError(f"cannot read genotype file {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"genotype file {path} is not valid JSON/YAML: {e}") from None
+    if isinstance(raw, dict) and "genotype" in raw:
+        raw = raw["genotype"]
+    if not isinstance(raw, dict) or not {"enc", "dec"} <= set(raw):
+        raise ConfigError(f"genotype file {path} must hold `enc` and `dec` lists of op names")
+    return {"enc": list(raw["enc"]), "dec": list(raw["dec"])}

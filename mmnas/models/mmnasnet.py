@@ -1,0 +1,119 @@
+"""MMNasNet: question LSTM + image adapter, a genotype-built encoder/decoder, AttFlat heads.
+
+Parameter names and shapes are exactly those of the released checkpoint
+(`../shared/spec/state_dict_small.txt`), so its state dict loads without renaming.
+"""
+import math
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from ..config import ModelConfig
+from ..ops import MLP, LayerNorm, box_relation_geometry, build_op, make_mask, make_token_mask
+from ..ops.attention import MASK_VALUE
+
+
+class Adapter(nn.Layer):
+    """Projects region features to the hidden size (parameter path `adapter.frcn_linear`)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.frcn_linear = nn.Linear(cfg.feat_size, cfg.hidden_size)
+
+    def forward(self, region_feats):
+        return self.frcn_linear(region_feats)
+
+
+class AttFlat(nn.Layer):
+    """Attention pooling: an MLP scores each position per glimpse, masked softmax over
+    positions, weighted sums concatenated over glimpses, then Linear(H*glimpses -> flat_out)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.glimpses = cfg.glimpses
+        self.mlp = MLP(cfg.hidden_size, cfg.flat_mlp, cfg.glimpses, cfg.dropout)
+        self.linear_merge = nn.Linear(cfg.hidden_size * cfg.glimpses, cfg.flat_out)
+
+    def forward(self, x, x_mask):
+        att = self.mlp(x)  # [B, N, G]
+        mask = x_mask.squeeze([1, 2]).unsqueeze(2)  # [B,1,1,N] -> [B, N, 1]
+        att = F.softmax(paddle.where(mask, paddle.full([1], MASK_VALUE, att.dtype), att), axis=1)
+        # sum_n att[b, n, g] * x[b, n, :] for every glimpse at once -> [B, G, H] -> [B, G*H]
+        pooled = paddle.matmul(att, x, transpose_x=True)
+        return self.linear_merge(pooled.reshape([0, -1]))
+
+
+class Backbone(nn.Layer):
+    """Encoder (language) then decoder (image), each a list of ops named by the genotype."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.enc_list = nn.LayerList([build_op(name, cfg) for name in cfg.enc])
+        self.dec_list = nn.LayerList([build_op(name, cfg) for name in cfg.dec])
+
+    def forward(self, lang, img, lang_mask, img_mask, rel_embed):
+        for op in self.enc_list:
+            lang = op(lang, None, lang_mask, None, None)
+        for op in self.dec_list:
+            img = op(img, lang, img_mask, lang_mask, rel_embed)
+        return lang, img
+
+
+class MMNasNet(nn.Layer):
+    """forward(region_feats [B,N,2048], grid_feats (unused), boxes [B,N,4], question_ids [B,14])
+    -> logits [B, A]. Zero rows of region_feats and zero ids are padding; N may be any <= 100."""
+
+    def __init__(self, cfg: ModelConfig, token_size: int, answer_size: int, word_vectors=None):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.embedding = nn.Embedding(token_size, cfg.word_embed)
+        self.lstm = nn.LSTM(cfg.word_embed, cfg.hidden_size, num_layers=1)
+        self.adapter = Adapter(cfg)
+        self.backbone = Backbone(cfg)
+        self.linear_rel = nn.Linear(4, cfg.rel_size)
+        self.attflat_img = AttFlat(cfg)
+        self.attflat_lang = AttFlat(cfg)
+        self.proj_norm = LayerNorm(cfg.flat_out)
+        self.proj = nn.Linear(cfg.flat_out, answer_size)
+        init_like_reference(self)
+        if word_vectors is not None:
+            word_vectors = np.asarray(word_vectors, dtype="float32")
+            if word_vectors.shape != (token_size, cfg.word_embed):
+                raise ValueError(f"word vectors have shape {word_vectors.shape}, the embedding "
+                                 f"needs {(token_size, cfg.word_embed)}")
+            self.embedding.weight.set_value(word_vectors)
+
+    def forward(self, region_feats, grid_feats, boxes, question_ids):
+        lang_mask = make_token_mask(question_ids)  # [B, 1, 1, T]
+        img_mask = make_mask(region_feats)  # [B, 1, 1, N]
+        lang, _ = self.lstm(self.embedding(question_ids))  # [B, T, H]
+        img = self.adapter(region_feats)  # [B, N, H]
+        # once per batch, shared by every RSA block: [B, N, N, 4] -> [B, N, N, rel_size]
+        rel_embed = F.relu(self.linear_rel(box_relation_geometry(boxes)))
+        lang, img = self.backbone(lang, img, lang_mask, img_mask, rel_embed)
+        fused = self.attflat_lang(lang, lang_mask) + self.attflat_img(img, img_mask)
+        return self.proj(self.proj_norm(fused))
+
+
+def init_like_reference(model: nn.Layer) -> None:
+    """Initialise as the PyTorch reference does (its training recipe was tuned with it):
+    Linear and LSTM U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (LSTM: 1/sqrt(H)), Embedding N(0, 1).
+    Draws come from Paddle's global generator, so `paddle.seed` makes them reproducible."""
+    for layer in model.sublayers(include_self=True):
+        if isinstance(layer, nn.Linear):
+            bound = 1.0 / math.sqrt(layer.weight.shape[0])  # Paddle Linear weight is [in, out]
+            for p in (layer.weight, layer.bias):
+                p.set_value(paddle.uniform(p.shape, min=-bound, max=bound))
+        elif isinstance(layer, nn.Embedding):
+            layer.weight.set_value(paddle.randn(layer.weight.shape))
+        elif isinstance(layer, nn.LSTM):
+            bound = 1.0 / math.sqrt(layer.hidden_size)
+            for p in layer.parameters():
+                p.set_value(paddle.uniform(p.shape, min=-bound, max=bound))
+
+
+def build_model(cfg: ModelConfig, token_size: int, answer_size: int, word_vectors=None) -> MMNasNet:
+    return MMNasNet(cfg, token_size, answer_size, word_vectors)

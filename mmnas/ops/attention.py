@@ -1,0 +1,60 @@
+"""Multi-head attention: plain (SA, GA) and relation-aware (RSA).
+
+Both project with Linear(H -> H) q, k, v and merge; scores are q.k / sqrt(head width);
+masked keys are *set* to -1e9 (masked_fill, as the reference does) before the softmax, and
+dropout is applied to the attention map.
+"""
+import math
+
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+MASK_VALUE = -1e9
+
+
+class MHAtt(nn.Layer):
+    def __init__(self, hidden_size: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.head_width = hidden_size // heads
+        self.linear_v = nn.Linear(hidden_size, hidden_size)
+        self.linear_k = nn.Linear(hidden_size, hidden_size)
+        self.linear_q = nn.Linear(hidden_size, hidden_size)
+        self.linear_merge = nn.Linear(hidden_size, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+
+    def split_heads(self, x):
+        """[B, N, H] -> [B, heads, N, head_width]"""
+        return x.reshape([0, 0, self.heads, self.head_width]).transpose([0, 2, 1, 3])
+
+    def attend(self, v, k, q, mask, score_bias=None):
+        """v, k: [B, Nk, H]; q: [B, Nq, H]; mask: bool [B, 1, 1, Nk]; score_bias: [B, heads, Nq, Nk]."""
+        v = self.split_heads(self.linear_v(v))
+        k = self.split_heads(self.linear_k(k))
+        q = self.split_heads(self.linear_q(q))
+        scores = paddle.matmul(q, k, transpose_y=True) / math.sqrt(self.head_width)  # [B, h, Nq, Nk]
+        if score_bias is not None:
+            scores = scores + score_bias
+        if mask is not None:
+            scores = paddle.where(mask, paddle.full([1], MASK_VALUE, scores.dtype), scores)
+        att_map = self.dropout(F.softmax(scores, axis=-1))
+        atted = paddle.matmul(att_map, v)  # [B, h, Nq, head_width]
+        atted = atted.transpose([0, 2, 1, 3]).reshape([0, 0, self.heads * self.head_width])
+        return self.linear_merge(atted)
+
+    def forward(self, v, k, q, mask=None):
+        return self.attend(v, k, q, mask)
+
+
+class RelMHAtt(MHAtt):
+    """Self attention whose heads (H / rel_head_width of them) add log(max(r, 1e-6)) to their
+    scores, r = ReLU(Linear(rel_size -> heads)(relation embedding))."""
+
+    def __init__(self, hidden_size: int, rel_head_width: int, rel_size: int, dropout: float):
+        super().__init__(hidden_size, hidden_size // rel_head_width, dropout)
+        self.linear_r = nn.Linear(rel_size, self.heads)
+
+    def forward(self, v, k, q, mask=None, rel_embed=None):
+        r = F.relu(self.linear_r(rel_embed)).transpose([0, 3, 1, 2])  # [B,N,N,h] -> [B,h,N,N]
+        return self.attend(v, k, q, mask, score_bias=paddle.log(paddle.clip(r, min=1e-6)))

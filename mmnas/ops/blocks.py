@@ -1,0 +1,103 @@
+"""The operator pool: SA, GA, RSA and FFN blocks, plus the MLP they and AttFlat use.
+
+Every block is post-norm residual, LN(x + Dropout(f(x))), and has one signature so a
+genotype can stack any of them:
+    block(x, y, x_mask, y_mask, rel_embed) -> x'
+x is the stream being transformed, y the other modality (the encoder output, used by GA).
+"""
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from .attention import MHAtt, RelMHAtt
+from .layer_norm import LayerNorm
+
+
+class FC(nn.Layer):
+    """Linear, then optional ReLU and dropout (parameter path `fc.linear`)."""
+
+    def __init__(self, in_size, out_size, dropout=0.0, use_relu=True):
+        super().__init__()
+        self.use_relu = use_relu
+        self.linear = nn.Linear(in_size, out_size)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
+
+    def forward(self, x):
+        x = self.linear(x)
+        if self.use_relu:
+            x = F.relu(x)
+        if self.dropout is not None:
+            x = self.dropout(x)
+        return x
+
+
+class MLP(nn.Layer):
+    """FC(in -> mid, ReLU, dropout) then Linear(mid -> out)."""
+
+    def __init__(self, in_size, mid_size, out_size, dropout=0.0, use_relu=True):
+        super().__init__()
+        self.fc = FC(in_size, mid_size, dropout, use_relu)
+        self.linear = nn.Linear(mid_size, out_size)
+
+    def forward(self, x):
+        return self.linear(self.fc(x))
+
+
+class SA(nn.Layer):
+    """Self attention over x, masked by x's own mask."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.mhatt = MHAtt(cfg.hidden_size, cfg.heads, cfg.dropout)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.norm = LayerNorm(cfg.hidden_size)
+
+    def forward(self, x, y=None, x_mask=None, y_mask=None, rel_embed=None):
+        return self.norm(x + self.dropout(self.mhatt(x, x, x, x_mask)))
+
+
+class GA(nn.Layer):
+    """Guided attention: queries from x, keys and values from y, masked by y's mask."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.mhatt = MHAtt(cfg.hidden_size, cfg.heads, cfg.dropout)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.norm = LayerNorm(cfg.hidden_size)
+
+    def forward(self, x, y=None, x_mask=None, y_mask=None, rel_embed=None):
+        return self.norm(x + self.dropout(self.mhatt(y, y, x, y_mask)))
+
+
+class RSA(nn.Layer):
+    """Relation self attention over x, using the shared box relation embedding."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.mhatt = RelMHAtt(cfg.hidden_size, cfg.rel_head_width, cfg.rel_size, cfg.dropout)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.norm = LayerNorm(cfg.hidden_size)
+
+    def forward(self, x, y=None, x_mask=None, y_mask=None, rel_embed=None):
+        return self.norm(x + self.dropout(self.mhatt(x, x, x, x_mask, rel_embed)))
+
+
+class FFN(nn.Layer):
+    """Position-wise feed-forward: Linear(H -> 4H), ReLU, dropout, Linear(4H -> H)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.mlp = MLP(cfg.hidden_size, cfg.ffn_hidden, cfg.hidden_size, cfg.dropout)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.norm = LayerNorm(cfg.hidden_size)
+
+    def forward(self, x, y=None, x_mask=None, y_mask=None, rel_embed=None):
+        return self.norm(x + self.dropout(self.mlp(x)))
+
+
+OPS = {"SA": SA, "GA": GA, "RSA": RSA, "FFN": FFN}
+
+
+def build_op(name, cfg):
+    if name not in OPS:
+        raise ValueError(f"unknown op {name!r}; the operator pool has {sorted(OPS)}")
+    return OPS[name](cfg)

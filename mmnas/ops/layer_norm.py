@@ -1,0 +1,23 @@
+"""The LayerNorm the released weights were trained with.
+
+It differs from `paddle.nn.LayerNorm` in two ways that change the numbers: the standard
+deviation is the *unbiased* one (divides by H-1), and eps is added to the std, not to the
+variance. Parameter names `a_2` / `b_2` are those of the released checkpoint.
+"""
+import paddle
+import paddle.nn as nn
+
+
+class LayerNorm(nn.Layer):
+    def __init__(self, size: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.a_2 = self.create_parameter([size], default_initializer=nn.initializer.Constant(1.0))
+        self.b_2 = self.create_parameter([size], default_initializer=nn.initializer.Constant(0.0))
+
+    def forward(self, x):
+        mean = x.mean(axis=-1, keepdim=True)
+        centered = x - mean
+        # unbiased std: sum of squares / (H - 1)
+        std = paddle.sqrt((centered * centered).sum(axis=-1, keepdim=True) / (x.shape[-1] - 1))
+        return self.a_2 * centered / (std + self.eps) + self.b_2
