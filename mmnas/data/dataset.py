@@ -1,0 +1,201 @@
+"""VQA-v2 as a paddle Dataset: (region features, boxes, question ids, soft answer scores, index).
+
+Everything that can be wrong with the data (missing files, questions without features,
+broken JSON) is checked in the constructor, so a run fails in seconds, not hours in.
+Features are read per image, not per question (~5 questions share an image): with
+preload=True each needed image is read once into memory; otherwise each item reads its file
+(DataLoader workers do that in parallel).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import paddle
+from tqdm import tqdm
+
+from mmnas.data.features import (ANNOTATION_FILES, FEAT_DIM, FEATURE_DIRS, QUESTION_FILES, README_DATA,
+                                  DataError, check_raw_files, feature_index, load_npz, read_box_count,
+                                  read_json)
+from mmnas.data.vocab import MAX_TOKEN, Vocab, answer_scores, encode_question
+
+TRAIN_SPLITS = ("train", "train+val", "train+val+vg")
+EVAL_SPLITS = ("val", "test")
+_PARTS = ("train", "val", "vg", "test")
+
+
+def split_parts(split: str) -> List[str]:
+    """'train+val+vg' -> ['train', 'val', 'vg']; 'test' (test2015, unannotated) stands alone."""
+    parts = split.split("+")
+    if not all(p in _PARTS for p in parts) or len(set(parts)) != len(parts) or ("test" in parts and len(parts) > 1):
+        raise DataError(f"unknown split {split!r}; use one of {', '.join(TRAIN_SPLITS + EVAL_SPLITS)} "
+                        f"(or another '+'-join of train, val, vg)")
+    return parts
+
+
+class VQADataset(paddle.io.Dataset):
+    """Items in question-file order over the split's parts, e.g. train then val then vg."""
+
+    def __init__(self, data_root: str, split: str, vocab: Vocab, *, preload: bool = False,
+                 preload_workers: int = 8, drop_missing_images: bool = False, loss: str = "bce",
+                 progress: bool = True):
+        super().__init__()
+        if loss not in ("bce", "kld"):
+            raise ValueError(f"loss must be 'bce' or 'kld', got {loss!r}")
+        self.data_root, self.split, self.vocab, self.loss, self.progress = data_root, split, vocab, loss, progress
+        parts = split_parts(split)
+        self.has_answers = "test" not in parts
+
+        # 1. every raw file and feature folder exists, or one error listing all missing ones
+        needed = [QUESTION_FILES[p] for p in parts]
+        if self.has_answers:
+            needed += [ANNOTATION_FILES[p] for p in parts]
+        needed += sorted({d for p in parts for d in FEATURE_DIRS[p]})
+        check_raw_files(data_root, needed)
+
+        # 2. questions (+ annotations), and the feature file of each question's image
+        self.question_ids: List[int] = []
+        self.annotations: Optional[List[dict]] = [] if self.has_answers else None
+        self._question_texts: List[str] = []
+        image_paths: List[str] = []  # per item, deduplicated below
+        missing: List[Tuple[str, int, int]] = []  # (part, question_id, image_id)
+        for part in parts:
+            q_path = os.path.join(data_root, "vqa", QUESTION_FILES[part])
+            questions = read_json(q_path, "questions")
+            index: Dict[int, str] = {}
+            for folder in FEATURE_DIRS[part]:
+                index.update(feature_index(os.path.join(data_root, "vqa", folder)))
+            if self.has_answers:
+                a_path = os.path.join(data_root, "vqa", ANNOTATION_FILES[part])
+                ann_by_qid = {ann["question_id"]: ann for ann in read_json(a_path, "annotations")}
+                _check_aligned(questions, ann_by_qid, q_path, a_path)
+            for q in questions:
+                path = index.get(q["image_id"])
+                if path is None:
+                    missing.append((part, q["question_id"], q["image_id"]))
+                    continue
+                self.question_ids.append(q["question_id"])
+                self._question_texts.append(q["question"])
+                image_paths.append(path)
+                if self.has_answers:
+                    self.annotations.append(ann_by_qid[q["question_id"]])
+        if missing:
+            self._report_missing(missing, len(missing) + len(self.question_ids), drop_missing_images)
+        if not self.question_ids:
+            raise DataError(f"split {split!r} under {data_root} has no questions left.")
+
+        # one entry per distinct image; items point at it
+        self._image_paths: List[str] = sorted(set(image_paths))
+        position = {path: i for i, path in enumerate(self._image_paths)}
+        self._item_image = np.array([position[p] for p in image_paths], dtype=np.int32)  # [N]
+        self._image_box_counts: Optional[np.ndarray] = None  # [num_images], filled lazily
+        self._preloaded: Optional[List[Tuple[np.ndarray, np.ndarray]]] = None
+        if preload:
+            self._preload(preload_workers)
+
+    def _report_missing(self, missing, total, drop):
+        folders = sorted({d for part, _, _ in missing for d in FEATURE_DIRS[part]})
+        where = ", ".join(os.path.join(self.data_root, "vqa", d) for d in folders)
+        first = ", ".join(f"question {qid} (image {iid})" for _, qid, iid in missing[:5])
+        what = (f"{len(missing)} of {total} questions of split {self.split!r} have no image feature "
+                f"file in {where}; first: {first}")
+        if not drop:
+            raise DataError(f"{what}. Fix: add the missing .npz files (see {README_DATA}), or drop these "
+                            f"questions with drop_missing_images=True (CLI flag --DROP_MISSING).")
+        warnings.warn(f"{what}. Dropping them (drop_missing_images=True).", stacklevel=3)
+
+    def _preload(self, workers: int):
+        """Read every needed image once, in parallel threads (np.load releases the GIL on I/O)."""
+        images: List[Tuple[np.ndarray, np.ndarray]] = []
+        pool = ThreadPoolExecutor(max_workers=max(1, workers))
+        try:
+            results = pool.map(load_npz, self._image_paths)
+            for region_feats_and_boxes in tqdm(results, total=len(self._image_paths), desc=f"preload {self.split}",
+                                               disable=not self.progress, mininterval=1.0):
+                images.append(region_feats_and_boxes)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # on error, do not read the rest
+        self._preloaded = images
+        self._image_box_counts = np.array([len(f) for f, _ in images], dtype=np.int32)
+
+    @property
+    def num_images(self) -> int:
+        return len(self._image_paths)
+
+    @property
+    def preloaded_bytes(self) -> int:
+        """Memory held by preloaded features (0 without preload)."""
+        if self._preloaded is None:
+            return 0
+        return sum(f.nbytes + b.nbytes for f, b in self._preloaded)
+
+    @property
+    def box_counts(self) -> np.ndarray:
+        """int32 [N]: regions n of each item's image (reads only the .npz headers if not preloaded)."""
+        if self._image_box_counts is None:
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                counts = list(tqdm(pool.map(read_box_count, self._image_paths), total=len(self._image_paths),
+                                   desc="box counts", disable=not self.progress, mininterval=1.0))
+            self._image_box_counts = np.array(counts, dtype=np.int32)
+        return self._image_box_counts[self._item_image]
+
+    def box_count(self, i: int) -> int:
+        image = self._item_image[i]
+        if self._image_box_counts is not None:
+            return int(self._image_box_counts[image])
+        return read_box_count(self._image_paths[image])
+
+    def image_path(self, i: int) -> str:
+        return self._image_paths[self._item_image[i]]
+
+    def __len__(self) -> int:
+        return len(self.question_ids)
+
+    def __getitem__(self, i):
+        i = int(i)
+        image = self._item_image[i]
+        if self._preloaded is not None:
+            region_feats, boxes = self._preloaded[image]  # shared arrays: do not modify in place
+        else:
+            region_feats, boxes = load_npz(self._image_paths[image])  # [n, 2048], [n, 4]
+        question_ids = encode_question(self._question_texts[i], self.vocab.token_to_ix, MAX_TOKEN)  # [14]
+        if self.has_answers:
+            scores = answer_scores(self.annotations[i]["answers"], self.vocab.ans_to_ix, self.loss)  # [A]
+        else:
+            scores = np.zeros(self.vocab.answer_size, dtype=np.float32)
+        return region_feats, boxes, question_ids, scores, np.int64(i)
+
+
+def _check_aligned(questions: Sequence[dict], ann_by_qid: Dict[int, dict], q_path: str, a_path: str):
+    """Every question has exactly one annotation and vice versa."""
+    question_ids = {q["question_id"] for q in questions}
+    no_ann = [qid for qid in (q["question_id"] for q in questions) if qid not in ann_by_qid]
+    no_question = [qid for qid in ann_by_qid if qid not in question_ids]
+    if no_ann or no_question or len(question_ids) != len(questions):
+        raise DataError(
+            f"{q_path} and {a_path} do not match: {len(no_ann)} question(s) without annotation "
+            f"(first ids {no_ann[:5]}), {len(no_question)} annotation(s) without question "
+            f"(first ids {no_question[:5]}), {len(questions) - len(question_ids)} repeated question id(s). "
+            f"Use the question and annotation files of the same release ({README_DATA}).")
+
+
+def collate_batch(items):
+    """Stack items, zero-padding regions to this batch's largest n (the model masks zero rows).
+
+    Returns numpy arrays: region_feats [B, Nmax, 2048] float32, boxes [B, Nmax, 4] float32,
+    question_ids [B, 14] int64, answer_scores [B, A] float32, index [B] int64.
+    """
+    batch_size = len(items)
+    n_max = max(len(item[0]) for item in items)
+    region_feats = np.zeros((batch_size, n_max, FEAT_DIM), dtype=np.float32)
+    boxes = np.zeros((batch_size, n_max, 4), dtype=np.float32)
+    for b, (feats, bx, _, _, _) in enumerate(items):
+        region_feats[b, :len(feats)] = feats
+        boxes[b, :len(bx)] = bx
+    question_ids = np.stack([item[2] for item in items]).astype(np.int64)
+    scores = np.stack([item[3] for item in items]).astype(np.float32)
+    index = np.array([item[4] for item in items], dtype=np.int64)
+    return region_feats, boxes, question_ids, scores, index

@@ -1,0 +1,202 @@
+"""VQA-v2 files on disk: where they live, and reading them with loud, specific errors.
+
+Layout under `<data_root>/vqa/` (see README.md, section "Real VQA-v2 data"):
+
+    raw/v2_OpenEnded_mscoco_{train2014,val2014,test2015}_questions.json
+    raw/v2_mscoco_{train2014,val2014}_annotations.json
+    raw/VG_questions.json, raw/VG_annotations.json
+    feats/{train2014,val2014,test2015}/COCO_<split>_<12-digit image id>.jpg.npz
+
+A bad file must stop the run before training starts, with a message that names the file,
+says what is wrong with it and how to fix it. Every error here is a `DataError`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from typing import Dict, Iterable, List, Sequence, Tuple
+
+import numpy as np
+
+FEAT_DIM = 2048
+README_DATA = 'README.md, section "Real VQA-v2 data"'
+
+# Paths relative to <data_root>/vqa, per split part.
+QUESTION_FILES = {
+    "train": "raw/v2_OpenEnded_mscoco_train2014_questions.json",
+    "val": "raw/v2_OpenEnded_mscoco_val2014_questions.json",
+    "test": "raw/v2_OpenEnded_mscoco_test2015_questions.json",
+    "vg": "raw/VG_questions.json",
+}
+ANNOTATION_FILES = {
+    "train": "raw/v2_mscoco_train2014_annotations.json",
+    "val": "raw/v2_mscoco_val2014_annotations.json",
+    "vg": "raw/VG_annotations.json",
+}
+# Visual Genome questions are asked about COCO train/val images.
+FEATURE_DIRS = {
+    "train": ("feats/train2014",),
+    "val": ("feats/val2014",),
+    "test": ("feats/test2015",),
+    "vg": ("feats/train2014", "feats/val2014"),
+}
+
+
+class DataError(ValueError):
+    """A data file that is missing or unusable; the message names it, the problem and the fix."""
+
+
+def vqa_path(data_root: str, relative: str) -> str:
+    return os.path.join(data_root, "vqa", relative)
+
+
+def check_raw_files(data_root: str, needed: Iterable[str]) -> List[str]:
+    """Return absolute paths of `needed` (relative to <data_root>/vqa); raise one DataError
+    listing every missing one, so the user fixes them all in one go."""
+    paths = [vqa_path(data_root, rel) for rel in needed]
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+        listing = "\n  ".join(missing)
+        raise DataError(
+            f"{len(missing)} VQA-v2 file(s)/folder(s) missing under {os.path.join(data_root, 'vqa')}:\n"
+            f"  {listing}\n"
+            f"See {README_DATA} for where to download them and how to lay them out "
+            f"(or point data.data_root / --DATA_ROOT at the folder holding vqa/).")
+    return [os.path.abspath(p) for p in paths]
+
+
+QUESTION_FIELDS = ("image_id", "question", "question_id")
+ANNOTATION_FIELDS = ("question_id", "image_id", "multiple_choice_answer", "answers")
+
+
+def read_json(path: str, key: str, fields: Sequence[str] = ()):
+    """Load a VQA JSON file and return its top-level list `key` ("questions"/"annotations"),
+    checking every entry has `fields` (default: those of `key`)."""
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(
+            f"{path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno} (char {e.pos}). "
+            f"The file is probably truncated or corrupted; download it again ({README_DATA})."
+        ) from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text ({e}); download it again ({README_DATA}).") from None
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror}; check it exists and is readable.") from None
+    if not isinstance(data, dict) or not isinstance(data.get(key), list):
+        found = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise DataError(f"{path} has no top-level list {key!r} (found {found}); is it the right "
+                        f"file? See {README_DATA}.")
+    entries = data[key]
+    fields = fields or {"questions": QUESTION_FIELDS, "annotations": ANNOTATION_FIELDS}.get(key, ())
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not all(f in entry for f in fields):
+            have = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
+            raise DataError(f"{path}: {key}[{i}] lacks some of the fields {list(fields)} (has {have}); "
+                            f"the file is not a VQA-v2 {key} file or is damaged. See {README_DATA}.")
+    return entries
+
+
+# ----------------------------------------------------------------------------- features
+
+def image_id_from_name(name: str) -> int:
+    """'COCO_train2014_000000000009.jpg.npz' -> 9: the integer after the last '_', before the first '.'."""
+    return int(name.split(".", 1)[0].rsplit("_", 1)[-1])
+
+
+_index_cache: Dict[Tuple[str, int], Dict[int, str]] = {}
+
+
+def feature_index(folder: str) -> Dict[int, str]:
+    """Map image id -> .npz path for one feature folder, scanning it once (cached per mtime)."""
+    folder = os.path.abspath(folder)
+    try:
+        key = (folder, os.stat(folder).st_mtime_ns)
+    except OSError:
+        raise DataError(f"feature folder {folder} does not exist; see {README_DATA}.") from None
+    if key in _index_cache:
+        return _index_cache[key]
+    index: Dict[int, str] = {}
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if not entry.name.endswith(".npz"):
+                continue
+            try:
+                image_id = image_id_from_name(entry.name)
+            except ValueError:
+                raise DataError(f"{entry.path}: cannot read an image id from the file name; expected "
+                                f"COCO_<split>_<12-digit id>.jpg.npz. Rename or remove it.") from None
+            if image_id in index:
+                raise DataError(f"{folder} holds two feature files for image {image_id}: "
+                                f"{os.path.basename(index[image_id])} and {entry.name}; remove one.")
+            index[image_id] = entry.path
+    _index_cache[key] = index
+    return index
+
+
+def _bad(path: str, what: str) -> DataError:
+    return DataError(f"feature file {path}: {what}. Fix: re-extract or re-download this file "
+                     f"(bottom-up-attention .npz, see {README_DATA}).")
+
+
+def load_npz(path: str) -> Tuple[np.ndarray, np.ndarray]:
+    """Read and validate one feature file -> (region_feats float32 [n, 2048], boxes float32 [n, 4])."""
+    try:
+        with np.load(path) as npz:
+            keys = set(npz.files)
+            for key in ("x", "bbox"):
+                if key not in keys:
+                    raise _bad(path, f"key {key!r} is missing (keys present: {sorted(keys)})")
+            x = npz["x"]
+            bbox = npz["bbox"]
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError(f"feature file {path} does not exist (was it moved or deleted after the "
+                        f"dataset was built?).") from None
+    except Exception as e:  # zipfile.BadZipFile, EOFError, ValueError, OSError, zlib.error, ...
+        raise _bad(path, f"cannot be read, it is truncated or not an .npz ({type(e).__name__}: {e})") from None
+
+    if x.ndim != 2 or x.shape[0] != FEAT_DIM:
+        raise _bad(path, f"'x' has shape {list(x.shape)}, expected [{FEAT_DIM}, n] (channels first)")
+    n = x.shape[1]
+    if n == 0:
+        raise _bad(path, "'x' holds 0 regions")
+    if bbox.ndim != 2 or bbox.shape != (n, 4):
+        raise _bad(path, f"'bbox' has shape {list(bbox.shape)} but 'x' has n={n} regions; expected [{n}, 4]")
+    region_feats = np.ascontiguousarray(x.T, dtype=np.float32)  # [n, 2048]
+    boxes = np.ascontiguousarray(bbox, dtype=np.float32)  # [n, 4] x1, y1, x2, y2 in pixels
+    for name, arr in (("x", region_feats), ("bbox", boxes)):
+        if not np.isfinite(arr).all():
+            nans, infs = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
+            raise _bad(path, f"'{name}' holds {nans} NaN and {infs} inf value(s)")
+    inverted = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+    if inverted.any():
+        row = int(np.flatnonzero(inverted)[0])
+        raise _bad(path, f"{int(inverted.sum())} box(es) have x2 < x1 or y2 < y1 "
+                         f"(first: row {row} = {boxes[row].tolist()}, expected x1, y1, x2, y2)")
+    return region_feats, boxes
+
+
+def read_box_count(path: str) -> int:
+    """Number of regions n in a feature file, from the header of 'x' only (no feature data read)."""
+    try:
+        with zipfile.ZipFile(path) as zf, zf.open("x.npy") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _, _ = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _, _ = np.lib.format.read_array_header_2_0(f)
+            else:  # rare .npy format 3.0: read the whole file instead
+                shape = None
+    except KeyError:
+        raise _bad(path, "key 'x' is missing") from None
+    except Exception as e:
+        raise _bad(path, f"cannot be read, it is truncated or not an .npz ({type(e).__name__}: {e})") from None
+    if shape is None:
+        return len(load_npz(path)[0])
+    if len(shape) != 2 or shape[0] != FEAT_DIM:
+        raise _bad(path, f"'x' has shape {list(shape)}, expected [{FEAT_DIM}, n] (channels first)")
+    return int(shape[1])

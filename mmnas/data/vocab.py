@@ -1,0 +1,200 @@
+"""Question tokens and the answer dictionary, built exactly as openvqa builds them.
+
+The released weights fix both vocabularies: the word embedding rows follow the token ids and
+the output layer follows the answer ids. So the token vocabulary is always built over the
+questions of train, val, test and vg (in that order, whatever split is trained), and the
+answers over the train then val annotations, keeping those seen more than 8 times.
+Both are cached as JSON, keyed by the input files, because building them reads ~1 GB of JSON.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+from tqdm import tqdm
+
+from mmnas.data.features import (ANNOTATION_FILES, QUESTION_FILES, README_DATA, DataError,
+                                 read_json, vqa_path)
+from mmnas.metrics.normalize import prep_ans
+
+PAD, UNK, CLS = "PAD", "UNK", "CLS"
+MAX_TOKEN = 14
+ANSWER_MIN_COUNT = 8  # keep answers seen strictly more often than this
+TOKEN_PARTS = ("train", "val", "test", "vg")  # order of first appearance for token ids
+ANSWER_PARTS = ("train", "val")
+_CACHE_FORMAT = 1
+
+_DELETE = re.compile(r"[.,'!?\"()*#:;]")
+
+
+def tokenize(question: str) -> List[str]:
+    """'What's in the man's left-hand?' -> ['whats', 'in', 'the', 'mans', 'left', 'hand']"""
+    text = _DELETE.sub("", question.lower())
+    return text.replace("-", " ").replace("/", " ").split()
+
+
+def build_token_vocab(question_lists: Iterable[Sequence[dict]], progress: bool = False) -> Dict[str, int]:
+    """token -> id: PAD=0, UNK=1, CLS=2, then words in order of first appearance."""
+    token_to_ix = {PAD: 0, UNK: 1, CLS: 2}
+    for questions in question_lists:
+        for q in tqdm(questions, desc="token vocab", disable=not progress, mininterval=1.0):
+            for word in tokenize(q["question"]):
+                if word not in token_to_ix:
+                    token_to_ix[word] = len(token_to_ix)
+    return token_to_ix
+
+
+def encode_question(text: str, token_to_ix: Dict[str, int], max_token: int = MAX_TOKEN) -> np.ndarray:
+    """Question text -> int64 [max_token] word ids, cut or zero-padded; unknown words -> UNK."""
+    ids = np.zeros(max_token, dtype=np.int64)
+    unk = token_to_ix[UNK]
+    for pos, word in enumerate(tokenize(text)[:max_token]):
+        ids[pos] = token_to_ix.get(word, unk)
+    return ids
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _prep_ans_cached(answer: str) -> str:
+    # Human answers repeat a lot ("yes", "2", ...): normalise each distinct string once.
+    return prep_ans(answer)
+
+
+def build_answer_vocab(annotation_lists: Iterable[Sequence[dict]],
+                       min_count: int = ANSWER_MIN_COUNT) -> Tuple[Dict[str, int], Dict[int, str]]:
+    """Normalised multiple_choice_answer seen > min_count times -> id, by first appearance."""
+    counts: Dict[str, int] = {}  # dicts keep insertion order = first appearance
+    for annotations in annotation_lists:
+        for ann in annotations:
+            answer = _prep_ans_cached(ann["multiple_choice_answer"])
+            counts[answer] = counts.get(answer, 0) + 1
+    ans_to_ix: Dict[str, int] = {}
+    for answer, count in counts.items():
+        if count > min_count:
+            ans_to_ix[answer] = len(ans_to_ix)
+    ix_to_ans = {ix: answer for answer, ix in ans_to_ix.items()}
+    return ans_to_ix, ix_to_ans
+
+
+_BCE_SCORES = (0.0, 0.3, 0.6, 0.9, 1.0)  # by number of matching human answers, capped at 4
+
+
+def answer_scores(answers: Sequence, ans_to_ix: Dict[str, int], loss: str = "bce") -> np.ndarray:
+    """Soft target float32 [A] from the 10 human answers (dicts with 'answer', or strings).
+
+    bce: 0,1,2,3,>=4 matches -> 0, 0.3, 0.6, 0.9, 1.0; kld: matches / 10.
+    """
+    if loss not in ("bce", "kld"):
+        raise ValueError(f"loss must be 'bce' or 'kld', got {loss!r}")
+    matches: Dict[str, int] = {}
+    for a in answers:
+        answer = _prep_ans_cached(a["answer"] if isinstance(a, dict) else a)
+        matches[answer] = matches.get(answer, 0) + 1
+    scores = np.zeros(len(ans_to_ix), dtype=np.float32)
+    for answer, count in matches.items():
+        ix = ans_to_ix.get(answer)
+        if ix is not None:
+            scores[ix] = count / 10.0 if loss == "kld" else _BCE_SCORES[min(count, 4)]
+    return scores
+
+
+@dataclass
+class Vocab:
+    token_to_ix: Dict[str, int]
+    ans_to_ix: Dict[str, int]
+    ix_to_ans: Dict[int, str]
+    sources: List[str] = field(default_factory=list)  # the files the vocabularies came from
+
+    @property
+    def token_size(self) -> int:
+        return len(self.token_to_ix)
+
+    @property
+    def answer_size(self) -> int:
+        return len(self.ans_to_ix)
+
+
+def read_answer_dict(path: str) -> Tuple[Dict[str, int], Dict[int, str]]:
+    """An explicit answer dictionary: openvqa's [ans_to_ix, ix_to_ans] or {"ans_to_ix": ...}."""
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            raw = json.load(f)
+    except OSError as e:
+        raise DataError(f"answer dictionary {path}: cannot read it ({e.strerror}); fix data.answer_dict "
+                        f"or leave it empty to build the dictionary from the annotations.") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"answer dictionary {path} is not valid JSON: {e.msg} at line {e.lineno} "
+                        f"column {e.colno} (char {e.pos}).") from None
+    if isinstance(raw, list) and len(raw) >= 1 and isinstance(raw[0], dict):
+        ans_to_ix = raw[0]
+    elif isinstance(raw, dict) and isinstance(raw.get("ans_to_ix"), dict):
+        ans_to_ix = raw["ans_to_ix"]
+    else:
+        raise DataError(f"answer dictionary {path} must be [ans_to_ix, ix_to_ans] (openvqa's "
+                        f"answer_dict.json) or {{\"ans_to_ix\": {{answer: id}}}}.")
+    try:
+        ans_to_ix = {str(a): int(ix) for a, ix in ans_to_ix.items()}
+    except (TypeError, ValueError):
+        raise DataError(f"answer dictionary {path}: ids must be integers.") from None
+    if sorted(ans_to_ix.values()) != list(range(len(ans_to_ix))):
+        raise DataError(f"answer dictionary {path}: ids must be 0..{len(ans_to_ix) - 1}, each used once.")
+    return ans_to_ix, {ix: a for a, ix in ans_to_ix.items()}
+
+
+def _file_key(path: str) -> list:
+    st = os.stat(path)
+    return [os.path.abspath(path), st.st_size, st.st_mtime_ns]
+
+
+def build_vocab(data_root: str, cache_dir: str, answer_dict: Optional[str] = None,
+                progress: bool = True) -> Vocab:
+    """Token and answer vocabularies for VQA-v2, read from cache_dir when the inputs are unchanged."""
+    question_paths = {part: vqa_path(data_root, QUESTION_FILES[part]) for part in TOKEN_PARTS}
+    required = [question_paths["train"], question_paths["val"]]
+    if answer_dict is None:
+        required += [vqa_path(data_root, ANNOTATION_FILES[part]) for part in ANSWER_PARTS]
+    missing = [p for p in required if not os.path.exists(p)]
+    if missing:
+        raise DataError("the vocabularies need these missing file(s):\n  " + "\n  ".join(missing) +
+                        f"\nSee {README_DATA} for where to get them.")
+    absent = [p for part, p in question_paths.items() if not os.path.exists(p)]
+    if absent:
+        warnings.warn(f"question file(s) {absent} not found: the token vocabulary is built without "
+                      f"them and will not match the released weights' vocabulary.", stacklevel=2)
+    token_paths = [p for p in question_paths.values() if os.path.exists(p)]
+    answer_paths = [answer_dict] if answer_dict else [vqa_path(data_root, ANNOTATION_FILES[p]) for p in ANSWER_PARTS]
+
+    key_src = json.dumps([_CACHE_FORMAT, ANSWER_MIN_COUNT, bool(answer_dict)] +
+                         [_file_key(p) for p in token_paths + answer_paths])
+    cache_path = os.path.join(cache_dir, f"vocab_{hashlib.sha1(key_src.encode()).hexdigest()[:16]}.json")
+    if os.path.isfile(cache_path):
+        try:
+            with open(cache_path, "r", encoding="utf-8") as f:
+                cached = json.load(f)
+            return Vocab(token_to_ix=cached["token_to_ix"], ans_to_ix=cached["ans_to_ix"],
+                         ix_to_ans={int(ix): a for ix, a in cached["ix_to_ans"].items()},
+                         sources=cached["sources"])
+        except (OSError, ValueError, KeyError) as e:
+            warnings.warn(f"vocabulary cache {cache_path} is unreadable ({e}); rebuilding it.", stacklevel=2)
+
+    token_to_ix = build_token_vocab((read_json(p, "questions") for p in token_paths), progress=progress)
+    if answer_dict:
+        ans_to_ix, ix_to_ans = read_answer_dict(answer_dict)
+    else:
+        ans_to_ix, ix_to_ans = build_answer_vocab(read_json(p, "annotations") for p in answer_paths)
+    vocab = Vocab(token_to_ix, ans_to_ix, ix_to_ans, sources=[os.path.abspath(p) for p in token_paths + answer_paths])
+
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp_path = f"{cache_path}.tmp{os.getpid()}"
+    with open(tmp_path, "w", encoding="utf-8") as f:
+        json.dump({"token_to_ix": vocab.token_to_ix, "ans_to_ix": vocab.ans_to_ix,
+                   "ix_to_ans": {str(ix): a for ix, a in vocab.ix_to_ans.items()},
+                   "sources": vocab.sources}, f, ensure_ascii=False)
+    os.replace(tmp_path, cache_path)  # atomic: a concurrent reader never sees half a file
+    return vocab
