@@ -1,0 +1,189 @@
+"""Command line: `python run.py --RUN=train --MODEL=small --DATASET=vqa` and friends.
+
+Flags keep the names of the original release. Every invalid combination exits with status 2
+and one sentence saying what to change.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import List, Optional
+
+from .config import ConfigError, RunConfig, load_config, read_genotype
+
+TRAIN_SPLITS = ("train", "train+val", "train+val+vg")
+
+
+def str2bool(value: str) -> bool:
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run.py", description="MMNasNet for VQA-v2 in PaddlePaddle: train, val, test.")
+    p.add_argument("--RUN", required=True, choices=["train", "val", "test"], help="what to do")
+    p.add_argument("--MODEL", default="small",
+                   help="small | large | mmnasnet (= small) | mcan_small | tiny | path to a YAML config")
+    p.add_argument("--DATASET", default="vqa", choices=["vqa"], help="dataset (only vqa)")
+    p.add_argument("--VERSION", help="name of this run: checkpoints go to ckpt/ckpt_<VERSION>/ "
+                                     "(default: a timestamp; when resuming, --CKPT_V)")
+    p.add_argument("--GPU", default="", help="GPU ids, e.g. 0 or 0,1 (one process per GPU); empty = CPU")
+    p.add_argument("--NPROCS", type=int, default=None,
+                   help="number of processes (default: one per --GPU id, else 1); on CPU uses gloo")
+    p.add_argument("--NW", type=int, default=None, help="data loader worker processes")
+    p.add_argument("--SPLIT", default=None, choices=TRAIN_SPLITS, help="training split (default train+val+vg)")
+    p.add_argument("--RESUME", type=str2bool, default=False, help="resume training from --CKPT_V/--CKPT_E")
+    p.add_argument("--CKPT_V", help="version of the checkpoint to resume or evaluate")
+    p.add_argument("--CKPT_E", type=int, help="epoch of the checkpoint to resume or evaluate")
+    p.add_argument("--CKPT_PATH", help="a weights file to evaluate (overrides --CKPT_V/--CKPT_E)")
+    p.add_argument("--MAX_EPOCH", type=int, help="train until this many epochs (default 13)")
+    p.add_argument("--PRELOAD", type=str2bool, default=None, help="keep all features in memory")
+    p.add_argument("--ACCU", type=int, help="gradient accumulation: split each batch in ACCU sub-batches")
+    p.add_argument("--BS", type=int, help="batch size (default 64)")
+    p.add_argument("--SEED", type=int, help="random seed")
+    p.add_argument("--EVAL_EE", type=str2bool, default=None, help="with --SPLIT=train, evaluate on val after every epoch")
+    p.add_argument("--SAVE_PRED", type=str2bool, default=None, help="also save raw logits to results/pred/")
+    p.add_argument("--DATA_ROOT", help="folder holding vqa/raw and vqa/feats (default ./data)")
+    p.add_argument("--ARCH_PATH", help="genotype file (JSON/YAML with enc and dec) replacing the config's")
+    p.add_argument("--DROP_MISSING", type=str2bool, default=None,
+                   help="drop questions whose image has no feature file instead of stopping")
+    p.add_argument("--CKPT_DIR", default="ckpt", help="where checkpoints are written")
+    p.add_argument("--RESULTS_DIR", default="results", help="where logs and results are written")
+    return p
+
+
+class UsageError(ValueError):
+    pass
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    cfg = load_config(args.MODEL)
+    cfg.run = args.RUN
+    cfg.gpu = args.GPU
+    cfg.ckpt_dir, cfg.results_dir = args.CKPT_DIR, args.RESULTS_DIR
+    cfg.data.cache_dir = os.path.join(args.RESULTS_DIR, "cache")
+    if args.ARCH_PATH:
+        genotype = read_genotype(args.ARCH_PATH)
+        cfg.model.enc, cfg.model.dec = genotype["enc"], genotype["dec"]
+        cfg.model.validate()
+    overrides = [("data", "split", args.SPLIT), ("data", "num_workers", args.NW),
+                 ("data", "preload", args.PRELOAD), ("data", "data_root", args.DATA_ROOT),
+                 ("data", "drop_missing_images", args.DROP_MISSING),
+                 ("train", "max_epoch", args.MAX_EPOCH), ("train", "accu", args.ACCU),
+                 ("train", "batch_size", args.BS), ("train", "seed", args.SEED),
+                 ("train", "eval_every_epoch", args.EVAL_EE), ("train", "save_pred", args.SAVE_PRED)]
+    for section, key, value in overrides:
+        if value is not None:
+            setattr(getattr(cfg, section), key, value)
+    cfg.resume, cfg.ckpt_version, cfg.ckpt_epoch, cfg.ckpt_path = args.RESUME, args.CKPT_V, args.CKPT_E, args.CKPT_PATH
+    cfg.version = args.VERSION or (args.CKPT_V if args.RESUME else None) or time.strftime("%Y%m%d_%H%M%S")
+    validate_args(cfg, args)
+    return cfg
+
+
+def validate_args(cfg: RunConfig, args: argparse.Namespace) -> None:
+    t = cfg.train
+    if t.batch_size <= 0 or t.accu <= 0:
+        raise UsageError("--BS and --ACCU must be positive integers.")
+    if t.batch_size % t.accu:
+        raise UsageError(f"--BS={t.batch_size} is not divisible by --ACCU={t.accu}; choose an ACCU that divides BS.")
+    if t.max_epoch <= 0:
+        raise UsageError("--MAX_EPOCH must be a positive integer.")
+    if args.NPROCS is not None and args.NPROCS < 1:
+        raise UsageError("--NPROCS must be at least 1.")
+    if cfg.run == "train":
+        if cfg.resume and (cfg.ckpt_version is None or cfg.ckpt_epoch is None):
+            raise UsageError("--RESUME=True needs --CKPT_V and --CKPT_E naming the checkpoint to continue from.")
+        if args.CKPT_PATH and not cfg.resume:
+            raise UsageError("--CKPT_PATH is for --RUN=val/test; to continue training use --RESUME=True "
+                             "with --CKPT_V and --CKPT_E.")
+    else:
+        if cfg.resume:
+            raise UsageError(f"--RESUME is only for --RUN=train, not --RUN={cfg.run}.")
+        if not cfg.ckpt_path and (cfg.ckpt_version is None or cfg.ckpt_epoch is None):
+            raise UsageError(f"--RUN={cfg.run} needs weights: --CKPT_PATH=file.pdparams, or --CKPT_V and --CKPT_E.")
+    if cfg.gpu:
+        import paddle
+        if not paddle.device.is_compiled_with_cuda():
+            raise UsageError(f"--GPU={cfg.gpu} was given but this Paddle build has no CUDA; install "
+                             f"paddlepaddle-gpu or leave --GPU empty to run on the CPU.")
+
+
+def checkpoint_for_eval(cfg: RunConfig):
+    """(weights path, result name) for --RUN=val/test."""
+    if cfg.ckpt_path:
+        stem = os.path.splitext(os.path.basename(cfg.ckpt_path))[0]
+        return cfg.ckpt_path, stem
+    path = os.path.join(cfg.ckpt_dir, f"ckpt_{cfg.ckpt_version}", f"epoch{cfg.ckpt_epoch}.pdparams")
+    return path, f"{cfg.ckpt_version}_epoch{cfg.ckpt_epoch}"
+
+
+def run_eval(cfg: RunConfig) -> dict:
+    """--RUN=val / --RUN=test: load weights, predict every question, write and score results."""
+    from .data import VQADataset, build_vocab
+    from .engine.checkpoint import load_weights
+    from .engine.evaluate import evaluate, format_scores
+    from .engine.logger import RunLogger
+    from .models import build_model
+
+    weights, name = checkpoint_for_eval(cfg)
+    if not os.path.isfile(weights):
+        raise UsageError(f"weights file {weights} does not exist; check --CKPT_PATH or --CKPT_V/--CKPT_E.")
+    split = "val" if cfg.run == "val" else "test"
+    vocab = build_vocab(cfg.data.data_root, cfg.data.cache_dir, cfg.data.answer_dict)
+    dataset = VQADataset(cfg.data.data_root, split, vocab, preload=cfg.data.preload,
+                         drop_missing_images=cfg.data.drop_missing_images, loss=cfg.train.loss)
+    if split == "val" and not dataset.has_answers:
+        raise UsageError("--RUN=val needs the val annotations file; use --RUN=test for unannotated questions.")
+    model = build_model(cfg.model, vocab.token_size, vocab.answer_size)
+    load_weights(model, weights)
+    result = evaluate(model, dataset, name=name, results_dir=cfg.results_dir,
+                      batch_size=cfg.train.eval_batch_size, num_workers=cfg.data.num_workers,
+                      save_pred=cfg.train.save_pred)
+    print(f"wrote {result.result_path} ({len(dataset)} answers)")
+    if result.pred_path:
+        print(f"wrote {result.pred_path} (logits)")
+    if result.scores is not None:
+        line = f"{name} val: {format_scores(result.scores)}"
+        print(line)
+        logger = RunLogger(cfg.results_dir, cfg.version, use_vdl=False)
+        logger.text(f"weights {weights}")
+        logger.text(line)
+        logger.text("per question type: " + ", ".join(
+            f"{k}: {v:.2f}" for k, v in sorted(result.scores["per_question_type"].items())))
+    return {"result_path": result.result_path, "scores": result.scores, "pred_path": result.pred_path}
+
+
+def _train_entry(cfg, rank, world):
+    from .engine.train import train
+    return train(cfg, rank, world)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .data.features import DataError
+    from .engine.checkpoint import CheckpointError
+    from .engine.train import TrainingError
+    try:
+        cfg = config_from_args(args)
+        if cfg.run == "train":
+            from .engine.distributed import run_parallel
+            nprocs = args.NPROCS or (len(cfg.gpu.split(",")) if cfg.gpu else 1)
+            run_parallel(_train_entry, cfg, nprocs, cfg.gpu)
+        else:
+            run_eval(cfg)
+    except (UsageError, ConfigError, DataError, CheckpointError, TrainingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

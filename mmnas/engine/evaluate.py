@@ -1,0 +1,104 @@
+"""Batched prediction and evaluation: the one evaluator behind --RUN=val, --RUN=test and the
+validation after every training epoch.
+
+Questions are ordered by their image's box count before batching, so each batch pads to a
+similar n; logits are written back to dataset order, so answers do not depend on the order.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import numpy as np
+import paddle
+from tqdm import tqdm
+
+from ..data import collate_batch
+from ..metrics import evaluate as vqa_accuracy
+
+
+class IndexBatches(paddle.io.BatchSampler):
+    """A fixed list of index batches (paddle's DataLoader wants a BatchSampler instance)."""
+
+    def __init__(self, batches: List[List[int]]):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
+
+
+def make_loader(dataset, batches: List[List[int]], num_workers: int):
+    return paddle.io.DataLoader(dataset, batch_sampler=IndexBatches(batches), collate_fn=collate_batch,
+                                num_workers=num_workers, use_shared_memory=num_workers > 0)
+
+
+def predict(model, dataset, batch_size: int, num_workers: int = 0, progress: bool = True,
+            desc: str = "eval") -> np.ndarray:
+    """Logits [len(dataset), A] in dataset order, the model in eval mode (restored after)."""
+    order = np.argsort(dataset.box_counts, kind="stable")
+    batches = [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+    logits = np.zeros((len(dataset), dataset.vocab.answer_size), dtype=np.float32)
+    was_training = model.training
+    model.eval()
+    try:
+        with paddle.no_grad():
+            for region_feats, boxes, question_ids, _, index in tqdm(
+                    make_loader(dataset, batches, num_workers), total=len(batches), desc=desc,
+                    disable=not progress, mininterval=1.0, dynamic_ncols=True):
+                logits[index.numpy()] = model(region_feats, None, boxes, question_ids).numpy()
+    finally:
+        if was_training:
+            model.train()
+    return logits
+
+
+def answers_from_logits(logits: np.ndarray, ix_to_ans: Dict[int, str]) -> List[str]:
+    return [ix_to_ans[int(ix)] for ix in logits.argmax(axis=1)]
+
+
+@dataclass
+class EvalResult:
+    scores: Optional[dict]  # None when the split has no annotations (test)
+    result_path: str
+    pred_path: Optional[str] = None
+
+
+def write_json_atomic(obj, path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)
+
+
+def evaluate(model, dataset, *, name: str, results_dir: str, batch_size: int, num_workers: int = 0,
+             save_pred: bool = False, progress: bool = True) -> EvalResult:
+    """Predict every question of `dataset`, write the result file, score it when annotated.
+
+    Annotated splits write `results/cache/result_run_<name>.json`; the test split writes
+    `results/result_test/result_run_<name>.json`, ready for EvalAI. With save_pred, the raw
+    logits and question ids go to `results/pred/result_run_<name>.npz`.
+    """
+    logits = predict(model, dataset, batch_size, num_workers, progress)
+    answers = answers_from_logits(logits, dataset.vocab.ix_to_ans)
+    results = [{"question_id": int(qid), "answer": ans} for qid, ans in zip(dataset.question_ids, answers)]
+    folder = "cache" if dataset.has_answers else "result_test"
+    result_path = os.path.join(results_dir, folder, f"result_run_{name}.json")
+    write_json_atomic(results, result_path)
+    pred_path = None
+    if save_pred:
+        pred_path = os.path.join(results_dir, "pred", f"result_run_{name}.npz")
+        os.makedirs(os.path.dirname(pred_path), exist_ok=True)
+        np.savez(pred_path, question_ids=np.asarray(dataset.question_ids, dtype=np.int64), logits=logits)
+    scores = vqa_accuracy(dataset.annotations, results) if dataset.has_answers else None
+    return EvalResult(scores, result_path, pred_path)
+
+
+def format_scores(scores: dict) -> str:
+    per_type = ", ".join(f"{k}: {v:.2f}" for k, v in sorted(scores["per_answer_type"].items()))
+    return f"overall {scores['overall']:.2f} ({per_type}) on {scores['n_questions']} questions"

@@ -1,0 +1,42 @@
+"""Run logging: a plain-text log file and VisualDL scalars, both written by rank 0 only."""
+import json
+import os
+import time
+
+
+class RunLogger:
+    """Writes `results/log/log_run_<VERSION>.txt` and VisualDL scalars under
+    `results/vdl/<VERSION>/`. VisualDL is optional: without it only the text log is kept."""
+
+    def __init__(self, results_dir: str, version: str, enabled: bool = True, use_vdl: bool = True):
+        self.enabled = enabled
+        self.writer = None
+        self.log_path = os.path.join(results_dir, "log", f"log_run_{version}.txt")
+        if not enabled:
+            return
+        os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
+        if use_vdl:
+            try:
+                from visualdl import LogWriter
+            except ImportError:
+                print("VisualDL is not installed (pip install visualdl); logging to text only.")
+            else:
+                self.writer = LogWriter(logdir=os.path.join(results_dir, "vdl", version))
+
+    def text(self, message: str) -> None:
+        if self.enabled:
+            with open(self.log_path, "a", encoding="utf-8") as f:
+                f.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {message}\n")
+
+    def config(self, cfg_dict) -> None:
+        self.text("config:\n" + json.dumps(cfg_dict, indent=2, sort_keys=True, default=str))
+
+    def scalars(self, values: dict, step: int) -> None:
+        if self.enabled and self.writer is not None:
+            for tag, value in values.items():
+                self.writer.add_scalar(tag=tag, value=float(value), step=step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None

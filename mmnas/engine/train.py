@@ -1,0 +1,285 @@
+"""The training loop: the published recipe, checkpoints every epoch, exact resume, data parallel.
+
+Determinism: at the start of epoch e the data order and Paddle's RNG (dropout) are both seeded
+from (seed, e). A run resumed after epoch k therefore replays epochs k+1.. exactly as an
+uninterrupted run would, given the model and optimizer state saved after epoch k.
+
+Data parallel: every process sees the same shuffled global batch and takes its own equal slice.
+Paddle averages gradients over processes, so each process scales its summed loss by the world
+size: the update equals one process training on the whole batch.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import paddle
+import paddle.distributed as dist
+import paddle.nn.functional as F
+from tqdm import tqdm
+
+from ..config import RunConfig
+from ..data import VQADataset, build_vocab, load_word_vectors
+from ..models import build_model
+from .checkpoint import atomic_save, load_weights, safe_load, to_numpy_state, CheckpointError
+from .evaluate import evaluate, format_scores, make_loader
+from .logger import RunLogger
+from .schedule import base_learning_rate, learning_rate
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, missing checkpoint); the message says why and what to do."""
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919) % (2 ** 31 - 1)
+
+
+def ckpt_paths(ckpt_dir: str, version: str, epoch: int):
+    folder = os.path.join(ckpt_dir, f"ckpt_{version}")
+    return os.path.join(folder, f"epoch{epoch}.pdparams"), os.path.join(folder, f"epoch{epoch}.pdopt")
+
+
+# ---- optimizer state under structured names -----------------------------------------------
+# Paddle keys optimizer state by each parameter's generated name (e.g. linear_12.w_0), which
+# depends on how many layers the process built before. We store it under the structured
+# parameter names instead, so a checkpoint resumes in any process.
+
+def _match_param(key: str, generated_names):
+    best = None
+    for name in generated_names:
+        if key.startswith(name + "_") and (best is None or len(name) > len(best)):
+            best = name
+    return best
+
+
+def optimizer_state_to_save(optimizer, model) -> dict:
+    generated = {p.name: name for name, p in model.named_parameters()}
+    out = {}
+    for key, value in optimizer.state_dict().items():
+        owner = _match_param(key, generated)
+        new_key = f"param:{generated[owner]}{key[len(owner):]}" if owner else key
+        out[new_key] = value.numpy() if hasattr(value, "numpy") else value
+    return out
+
+
+def optimizer_state_to_load(saved: dict, model) -> dict:
+    structured = {name: p.name for name, p in model.named_parameters()}
+    out = {}
+    for key, value in saved.items():
+        if key.startswith("param:"):
+            rest = key[len("param:"):]
+            owner = _match_param(rest, structured)
+            if owner is None:
+                raise CheckpointError(f"optimizer state entry {key} names no parameter of this model")
+            key = structured[owner] + rest[len(owner):]
+        out[key] = paddle.to_tensor(value) if isinstance(value, np.ndarray) else value
+    return out
+
+
+# ---- one epoch -----------------------------------------------------------------------------
+
+@dataclass
+class EpochStats:
+    loss_sum: float
+    samples: int
+    seconds: float
+    lr: float
+
+
+def train_one_epoch(model, optimizer, dataset, cfg: RunConfig, epoch: int, steps_per_epoch: int,
+                    lr_base: float, rank: int, world: int, logger: RunLogger, progress: bool) -> EpochStats:
+    tcfg = cfg.train
+    paddle.seed(epoch_seed(tcfg.seed, epoch))  # dropout masks of this epoch
+    order = np.random.RandomState(epoch_seed(tcfg.seed, epoch)).permutation(len(dataset))
+    global_batches = order[:steps_per_epoch * tcfg.batch_size].reshape(steps_per_epoch, tcfg.batch_size)
+    per_rank = tcfg.batch_size // world
+    my_batches = [b[rank * per_rank:(rank + 1) * per_rank].tolist() for b in global_batches]
+    sub = per_rank // tcfg.accu
+    params = [p for p in model.parameters() if not p.stop_gradient]
+
+    model.train()
+    loss_sum, start, lr = 0.0, time.time(), 0.0
+    bar = tqdm(make_loader(dataset, my_batches, cfg.data.num_workers), total=steps_per_epoch,
+               desc=f"epoch {epoch + 1}/{tcfg.max_epoch}", disable=not progress, dynamic_ncols=True,
+               mininterval=1.0)
+    for step_in_epoch, (region_feats, boxes, question_ids, answer_scores, _) in enumerate(bar):
+        step = epoch * steps_per_epoch + step_in_epoch + 1  # counted from 1 over the whole run
+        lr = learning_rate(step, epoch, steps_per_epoch, lr_base, tcfg.warmup_epochs,
+                           tcfg.lr_decay_epochs, tcfg.lr_decay_rate)
+        optimizer.set_lr(lr)
+        step_loss = 0.0
+        for a in range(tcfg.accu):
+            part = slice(a * sub, (a + 1) * sub)
+            last = a == tcfg.accu - 1
+            # gradients are all-reduced only on the last sub-batch's backward
+            sync = model.no_sync() if (world > 1 and not last) else _nullcontext()
+            with sync:
+                logits = model(region_feats[part], None, boxes[part], question_ids[part])
+                loss = F.binary_cross_entropy_with_logits(logits, answer_scores[part], reduction="sum")
+                (loss * world).backward()
+            step_loss += float(loss)
+        if not math.isfinite(step_loss):
+            raise TrainingError(f"non-finite loss ({step_loss}) at epoch {epoch + 1}, step {step_in_epoch + 1} "
+                                f"(global step {step}); nothing was saved for this epoch")
+        grad_norm = paddle.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
+        optimizer.step()
+        optimizer.clear_grad()
+        loss_sum += step_loss
+        if progress:
+            bar.set_postfix(loss=f"{step_loss / per_rank:.4f}", lr=f"{lr:.2e}")
+        if rank == 0 and logger.writer is not None:
+            elapsed = max(time.time() - start, 1e-9)
+            logger.scalars({"train/loss": step_loss / per_rank, "train/lr": lr,
+                            "train/grad_norm": float(grad_norm),
+                            "train/samples_per_s": (step_in_epoch + 1) * tcfg.batch_size / elapsed}, step)
+    bar.close()
+    return EpochStats(loss_sum, steps_per_epoch * per_rank, time.time() - start, lr)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+# ---- the whole run ----------------------------------------------------------------------------
+
+def check_batch_split(cfg: RunConfig, world: int) -> None:
+    bs, accu = cfg.train.batch_size, cfg.train.accu
+    if bs % world:
+        raise TrainingError(f"--BS={bs} must be divisible by the number of processes ({world}).")
+    if (bs // world) % accu:
+        raise TrainingError(f"--BS={bs} split over {world} process(es) gives {bs // world} per process, "
+                            f"which is not divisible by --ACCU={accu}.")
+
+
+def train(cfg: RunConfig, rank: int = 0, world: int = 1, progress: Optional[bool] = None) -> dict:
+    """Train per cfg; returns a summary (last epoch, checkpoint path, val scores per epoch)."""
+    progress = (rank == 0) if progress is None else (progress and rank == 0)
+    tcfg, dcfg = cfg.train, cfg.data
+    check_batch_split(cfg, world)
+    logger = RunLogger(cfg.results_dir, cfg.version, enabled=rank == 0)
+    try:
+        return _train(cfg, rank, world, progress, logger)
+    finally:
+        logger.close()
+
+
+def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLogger) -> dict:
+    tcfg, dcfg = cfg.train, cfg.data
+    vocab = build_vocab(dcfg.data_root, dcfg.cache_dir, dcfg.answer_dict, progress=progress)
+    train_set = VQADataset(dcfg.data_root, dcfg.split, vocab, preload=dcfg.preload,
+                           drop_missing_images=dcfg.drop_missing_images, loss=tcfg.loss, progress=progress)
+    val_set = None
+    if dcfg.split == "train" and tcfg.eval_every_epoch and rank == 0:
+        val_set = VQADataset(dcfg.data_root, "val", vocab, preload=dcfg.preload,
+                             drop_missing_images=dcfg.drop_missing_images, loss=tcfg.loss, progress=progress)
+    steps_per_epoch = len(train_set) // tcfg.batch_size
+    if steps_per_epoch == 0:
+        raise TrainingError(f"the {dcfg.split} split has {len(train_set)} questions, fewer than one "
+                            f"batch of --BS={tcfg.batch_size}.")
+
+    start_epoch = 0
+    if cfg.resume:
+        start_epoch = cfg.ckpt_epoch
+        params_path, opt_path = ckpt_paths(cfg.ckpt_dir, cfg.ckpt_version, start_epoch)
+        for path in (params_path, opt_path):
+            if not os.path.isfile(path):
+                raise TrainingError(f"--RESUME needs {path}, which does not exist; check --CKPT_V/--CKPT_E "
+                                    f"(checkpoints are in {os.path.dirname(path)}).")
+        word_vectors = None  # overwritten by the checkpoint anyway
+    else:
+        word_vectors = load_word_vectors(vocab.token_to_ix, dcfg.word_vectors, dcfg.spacy_model,
+                                         dcfg.glove_path, dcfg.data_root)
+
+    paddle.seed(tcfg.seed)
+    model = build_model(cfg.model, vocab.token_size, vocab.answer_size, word_vectors)
+    lr_base = base_learning_rate(tcfg, dcfg.split)
+    optimizer = paddle.optimizer.Adam(learning_rate=lr_base, beta1=tcfg.betas[0], beta2=tcfg.betas[1],
+                                      epsilon=tcfg.eps, parameters=model.parameters())
+    if cfg.resume:
+        load_weights(model, params_path)
+        saved = safe_load(opt_path)
+        optimizer.set_state_dict(optimizer_state_to_load(saved["optimizer"], model))
+        if rank == 0:
+            print(f"resumed from {params_path} (epoch {start_epoch} done)")
+    if start_epoch >= tcfg.max_epoch:
+        raise TrainingError(f"--CKPT_E={start_epoch} is already >= --MAX_EPOCH={tcfg.max_epoch}; nothing to train.")
+
+    net = paddle.DataParallel(model) if world > 1 else model
+    if rank == 0:
+        logger.config(cfg.to_dict())
+        logger.text(f"train split {dcfg.split}: {len(train_set)} questions, {steps_per_epoch} steps/epoch, "
+                    f"{world} process(es), vocab T={vocab.token_size} A={vocab.answer_size}")
+    history = []
+    last_ckpt = ckpt_paths(cfg.ckpt_dir, cfg.ckpt_version, start_epoch)[0] if cfg.resume else None
+    epoch = start_epoch
+    try:
+        for epoch in range(start_epoch, tcfg.max_epoch):
+            try:
+                stats = train_one_epoch(net, optimizer, train_set, cfg, epoch, steps_per_epoch, lr_base,
+                                        rank, world, logger, progress)
+            except TrainingError as e:
+                where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+                raise TrainingError(f"{e}; {where}. Lower the learning rate or check the features with "
+                                    f"tools/check_feats.py.") from None
+            mean_loss = _all_reduce_sum(stats.loss_sum, world) / (stats.samples * world)
+            if rank == 0:
+                params_path, opt_path = ckpt_paths(cfg.ckpt_dir, cfg.version, epoch + 1)
+                atomic_save(to_numpy_state(model.state_dict()), params_path)
+                atomic_save({"optimizer": optimizer_state_to_save(optimizer, model), "epoch": epoch + 1,
+                             "seed": tcfg.seed, "data_order": "permutation(seed, epoch) per epoch",
+                             "steps_per_epoch": steps_per_epoch, "lr_base": lr_base, "lr": stats.lr,
+                             "config": cfg.to_dict()}, opt_path)
+                last_ckpt = params_path
+                line = (f"epoch {epoch + 1}/{tcfg.max_epoch}: loss {mean_loss:.5f}, lr {stats.lr:.3e}, "
+                        f"{stats.seconds:.1f}s, saved {params_path}")
+                print(line)
+                logger.text(line)
+                logger.scalars({"epoch/loss": mean_loss, "epoch/lr": stats.lr}, epoch + 1)
+                record = {"epoch": epoch + 1, "loss": mean_loss, "lr": stats.lr, "checkpoint": params_path}
+                if val_set is not None:
+                    result = evaluate(model, val_set, name=f"{cfg.version}_epoch{epoch + 1}",
+                                      results_dir=cfg.results_dir, batch_size=tcfg.eval_batch_size,
+                                      num_workers=dcfg.num_workers, save_pred=tcfg.save_pred, progress=progress)
+                    line = f"epoch {epoch + 1} val: {format_scores(result.scores)}"
+                    print(line)
+                    logger.text(line)
+                    logger.scalars({"val/overall": result.scores["overall"],
+                                    **{f"val/{t}": v for t, v in result.scores["per_answer_type"].items()}},
+                                   epoch + 1)
+                    record["val"] = result.scores
+                history.append(record)
+            if world > 1:
+                dist.barrier()
+    except KeyboardInterrupt:
+        if rank == 0:
+            if last_ckpt:
+                folder = os.path.basename(os.path.dirname(last_ckpt))[len("ckpt_"):]
+                done_epoch = os.path.basename(last_ckpt)[len("epoch"):-len(".pdparams")]
+                how = (f"the last complete checkpoint is {last_ckpt}. Resume with: python run.py --RUN=train "
+                       f"--MODEL={cfg.config_path} --SPLIT={dcfg.split} --RESUME=True --CKPT_V={folder} "
+                       f"--CKPT_E={done_epoch}")
+            else:
+                how = "no epoch had finished, so there is nothing to resume from"
+            msg = f"interrupted during epoch {epoch + 1}; nothing partial was saved; {how}"
+            print("\n" + msg, file=sys.stderr)
+            logger.text(msg)
+        raise
+    return {"history": history, "last_checkpoint": last_ckpt, "version": cfg.version}
+
+
+def _all_reduce_sum(value: float, world: int) -> float:
+    if world == 1:
+        return value
+    t = paddle.to_tensor([value], dtype="float64")
+    dist.all_reduce(t)
+    return float(t)
