@@ -166,6 +166,9 @@ def atomic_save(obj: Any, path: str) -> None:
             pickle.dump(obj, f, protocol=4)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a checkpoint is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

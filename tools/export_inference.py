@@ -1,0 +1,78 @@
+"""Export a trained MMNasNet as a static Paddle inference model.
+
+    python tools/export_inference.py --MODEL small --CKPT_PATH ckpt/MMNasNet-small_model_full.pdparams
+
+writes results/inference/<ckpt stem>/model.json (model.pdmodel on Paddle 2) + model.pdiparams,
+with inputs region_feats [B, N, 2048] float32, boxes [B, N, 4] float32 and question_ids
+[B, 14] int64 (B and N dynamic), output logits [B, A]. The export is checked against the
+dygraph model on a random padded batch before the tool reports success.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import paddle  # noqa: E402
+
+from mmnas.config import ConfigError, load_config, read_genotype  # noqa: E402
+from mmnas.engine.checkpoint import CheckpointError, extract_state_dict, match_state_dict, safe_load  # noqa: E402
+from mmnas.models import MMNasNet  # noqa: E402
+from mmnas.models.convert import check_hidden_size, checkpoint_sizes  # noqa: E402
+from mmnas.models.export import create_predictor, export_inference, predict, sample_inputs  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description="Export MMNasNet weights to a static Paddle inference model (paddle.jit.save).")
+    p.add_argument("--MODEL", default="small",
+                   help="config the weights were trained with: small, large, tiny, or a YAML path (default: small)")
+    p.add_argument("--CKPT_PATH", required=True,
+                   help="weights file (.pdparams, or a training checkpoint with a state_dict entry); "
+                        "token and answer vocabulary sizes are read from its shapes")
+    p.add_argument("--ARCH_PATH", default=None,
+                   help="genotype file (JSON/YAML with enc/dec) overriding the config's, for searched models")
+    p.add_argument("--out", default=None,
+                   help="output path prefix (default: results/inference/<ckpt stem>/model)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip comparing the exported model with the dygraph one on a random batch")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    stem = os.path.splitext(os.path.basename(args.CKPT_PATH))[0]
+    out = args.out or os.path.join("results", "inference", stem, "model")
+    try:
+        cfg = load_config(args.MODEL).model
+        if args.ARCH_PATH:
+            genotype = read_genotype(args.ARCH_PATH)
+            cfg.enc, cfg.dec = genotype["enc"], genotype["dec"]
+            cfg.validate()
+        state = extract_state_dict(safe_load(args.CKPT_PATH), args.CKPT_PATH)
+        token_size, answer_size = checkpoint_sizes(state, args.CKPT_PATH)
+        check_hidden_size(state, cfg, args.CKPT_PATH)
+        model = MMNasNet(cfg, token_size, answer_size)
+        state = match_state_dict(model, state, args.CKPT_PATH)
+    except (CheckpointError, ConfigError) as e:
+        sys.exit(f"error: {e}")
+    model.set_state_dict({k: v.astype(np.float32) if v.dtype == np.float64 else v for k, v in state.items()})
+    model.eval()
+    files = export_inference(model, out, max_token=cfg.max_token, feat_size=cfg.feat_size)
+    print(f"exported {args.CKPT_PATH} (T={token_size}, A={answer_size})\n"
+          f"  program: {files['model']}\n  params:  {files['params']}")
+    if not args.no_verify:
+        feats, boxes, ids = sample_inputs(2, min(10, cfg.max_regions), token_size, cfg.max_token, cfg.feat_size)
+        with paddle.no_grad():
+            ref = model(paddle.to_tensor(feats), None, paddle.to_tensor(boxes), paddle.to_tensor(ids)).numpy()
+        diff = float(np.abs(predict(create_predictor(out), feats, boxes, ids) - ref).max())
+        if not diff < 1e-4:
+            sys.exit(f"error: the exported model at {out} differs from the dygraph model by {diff:.3g} "
+                     f"(max abs logit difference); please report this with your Paddle version")
+        print(f"  verified: Paddle Inference matches dygraph (max abs diff {diff:.2e})")
+    return files
+
+
+if __name__ == "__main__":
+    main()
