@@ -26,9 +26,10 @@ def str2bool(value: str) -> bool:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run.py", description="MMNasNet for VQA-v2 in PaddlePaddle: train, val, test.")
-    p.add_argument("--RUN", required=True, choices=["train", "val", "test"], help="what to do")
-    p.add_argument("--MODEL", default="small",
-                   help="small | large | mmnasnet (= small) | mcan_small | tiny | path to a YAML config")
+    p.add_argument("--RUN", required=True, choices=["train", "val", "test", "search"], help="what to do")
+    p.add_argument("--MODEL", default=None,
+                   help="small | large | mmnasnet (= small) | mcan_small | tiny | path to a YAML config "
+                        "(default: small; for --RUN=search: search)")
     p.add_argument("--DATASET", default="vqa", choices=["vqa"], help="dataset (only vqa)")
     p.add_argument("--VERSION", help="name of this run: checkpoints go to ckpt/ckpt_<VERSION>/ "
                                      "(default: a timestamp; when resuming, --CKPT_V)")
@@ -62,7 +63,7 @@ class UsageError(ValueError):
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    cfg = load_config(args.MODEL)
+    cfg = load_config(args.MODEL or ("search" if args.RUN == "search" else "small"))
     cfg.run = args.RUN
     cfg.gpu = args.GPU
     cfg.ckpt_dir, cfg.results_dir = args.CKPT_DIR, args.RESULTS_DIR
@@ -96,7 +97,12 @@ def validate_args(cfg: RunConfig, args: argparse.Namespace) -> None:
         raise UsageError("--MAX_EPOCH must be a positive integer.")
     if args.NPROCS is not None and args.NPROCS < 1:
         raise UsageError("--NPROCS must be at least 1.")
-    if cfg.run == "train":
+    nprocs = args.NPROCS or (len(cfg.gpu.split(",")) if cfg.gpu else 1)
+    if cfg.run == "train" and nprocs > 1 and (t.batch_size % nprocs or (t.batch_size // nprocs) % t.accu):
+        # checked here: inside the spawned processes the same error would surface as a traceback
+        raise UsageError(f"--BS={t.batch_size} must split into {nprocs} equal per-process batches that "
+                         f"are each divisible by --ACCU={t.accu}; choose BS as a multiple of {nprocs * t.accu}.")
+    if cfg.run in ("train", "search"):
         if cfg.resume and (cfg.ckpt_version is None or cfg.ckpt_epoch is None):
             raise UsageError("--RESUME=True needs --CKPT_V and --CKPT_E naming the checkpoint to continue from.")
         if args.CKPT_PATH and not cfg.resume:
@@ -164,6 +170,11 @@ def _train_entry(cfg, rank, world):
     return train(cfg, rank, world)
 
 
+def _search_entry(cfg, rank, world):
+    from .engine.search import search
+    return search(cfg, rank, world)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from .data.features import DataError
@@ -171,10 +182,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .engine.train import TrainingError
     try:
         cfg = config_from_args(args)
-        if cfg.run == "train":
+        if cfg.run in ("train", "search"):
             from .engine.distributed import run_parallel
             nprocs = args.NPROCS or (len(cfg.gpu.split(",")) if cfg.gpu else 1)
-            run_parallel(_train_entry, cfg, nprocs, cfg.gpu)
+            run_parallel(_train_entry if cfg.run == "train" else _search_entry, cfg, nprocs, cfg.gpu)
         else:
             run_eval(cfg)
     except (UsageError, ConfigError, DataError, CheckpointError, TrainingError) as e:

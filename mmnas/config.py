@@ -29,6 +29,8 @@ MODEL_ALIASES = {
     "large": "vqa/mmnasnet_large.yml",
     "mcan_small": "vqa/mcan_small.yml",
     "tiny": "vqa/mmnasnet_tiny.yml",
+    "search": "search/search_vqa.yml",
+    "search_tiny": "search/search_vqa_tiny.yml",
 }
 
 OPS_ENC = ("SA", "FFN")
@@ -112,6 +114,61 @@ class TrainConfig:
     save_pred: bool = False
 
 
+SKIP_OP = "skip"  # the search's "none-style" candidate: identity, dropped from the genotype
+SEARCH_OPS = {"enc": ("SA", "FFN", SKIP_OP), "dec": ("SA", "GA", "RSA", "FFN", SKIP_OP)}
+
+
+@dataclass
+class SearchConfig:
+    """The architecture search (--RUN=search). Operator weights use the `train` section
+    (batch_size, max_epoch = search epochs, lr_base, warm-up/decay, grad_clip, betas, eps, seed);
+    the search width is `model.hidden_size`; the rest is here."""
+    enc_positions: int = 12
+    dec_positions: int = 18
+    # candidate pool of every position: one list for all positions, or one list per position
+    enc_ops: List[Any] = field(default_factory=lambda: ["SA", "FFN"])
+    dec_ops: List[Any] = field(default_factory=lambda: ["SA", "GA", "RSA", "FFN"])
+    weight_fraction: float = 0.8  # share of the split for weight steps; the rest drives arch steps
+    split_seed: int = 888  # seeds the weight/arch partition of the split
+    warmup_epochs: int = 20  # epochs of weight steps only (sampled paths), before arch steps start
+    arch_every: int = 5  # one architecture step after every `arch_every` weight steps
+    arch_mode: str = "full"  # full: gate gradients of every candidate | two: of two sampled ones
+    arch_lr: float = 0.1
+    arch_betas: List[float] = field(default_factory=lambda: [0.0, 0.999])
+    arch_eps: float = 1e-8
+    alpha_init_std: float = 1e-3  # architecture logits start ~N(0, std): uniform probabilities
+    eval_top_path: bool = True  # after each epoch, score the top path on the arch part
+
+    def pools(self, part: str) -> List[List[str]]:
+        """Candidate op names of every position of `part` ("enc" or "dec")."""
+        ops = self.enc_ops if part == "enc" else self.dec_ops
+        n = self.enc_positions if part == "enc" else self.dec_positions
+        if ops and all(isinstance(o, (list, tuple)) for o in ops):
+            return [list(o) for o in ops]
+        return [list(ops) for _ in range(n)]
+
+    def validate(self) -> None:
+        for part in ("enc", "dec"):
+            n = self.enc_positions if part == "enc" else self.dec_positions
+            if n < 1:
+                raise ConfigError(f"search.{part}_positions must be at least 1, got {n}")
+            pools = self.pools(part)
+            if len(pools) != n:
+                raise ConfigError(f"search.{part}_ops gives {len(pools)} per-position pools for "
+                                  f"search.{part}_positions={n}")
+            for i, pool in enumerate(pools):
+                bad = [op for op in pool if op not in SEARCH_OPS[part]]
+                if not pool or bad or len(set(pool)) != len(pool):
+                    raise ConfigError(f"search.{part}_ops, position {i}: {pool} must be distinct op names "
+                                      f"from {list(SEARCH_OPS[part])}")
+        if not 0.0 < self.weight_fraction < 1.0:
+            raise ConfigError(f"search.weight_fraction must be in (0, 1), got {self.weight_fraction}")
+        if self.arch_every < 1 or self.warmup_epochs < 0:
+            raise ConfigError("search.arch_every must be >= 1 and search.warmup_epochs >= 0")
+        if self.arch_mode not in ("full", "two"):
+            raise ConfigError(f"search.arch_mode must be 'full' or 'two', got {self.arch_mode!r}")
+
+
 @dataclass
 class RunConfig:
     run: str = "train"
@@ -127,12 +184,13 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-_SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "search": SearchConfig}
 
 
 def resolve_model_path(model: str) -> str:
@@ -193,11 +251,13 @@ def _apply_genotype(model: Dict[str, Any]) -> Dict[str, Any]:
 def config_from_dict(raw: Dict[str, Any], where: str = "config") -> RunConfig:
     unknown = sorted(set(raw) - set(_SECTIONS))
     if unknown:
-        raise ConfigError(f"{where}: unknown section(s) {unknown}; expected model, data, train")
+        raise ConfigError(f"{where}: unknown section(s) {unknown}; expected model, data, train, search")
     cfg = RunConfig()
     cfg.model = _build_section(ModelConfig, _apply_genotype(raw.get("model") or {}), f"{where}: model")
     cfg.data = _build_section(DataConfig, raw.get("data") or {}, f"{where}: data")
     cfg.train = _build_section(TrainConfig, raw.get("train") or {}, f"{where}: train")
+    cfg.search = _build_section(SearchConfig, raw.get("search") or {}, f"{where}: search")
+    cfg.search.validate()
     cfg.model.validate()
     return cfg
 
