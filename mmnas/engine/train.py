@@ -132,7 +132,7 @@ def train_one_epoch(model, optimizer, dataset, cfg: RunConfig, epoch: int, steps
         optimizer.clear_grad()
         loss_sum += step_loss
         if progress:
-            bar.set_postfix(loss=f"{step_loss / per_rank:.4f}", lr=f"{lr:.2e}")
+            bar.set_postfix(loss=f"{step_loss / per_rank:.4f}", lr=f"{lr:.2e}", refresh=False)
         if rank == 0 and logger.writer is not None:
             elapsed = max(time.time() - start, 1e-9)
             logger.scalars({"train/loss": step_loss / per_rank, "train/lr": lr,
@@ -208,6 +208,10 @@ def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLog
     if cfg.resume:
         load_weights(model, params_path)
         saved = safe_load(opt_path)
+        if saved.get("steps_per_epoch") != steps_per_epoch:
+            raise TrainingError(f"{opt_path} was trained with {saved.get('steps_per_epoch')} steps per epoch, this "
+                                f"run has {steps_per_epoch}: resume with the same --SPLIT and --BS, or the data "
+                                f"order and LR schedule would differ from the interrupted run.")
         optimizer.set_state_dict(optimizer_state_to_load(saved["optimizer"], model))
         if rank == 0:
             print(f"resumed from {params_path} (epoch {start_epoch} done)")
@@ -282,4 +286,4 @@ def _all_reduce_sum(value: float, world: int) -> float:
         return value
     t = paddle.to_tensor([value], dtype="float64")
     dist.all_reduce(t)
-    return float(t)
+    return float(t.numpy().reshape(-1)[0])  # float() of a shape-[1] tensor fails under numpy 2

@@ -1,0 +1,165 @@
+"""Command line: every invalid combination exits with status 2 and one clear sentence on stderr,
+before any data is read or any process is spawned; --ARCH_PATH; --help."""
+import json
+import os
+import subprocess
+import sys
+
+import paddle
+import pytest
+
+from mmnas import cli
+from mmnas.config import load_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(argv, capsys):
+    code = cli.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_usage_error(argv, capsys, *fragments):
+    code, out, err = run(argv, capsys)
+    assert code == 2, (code, err)
+    message = err.strip()
+    assert message.startswith("error: ") and "\n" not in message, err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+    return message
+
+
+@pytest.fixture
+def dirs(tmp_path):
+    return [f"--CKPT_DIR={tmp_path / 'ckpt'}", f"--RESULTS_DIR={tmp_path / 'results'}",
+            f"--DATA_ROOT={tmp_path / 'no_data'}"]
+
+
+def test_batch_not_divisible_by_accu(capsys, dirs):
+    assert_usage_error(["--RUN=train", "--MODEL=tiny", "--BS=10", "--ACCU=3", *dirs], capsys,
+                       "--BS=10", "--ACCU=3")
+
+
+def test_batch_not_split_over_processes(capsys, dirs):
+    # 16 % 16 == 0, but two processes get 8 each, which ACCU=16 cannot split
+    assert_usage_error(["--RUN=train", "--MODEL=tiny", "--BS=16", "--ACCU=16", "--NPROCS=2", *dirs], capsys,
+                       "--BS=16", "--ACCU=16")
+    assert_usage_error(["--RUN=train", "--MODEL=tiny", "--BS=15", "--NPROCS=2", *dirs], capsys, "--BS=15")
+
+
+def test_nonpositive_numbers(capsys, dirs):
+    assert_usage_error(["--RUN=train", "--MODEL=tiny", "--BS=0", *dirs], capsys, "--BS")
+    assert_usage_error(["--RUN=train", "--MODEL=tiny", "--MAX_EPOCH=0", *dirs], capsys, "--MAX_EPOCH")
+    assert_usage_error(["--RUN=train", "--MODEL=tiny", "--NPROCS=0", *dirs], capsys, "--NPROCS")
+
+
+def test_resume_needs_version_and_epoch(capsys, dirs):
+    assert_usage_error(["--RUN=train", "--MODEL=tiny", "--RESUME=True", *dirs], capsys, "--CKPT_V", "--CKPT_E")
+    assert_usage_error(["--RUN=train", "--MODEL=tiny", "--RESUME=True", "--CKPT_V=x", *dirs], capsys, "--CKPT_E")
+
+
+@pytest.mark.parametrize("mode", ["val", "test"])
+def test_eval_needs_weights(capsys, dirs, mode):
+    assert_usage_error([f"--RUN={mode}", "--MODEL=tiny", *dirs], capsys, "--CKPT_PATH", "--CKPT_V")
+    assert_usage_error([f"--RUN={mode}", "--MODEL=tiny", "--CKPT_V=x", *dirs], capsys, "--CKPT_E")
+
+
+def test_resume_only_for_train(capsys, dirs):
+    assert_usage_error(["--RUN=val", "--MODEL=tiny", "--RESUME=True", "--CKPT_V=x", "--CKPT_E=1", *dirs], capsys,
+                       "--RESUME", "--RUN=val")
+
+
+def test_ckpt_path_is_not_for_training(capsys, dirs, tmp_path):
+    weights = tmp_path / "w.pdparams"
+    weights.write_bytes(b"")
+    assert_usage_error(["--RUN=train", "--MODEL=tiny", f"--CKPT_PATH={weights}", *dirs], capsys, "--CKPT_PATH")
+
+
+@pytest.mark.skipif(paddle.device.is_compiled_with_cuda(), reason="this Paddle build has CUDA")
+def test_gpu_on_cpu_build(capsys, dirs):
+    assert_usage_error(["--RUN=train", "--MODEL=tiny", "--GPU=0", *dirs], capsys, "--GPU=0", "CUDA")
+
+
+def test_unknown_model(capsys, dirs):
+    assert_usage_error(["--RUN=train", "--MODEL=no_such_model", *dirs], capsys, "no_such_model")
+
+
+def test_missing_ckpt_path(capsys, dirs, tmp_path):
+    missing = tmp_path / "nowhere.pdparams"
+    assert_usage_error(["--RUN=test", "--MODEL=tiny", f"--CKPT_PATH={missing}", *dirs], capsys, str(missing))
+    assert_usage_error(["--RUN=val", "--MODEL=tiny", "--CKPT_V=nov", "--CKPT_E=3", *dirs], capsys,
+                       os.path.join("ckpt_nov", "epoch3.pdparams"))
+
+
+def test_val_without_raw_files_lists_them(capsys, tmp_path):
+    weights = tmp_path / "w.pdparams"
+    weights.write_bytes(b"")  # exists; the data check comes first
+    data_root = tmp_path / "empty_data"
+    os.makedirs(data_root / "vqa" / "raw")
+    code, out, err = run(["--RUN=val", "--MODEL=tiny", f"--CKPT_PATH={weights}", f"--DATA_ROOT={data_root}",
+                          f"--RESULTS_DIR={tmp_path / 'results'}"], capsys)
+    assert code == 2 and err.startswith("error: ") and "Traceback" not in err
+    for name in ("v2_OpenEnded_mscoco_train2014_questions.json", "v2_OpenEnded_mscoco_val2014_questions.json",
+                 "v2_mscoco_train2014_annotations.json", "v2_mscoco_val2014_annotations.json"):
+        assert os.path.join(str(data_root), "vqa", "raw", name) in err
+
+
+def test_bad_flag_values_are_argparse_errors(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--RUN=fly"])
+    assert info.value.code == 2
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--RUN=train", "--RESUME=maybe"])
+    assert info.value.code == 2
+    assert "expected True or False" in capsys.readouterr().err
+
+
+def test_arch_path_replaces_genotype(tmp_path):
+    genotype_file = os.path.join(REPO, "configs", "genotypes", "mcan.json")
+    with open(genotype_file) as f:
+        raw = json.load(f)
+    expected = raw.get("genotype", raw)
+    args = cli.build_parser().parse_args(["--RUN=train", "--MODEL=tiny", f"--ARCH_PATH={genotype_file}"])
+    cfg = cli.config_from_args(args)
+    assert cfg.model.enc == list(expected["enc"]) and cfg.model.dec == list(expected["dec"])
+    assert cfg.model.enc != load_config("tiny").model.enc
+    assert cfg.model.hidden_size == load_config("tiny").model.hidden_size  # only the genotype changes
+    # a YAML genotype nested under `genotype`, as the search writes it
+    nested = tmp_path / "searched.yml"
+    nested.write_text("genotype:\n  enc: [SA, FFN]\n  dec: [RSA, GA, FFN]\n")
+    cfg = cli.config_from_args(cli.build_parser().parse_args(["--RUN=train", "--MODEL=tiny",
+                                                              f"--ARCH_PATH={nested}"]))
+    assert (cfg.model.enc, cfg.model.dec) == (["SA", "FFN"], ["RSA", "GA", "FFN"])
+
+
+def test_arch_path_errors(capsys, dirs, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"enc": ["SA", "XYZ"], "dec": ["GA"]}))
+    assert_usage_error(["--RUN=train", "--MODEL=tiny", f"--ARCH_PATH={bad}", *dirs], capsys, "XYZ")
+    assert_usage_error(["--RUN=train", "--MODEL=tiny", f"--ARCH_PATH={tmp_path / 'none.json'}", *dirs], capsys,
+                       "none.json")
+
+
+def test_overrides_reach_the_config(tmp_path):
+    args = cli.build_parser().parse_args(
+        ["--RUN=train", "--MODEL=tiny", "--BS=32", "--ACCU=4", "--MAX_EPOCH=2", "--SEED=5", "--SPLIT=train+val",
+         "--NW=0", f"--DATA_ROOT={tmp_path}", f"--RESULTS_DIR={tmp_path / 'r'}", "--VERSION=v1"])
+    cfg = cli.config_from_args(args)
+    t = cfg.train
+    assert (t.batch_size, t.accu, t.max_epoch, t.seed) == (32, 4, 2, 5)
+    assert (cfg.data.split, cfg.data.num_workers, cfg.data.data_root) == ("train+val", 0, str(tmp_path))
+    assert cfg.data.cache_dir == os.path.join(str(tmp_path / "r"), "cache") and cfg.version == "v1"
+    resumed = cli.config_from_args(cli.build_parser().parse_args(
+        ["--RUN=train", "--MODEL=tiny", "--RESUME=True", "--CKPT_V=old", "--CKPT_E=2"]))
+    assert resumed.version == "old" and resumed.resume and resumed.ckpt_epoch == 2
+
+
+def test_help_in_a_subprocess():
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "run.py"), "--help"], capture_output=True,
+                          text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    for flag in ("--RUN", "--MODEL", "--RESUME", "--CKPT_V", "--CKPT_E", "--CKPT_PATH", "--ACCU", "--NPROCS",
+                 "--ARCH_PATH", "--SAVE_PRED"):
+        assert flag in proc.stdout

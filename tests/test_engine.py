@@ -1,0 +1,533 @@
+"""Training engine: the LR schedule, gradient accumulation, data parallel on CPU, exact resume,
+atomic checkpoints, the non-finite-loss stop, evaluation files and the run logs.
+
+Everything runs on one small synthetic dataset (generated once per session) and a very small
+MMNasNet, so the whole file takes well under a minute of CPU.
+"""
+import glob
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import paddle
+import pytest
+
+from mmnas import cli
+from mmnas.config import load_config
+from mmnas.data import VQADataset, build_vocab, collate_batch
+from mmnas.data.synthetic import make_synthetic_vqa
+from mmnas.engine import train as train_mod
+from mmnas.engine.checkpoint import atomic_save, load_weights, safe_load
+from mmnas.engine.evaluate import predict
+from mmnas.engine.schedule import base_learning_rate, learning_rate
+from mmnas.engine.train import TrainingError, ckpt_paths, train
+from mmnas.metrics import evaluate as vqa_accuracy
+from mmnas.models import build_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_YML = os.path.join(REPO, "configs", "vqa", "mmnasnet_tiny.yml")
+BATCH = 16
+TRAIN_QUESTIONS = 60 * 3
+STEPS = TRAIN_QUESTIONS // BATCH  # steps per epoch (the last partial batch is dropped)
+
+# Parameters whose gradient is zero in exact arithmetic: a key bias adds the same q.b to every
+# score of a query, and the last AttFlat bias (one glimpse) the same value to every position,
+# so softmax cancels them. Their float gradients are rounding noise, which Adam (eps 1e-9)
+# blows up to full-size steps; any change of summation order changes them. They cannot
+# affect the logits, so weight comparisons below skip them.
+GRADIENT_FREE = re.compile(r"(linear_k\.bias|attflat_(img|lang)\.mlp\.linear\.bias)$")
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    """One small synthetic VQA-v2 and two YAML configs of a very small model."""
+    root = tmp_path_factory.mktemp("engine")
+    data_root = root / "data"
+    make_synthetic_vqa(str(data_root), n_train_images=60, n_val_images=20, n_test_images=15, n_vg_images=10,
+                       questions_per_image=3, seed=0, min_boxes=10, max_boxes=20)
+    yml = root / "tiny_test.yml"
+    yml.write_text(
+        f"base: {TINY_YML}\n"
+        "model:\n"
+        "  hidden_size: 32\n  heads: 4\n  rel_head_width: 16\n  rel_size: 16\n"
+        "  flat_mlp: 32\n  flat_out: 64\n  dropout: 0.0\n"
+        "  genotype: {enc: [SA, FFN], dec: [GA, RSA, FFN]}\n"
+        "data:\n"
+        f"  data_root: {data_root}\n  split: train\n  num_workers: 0\n"
+        "train:\n"
+        f"  batch_size: {BATCH}\n  max_epoch: 1\n  eval_every_epoch: false\n  eval_batch_size: 16\n")
+    yml_dropout = root / "tiny_test_dropout.yml"
+    yml_dropout.write_text(f"base: {yml}\nmodel:\n  dropout: 0.1\n")
+    return SimpleNamespace(root=root, data_root=str(data_root), yml=str(yml), yml_dropout=str(yml_dropout),
+                           cache_dir=str(root / "cache"))
+
+
+def make_cfg(world, folder, version, yml=None, **train_overrides):
+    cfg = load_config(yml or world.yml)
+    cfg.data.cache_dir = world.cache_dir
+    cfg.results_dir = str(folder / "results")
+    cfg.ckpt_dir = str(folder / "ckpt")
+    cfg.version = version
+    for key, value in train_overrides.items():
+        assert hasattr(cfg.train, key), key
+        setattr(cfg.train, key, value)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def base_run(world):
+    """One epoch, dropout 0, validation after the epoch: the reference for several tests."""
+    folder = world.root / "base"
+    cfg = make_cfg(world, folder, "base", eval_every_epoch=True)
+    summary = train(cfg, progress=False)
+    params, opt = ckpt_paths(cfg.ckpt_dir, "base", 1)
+    return SimpleNamespace(cfg=cfg, summary=summary, params=params, opt=opt, ckpt_dir=cfg.ckpt_dir,
+                           results_dir=cfg.results_dir)
+
+
+def cli_main(argv, capsys):
+    code = cli.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def vdl_scalars(vdl_dir, tag):
+    """Values of one VisualDL scalar tag, in step order."""
+    visualdl = pytest.importorskip("visualdl")
+    files = glob.glob(os.path.join(vdl_dir, "vdlrecords.*.log"))
+    assert len(files) == 1, files
+    records = visualdl.LogReader(file_path=files[0]).get_data("scalar", tag)
+    return np.array([r.value for r in sorted(records, key=lambda r: r.id)])
+
+
+def assert_same_weights(a, b, rtol=1e-5):
+    """Every parameter of a equals b within rtol of its largest magnitude (gradient-free ones skipped)."""
+    assert sorted(a) == sorted(b)
+    compared = 0
+    for key in a:
+        if GRADIENT_FREE.search(key):
+            continue
+        scale = max(float(np.abs(a[key]).max()), 1e-3)
+        diff = float(np.abs(a[key].astype(np.float64) - b[key]).max())
+        assert diff <= rtol * scale, f"{key}: max difference {diff:.3g} (scale {scale:.3g})"
+        compared += 1
+    assert compared > 40
+
+
+def tmp_files(folder):
+    return [f for f in os.listdir(folder) if f.startswith(".tmp")]
+
+
+# ----------------------------------------------------------------------------- 1. learning rate
+
+def spec_lr(step, epoch, S, base, decay_epochs=(10, 12), rate=0.2):
+    """The published rule (spec README, "Training recipe"), W + 1 = 4."""
+    if step <= int(S * 4 * 0.25):
+        lr = base * 1 / 4
+    elif step <= int(S * 4 * 0.5):
+        lr = base * 2 / 4
+    elif step <= int(S * 4 * 0.75):
+        lr = base * 3 / 4
+    else:
+        lr = base
+    for d in decay_epochs:
+        if epoch >= d:
+            lr *= rate
+    return lr
+
+
+def test_learning_rate_warmup_steps():
+    base = 1.2e-4
+    lr = lambda step, S: learning_rate(step, (step - 1) // S, S, base, 3, [10, 12], 0.2)
+    expected = {1: base / 4, 100: base / 4, 101: base / 2, 200: base / 2, 201: base * 3 / 4,
+                300: base * 3 / 4, 301: base, 1000: base}
+    for step, value in expected.items():
+        assert lr(step, 100) == pytest.approx(value, rel=1e-12), step
+        assert lr(step, 100) == pytest.approx(spec_lr(step, (step - 1) // 100, 100, base), rel=1e-12)
+    # S = 7: the quarter boundaries are steps 7, 14, 21
+    for step, value in {7: base / 4, 8: base / 2, 14: base / 2, 15: base * 3 / 4, 21: base * 3 / 4,
+                        22: base}.items():
+        assert lr(step, 7) == pytest.approx(value, rel=1e-12), step
+    for S in (1, 3, 7, 13):
+        for step in range(1, 4 * S + 3):
+            assert lr(step, S) == pytest.approx(spec_lr(step, (step - 1) // S, S, base), rel=1e-12)
+
+
+def test_learning_rate_truncates_fractional_boundaries():
+    # warmup_epochs=1 (the tiny config): boundaries int(7*2*0.25)=3, int(7*2*0.5)=7, int(7*2*0.75)=10
+    lr = lambda step: learning_rate(step, 0, 7, 1.0, 1, [], 0.2)
+    assert [lr(s) for s in (3, 4, 7, 8, 10, 11)] == [0.25, 0.5, 0.5, 0.75, 0.75, 1.0]
+
+
+def test_learning_rate_decay_epochs():
+    base, S = 1e-4, 100
+    for epoch, factor in {0: 1, 9: 1, 10: 0.2, 11: 0.2, 12: 0.04, 13: 0.04}.items():
+        step = epoch * S + 1
+        if epoch == 0:
+            factor = 0.25  # still warming up
+        got = learning_rate(step, epoch, S, base, 3, [10, 12], 0.2)
+        assert got == pytest.approx(base * factor, rel=1e-12), epoch
+        assert got == pytest.approx(spec_lr(step, epoch, S, base), rel=1e-12)
+
+
+def test_base_learning_rate_follows_split():
+    t = load_config("small").train
+    assert base_learning_rate(t, "train") == t.lr_base == 1.2e-4
+    assert base_learning_rate(t, "train+val") == t.lr_base
+    assert base_learning_rate(t, "train+val+vg") == t.lr_base_vg == 1e-4
+    assert base_learning_rate(load_config("large").train, "train+val+vg") == 5e-5
+
+
+def test_training_uses_the_schedule(base_run):
+    lrs = vdl_scalars(os.path.join(base_run.results_dir, "vdl", "base"), "train/lr")
+    t = base_run.cfg.train
+    expected = [learning_rate(s, 0, STEPS, t.lr_base, t.warmup_epochs, t.lr_decay_epochs, t.lr_decay_rate)
+                for s in range(1, STEPS + 1)]
+    np.testing.assert_allclose(lrs, expected, rtol=1e-6)
+    assert base_run.summary["history"][0]["lr"] == pytest.approx(expected[-1])
+
+
+# ----------------------------------------------------------------------------- 2. gradient accumulation
+
+def test_accumulation_equals_full_batch(world, base_run, tmp_path):
+    cfg = make_cfg(world, tmp_path, "accu2", accu=2)
+    train(cfg, progress=False)
+    full = safe_load(base_run.params)
+    accu = safe_load(ckpt_paths(cfg.ckpt_dir, "accu2", 1)[0])
+    assert_same_weights(accu, full, rtol=1e-5)
+    # the summed loss (not a mean per sub-batch): equal gradient norms before clipping
+    np.testing.assert_allclose(vdl_scalars(os.path.join(cfg.results_dir, "vdl", "accu2"), "train/grad_norm"),
+                               vdl_scalars(os.path.join(base_run.results_dir, "vdl", "base"), "train/grad_norm"),
+                               rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- 3. data parallel
+
+@pytest.mark.parametrize("accu", [1, 2])
+def test_two_process_data_parallel_equals_one_process(world, base_run, tmp_path, accu):
+    ckpt_dir, results_dir = tmp_path / "ckpt", tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "run.py"), "--RUN=train", f"--MODEL={world.yml}", "--NPROCS=2",
+         f"--ACCU={accu}", "--VERSION=dp", f"--CKPT_DIR={ckpt_dir}", f"--RESULTS_DIR={results_dir}"],
+        cwd=str(tmp_path), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    dp = safe_load(ckpt_paths(str(ckpt_dir), "dp", 1)[0])
+    assert_same_weights(dp, safe_load(base_run.params), rtol=1e-5)
+    np.testing.assert_allclose(vdl_scalars(os.path.join(results_dir, "vdl", "dp"), "train/grad_norm"),
+                               vdl_scalars(os.path.join(base_run.results_dir, "vdl", "base"), "train/grad_norm"),
+                               rtol=1e-5)
+    # the epoch loss is the mean over both processes' questions
+    line = re.search(r"epoch 1/1: loss ([0-9.]+)", proc.stdout)
+    assert line, proc.stdout[-2000:]
+    assert float(line.group(1)) == pytest.approx(base_run.summary["history"][0]["loss"], abs=2e-5)
+
+
+# ----------------------------------------------------------------------------- 4. resume
+
+def test_resume_replays_the_uninterrupted_run(world, tmp_path, monkeypatch, capsys):
+    # A: three epochs in one go, dropout on
+    cfg_a = make_cfg(world, tmp_path, "A", yml=world.yml_dropout, max_epoch=3)
+    assert cfg_a.model.dropout == 0.1
+    train(cfg_a, progress=False)
+
+    # B: the same run, interrupted (Ctrl-C) during the second epoch
+    real_epoch = train_mod.train_one_epoch
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train_one_epoch", interrupted)
+    cfg_b = make_cfg(world, tmp_path, "B", yml=world.yml_dropout, max_epoch=3)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg_b, progress=False)
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert "interrupted during epoch 2" in err and "--RESUME=True --CKPT_V=B --CKPT_E=1" in err
+    folder_b = os.path.dirname(ckpt_paths(cfg_b.ckpt_dir, "B", 1)[0])
+    assert sorted(os.listdir(folder_b)) == ["epoch1.pdopt", "epoch1.pdparams"]
+
+    # resume B through the command line, as the message says
+    code, out, err = cli_main(["--RUN=train", f"--MODEL={world.yml_dropout}", "--RESUME=True", "--CKPT_V=B",
+                               "--CKPT_E=1", "--MAX_EPOCH=3", f"--CKPT_DIR={cfg_b.ckpt_dir}",
+                               f"--RESULTS_DIR={cfg_b.results_dir}"], capsys)
+    assert code == 0, err[-3000:]
+    assert "resumed from" in out
+    for epoch in (2, 3):
+        pa, oa = ckpt_paths(cfg_a.ckpt_dir, "A", epoch)
+        pb, ob = ckpt_paths(cfg_b.ckpt_dir, "B", epoch)
+        wa, wb = safe_load(pa), safe_load(pb)
+        assert sorted(wa) == sorted(wb)
+        for key in wa:  # gradient-free parameters included: the replay is exact
+            np.testing.assert_allclose(wb[key], wa[key], rtol=0, atol=1e-6, err_msg=f"epoch {epoch} {key}")
+        sa, sb = safe_load(oa)["optimizer"], safe_load(ob)["optimizer"]
+        assert sorted(sa) == sorted(sb)
+        assert any(k.startswith("param:") and "moment1" in k for k in sa)
+        for key in sa:
+            np.testing.assert_allclose(np.asarray(sb[key]), np.asarray(sa[key]), rtol=0, atol=1e-6,
+                                       err_msg=f"optimizer state {key} after epoch {epoch}")
+
+
+def test_resume_refuses_missing_checkpoint(world, tmp_path):
+    cfg = make_cfg(world, tmp_path, "R", max_epoch=2)
+    cfg.resume, cfg.ckpt_version, cfg.ckpt_epoch = True, "nothing", 1
+    with pytest.raises(TrainingError, match="--RESUME needs .*epoch1.pdparams"):
+        train(cfg, progress=False)
+
+
+def test_resume_refuses_a_different_batch_setup(world, base_run, tmp_path):
+    """The base run saved epoch 1 with BATCH; resuming it with another batch size would replay a
+    different data order and LR schedule, so it is refused before training."""
+    cfg = make_cfg(world, tmp_path, "R2", max_epoch=2, batch_size=BATCH // 2)
+    cfg.ckpt_dir = base_run.ckpt_dir
+    cfg.resume, cfg.ckpt_version, cfg.ckpt_epoch = True, "base", 1
+    with pytest.raises(TrainingError, match=f"{STEPS} steps per epoch, this run has {TRAIN_QUESTIONS // (BATCH // 2)}"):
+        train(cfg, progress=False)
+    assert not os.path.exists(ckpt_paths(base_run.ckpt_dir, "R2", 2)[0])
+
+
+# ----------------------------------------------------------------------------- 5. atomic checkpoints
+
+KILLED_WRITER = r"""
+import sys, time
+import numpy as np
+from mmnas.engine.checkpoint import atomic_save
+
+class Stall:
+    # pickled after the arrays: signals that they are in the temporary file, then waits to be killed
+    def __reduce__(self):
+        open(sys.argv[2], "w").close()
+        time.sleep(120)
+        return (int, (0,))
+
+big = [np.full(1 << 20, i, dtype=np.float32) for i in range(16)]  # 64 MB
+atomic_save({"big": big, "stall": Stall()}, sys.argv[1])
+"""
+
+
+def _old_checkpoint(path):
+    old = {"w": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.ones(4, dtype=np.float32)}
+    atomic_save(old, path)
+    with open(path, "rb") as f:
+        return old, f.read()
+
+
+def _check_old_intact(path, old, old_bytes):
+    with open(path, "rb") as f:
+        assert f.read() == old_bytes
+    loaded = safe_load(path)
+    assert sorted(loaded) == sorted(old)
+    for key in old:
+        np.testing.assert_array_equal(loaded[key], old[key])
+    plain = paddle.load(path)
+    for key in old:
+        np.testing.assert_array_equal(np.asarray(plain[key]), old[key])
+
+
+def test_killed_checkpoint_write_keeps_old_file(tmp_path):
+    path = str(tmp_path / "epoch1.pdparams")
+    old, old_bytes = _old_checkpoint(path)
+    marker = tmp_path / "arrays_written"
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, path, str(marker)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while not marker.exists():
+            assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+            assert time.time() < deadline, "the writer never reached the middle of the pickle"
+            time.sleep(0.02)
+        temps = tmp_files(tmp_path)
+        assert len(temps) == 1
+        assert os.path.getsize(tmp_path / temps[0]) > 60 * 2 ** 20  # the arrays are on disk, the pickle is not finished
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    _check_old_intact(path, old, old_bytes)
+
+
+def test_failed_pickling_leaves_no_temp_file(tmp_path):
+    path = str(tmp_path / "epoch1.pdparams")
+    old, old_bytes = _old_checkpoint(path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("cannot pickle this")
+
+    with pytest.raises(RuntimeError, match="cannot pickle this"):
+        atomic_save({"big": np.zeros(1 << 20, dtype=np.float32), "bad": Unpicklable()}, path)
+    assert tmp_files(tmp_path) == []
+    _check_old_intact(path, old, old_bytes)
+
+
+# ----------------------------------------------------------------------------- 6. non-finite loss
+
+def _poison_loss(monkeypatch, at_call):
+    """Make the loss NaN at the at_call-th loss computation (one per step with ACCU=1)."""
+    real = train_mod.F.binary_cross_entropy_with_logits
+    calls = []
+
+    def poisoned(logits, label, reduction="mean"):
+        calls.append(1)
+        loss = real(logits, label, reduction=reduction)
+        return loss * float("nan") if len(calls) == at_call else loss
+
+    monkeypatch.setattr(train_mod, "F", SimpleNamespace(binary_cross_entropy_with_logits=poisoned))
+
+
+def test_nan_loss_stops_with_last_good_checkpoint(world, tmp_path, monkeypatch):
+    cfg = make_cfg(world, tmp_path, "nan", max_epoch=3)
+    _poison_loss(monkeypatch, STEPS + 3)  # epoch 2, step 3
+    with pytest.raises(TrainingError) as info:
+        train(cfg, progress=False)
+    message = str(info.value)
+    assert "non-finite loss" in message and "epoch 2, step 3" in message
+    good, good_opt = ckpt_paths(cfg.ckpt_dir, "nan", 1)
+    assert good in message
+    folder = os.path.dirname(good)
+    assert sorted(os.listdir(folder)) == ["epoch1.pdopt", "epoch1.pdparams"]
+    model = build_model(cfg.model, *_vocab_sizes(world))
+    load_weights(model, good)
+    assert safe_load(good_opt)["epoch"] == 1
+    assert all(np.isfinite(v.numpy()).all() for v in paddle.load(good).values())
+
+
+def test_nan_loss_via_cli_exits_nonzero(world, tmp_path, monkeypatch, capsys):
+    _poison_loss(monkeypatch, 2)  # epoch 1, step 2: nothing saved at all
+    code, out, err = cli_main(["--RUN=train", f"--MODEL={world.yml}", "--VERSION=nancli",
+                               f"--CKPT_DIR={tmp_path / 'ckpt'}", f"--RESULTS_DIR={tmp_path / 'results'}"], capsys)
+    assert code != 0
+    assert "non-finite loss" in err and "epoch 1, step 2" in err and "no checkpoint was written yet" in err
+    assert not glob.glob(str(tmp_path / "ckpt" / "ckpt_nancli" / "*.pdparams"))
+
+
+# ----------------------------------------------------------------------------- 7. evaluation
+
+def _vocab(world):
+    return build_vocab(world.data_root, world.cache_dir, progress=False)
+
+
+def _vocab_sizes(world):
+    vocab = _vocab(world)
+    return vocab.token_size, vocab.answer_size
+
+
+def _raw(world, name):
+    with open(os.path.join(world.data_root, "vqa", "raw", name), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def test_test_run_answers_every_test_question(world, base_run, tmp_path, capsys):
+    results = tmp_path / "results"
+    code, out, err = cli_main(["--RUN=test", f"--MODEL={world.yml}", f"--CKPT_DIR={base_run.ckpt_dir}",
+                               "--CKPT_V=base", "--CKPT_E=1", f"--RESULTS_DIR={results}"], capsys)
+    assert code == 0, err[-3000:]
+    path = results / "result_test" / "result_run_base_epoch1.json"
+    with open(path) as f:
+        answers = json.load(f)
+    test_ids = [q["question_id"] for q in _raw(world, "v2_OpenEnded_mscoco_test2015_questions.json")["questions"]]
+    assert len(test_ids) == 45
+    assert sorted(a["question_id"] for a in answers) == sorted(test_ids)
+    vocab_answers = set(_vocab(world).ans_to_ix)
+    assert all(isinstance(a["answer"], str) and a["answer"] in vocab_answers for a in answers)
+
+
+def test_test_run_with_ckpt_path_and_saved_logits(world, base_run, tmp_path, capsys):
+    weights = tmp_path / "my_weights.pdparams"
+    weights.write_bytes(open(base_run.params, "rb").read())
+    results = tmp_path / "results"
+    code, out, err = cli_main(["--RUN=test", f"--MODEL={world.yml}", f"--CKPT_PATH={weights}",
+                               "--SAVE_PRED=True", f"--RESULTS_DIR={results}"], capsys)
+    assert code == 0, err[-3000:]
+    with open(results / "result_test" / "result_run_my_weights.json") as f:
+        answers = {a["question_id"]: a["answer"] for a in json.load(f)}
+    preds = glob.glob(str(results / "pred" / "*.npz"))
+    assert len(preds) == 1
+    pred = np.load(preds[0])
+    vocab = _vocab(world)
+    assert pred["logits"].shape == (45, vocab.answer_size)
+    assert sorted(pred["question_ids"].tolist()) == sorted(answers)
+    for qid, row in zip(pred["question_ids"].tolist(), pred["logits"]):
+        assert answers[qid] == vocab.ix_to_ans[int(row.argmax())]
+
+
+def test_val_run_scores_match_the_metric(world, base_run, tmp_path, capsys):
+    results = tmp_path / "results"
+    argv = ["--RUN=val", f"--MODEL={world.yml}", f"--CKPT_DIR={base_run.ckpt_dir}", "--CKPT_V=base", "--CKPT_E=1",
+            f"--RESULTS_DIR={results}"]
+    code, out, err = cli_main(argv, capsys)
+    assert code == 0, err[-3000:]
+    printed = re.search(r"base_epoch1 val: overall ([0-9.]+)", out)
+    assert printed, out
+    with open(results / "cache" / "result_run_base_epoch1.json") as f:
+        predictions = json.load(f)
+    annotations = _raw(world, "v2_mscoco_val2014_annotations.json")["annotations"]
+    assert sorted(p["question_id"] for p in predictions) == sorted(a["question_id"] for a in annotations)
+    expected = vqa_accuracy(annotations, predictions)
+    assert float(printed.group(1)) == pytest.approx(expected["overall"], abs=0.005)
+    returned = cli.run_eval(cli.config_from_args(cli.build_parser().parse_args(argv)))
+    capsys.readouterr()
+    assert returned["scores"] == expected
+    # the validation after the training epoch scored the same weights the same way
+    assert base_run.summary["history"][0]["val"] == expected
+
+
+def test_ordered_prediction_equals_plain_loop(world, base_run):
+    vocab = _vocab(world)
+    dataset = VQADataset(world.data_root, "val", vocab, progress=False)
+    assert not np.array_equal(np.argsort(dataset.box_counts, kind="stable"), np.arange(len(dataset)))
+    model = build_model(base_run.cfg.model, vocab.token_size, vocab.answer_size)
+    load_weights(model, base_run.params)
+    logits = predict(model, dataset, batch_size=16, progress=False)
+    model.eval()
+    plain = []
+    with paddle.no_grad():
+        for start in range(0, len(dataset), 7):
+            feats, boxes, qids, _, _ = collate_batch([dataset[i] for i in range(start, min(start + 7, len(dataset)))])
+            plain.append(model(paddle.to_tensor(feats), None, paddle.to_tensor(boxes), paddle.to_tensor(qids)).numpy())
+    plain = np.concatenate(plain)
+    np.testing.assert_allclose(logits, plain, rtol=1e-5, atol=1e-5)
+    assert np.array_equal(logits.argmax(1), plain.argmax(1))
+
+
+# ----------------------------------------------------------------------------- 8. plain paddle.load
+
+def test_checkpoint_loads_with_plain_paddle(world, base_run):
+    state = paddle.load(base_run.params)
+    model = build_model(base_run.cfg.model, *_vocab_sizes(world))
+    missing, unexpected = model.set_state_dict(state)
+    assert not missing and not unexpected
+    saved = safe_load(base_run.params)
+    own = model.state_dict()
+    assert sorted(own) == sorted(saved)
+    for key, value in own.items():
+        np.testing.assert_array_equal(value.numpy(), saved[key])
+    opt = paddle.load(base_run.opt)
+    assert opt["epoch"] == 1 and opt["steps_per_epoch"] == STEPS and opt["optimizer"]
+
+
+# ----------------------------------------------------------------------------- 10. logs
+
+def test_text_log_and_visualdl(base_run):
+    with open(os.path.join(base_run.results_dir, "log", "log_run_base.txt"), encoding="utf-8") as f:
+        log = f.read()
+    assert "config:" in log and '"hidden_size": 32' in log and '"batch_size": 16' in log
+    assert re.search(r"epoch 1/1: loss [0-9.]+, lr [0-9.e+-]+", log)
+    assert re.search(r"epoch 1 val: overall [0-9.]+", log)
+    vdl_dir = os.path.join(base_run.results_dir, "vdl", "base")
+    assert glob.glob(os.path.join(vdl_dir, "vdlrecords.*.log"))
+    assert len(vdl_scalars(vdl_dir, "train/loss")) == STEPS
+    assert len(vdl_scalars(vdl_dir, "epoch/loss")) == 1
+    assert vdl_scalars(vdl_dir, "epoch/loss")[0] == pytest.approx(base_run.summary["history"][0]["loss"], rel=1e-6)
