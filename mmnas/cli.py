@@ -11,7 +11,7 @@ import sys
 import time
 from typing import List, Optional
 
-from .config import ConfigError, RunConfig, load_config, read_genotype
+from .config import ConfigError, RunConfig, load_config
 
 TRAIN_SPLITS = ("train", "train+val", "train+val+vg")
 
@@ -63,15 +63,11 @@ class UsageError(ValueError):
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    cfg = load_config(args.MODEL or ("search" if args.RUN == "search" else "small"))
+    cfg = load_config(args.MODEL or ("search" if args.RUN == "search" else "small"), args.ARCH_PATH)
     cfg.run = args.RUN
     cfg.gpu = args.GPU
     cfg.ckpt_dir, cfg.results_dir = args.CKPT_DIR, args.RESULTS_DIR
     cfg.data.cache_dir = os.path.join(args.RESULTS_DIR, "cache")
-    if args.ARCH_PATH:
-        genotype = read_genotype(args.ARCH_PATH)
-        cfg.model.enc, cfg.model.dec = genotype["enc"], genotype["dec"]
-        cfg.model.validate()
     overrides = [("data", "split", args.SPLIT), ("data", "num_workers", args.NW),
                  ("data", "preload", args.PRELOAD), ("data", "data_root", args.DATA_ROOT),
                  ("data", "drop_missing_images", args.DROP_MISSING),

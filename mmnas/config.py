@@ -262,11 +262,16 @@ def config_from_dict(raw: Dict[str, Any], where: str = "config") -> RunConfig:
     return cfg
 
 
-def load_config(model: str = "small") -> RunConfig:
-    """Load the config named by --MODEL (a short name or a YAML path)."""
+def load_config(model: str = "small", arch_path: Optional[str] = None) -> RunConfig:
+    """Load the config named by --MODEL (a short name or a YAML path); a genotype file
+    (--ARCH_PATH) replaces the config's encoder/decoder ops."""
     path = resolve_model_path(model)
     cfg = config_from_dict(read_yaml(path), where=path)
     cfg.config_path = path
+    if arch_path:
+        genotype = read_genotype(arch_path)
+        cfg.model.enc, cfg.model.dec = genotype["enc"], genotype["dec"]
+        cfg.model.validate()
     return cfg
 
 

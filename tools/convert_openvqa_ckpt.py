@@ -11,7 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mmnas.config import ConfigError, load_config, read_genotype  # noqa: E402
+from mmnas.config import ConfigError, load_config  # noqa: E402
 from mmnas.engine.checkpoint import CheckpointError  # noqa: E402
 from mmnas.models.convert import convert_openvqa_checkpoint  # noqa: E402
 
@@ -39,11 +39,7 @@ def main(argv=None):
     if os.path.abspath(args.input) == os.path.abspath(args.output):
         sys.exit(f"error: OUT.pdparams is the input file {args.input}; choose another output path")
     try:
-        cfg = load_config(args.MODEL).model
-        if args.ARCH_PATH:
-            genotype = read_genotype(args.ARCH_PATH)
-            cfg.enc, cfg.dec = genotype["enc"], genotype["dec"]
-            cfg.validate()
+        cfg = load_config(args.MODEL, args.ARCH_PATH).model
         summary = convert_openvqa_checkpoint(args.input, args.output, cfg,
                                              args.token_size, args.answer_size)
     except (CheckpointError, ConfigError) as e:

@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 
-from mmnas.config import ConfigError, load_config, read_genotype  # noqa: E402
+from mmnas.config import ConfigError, load_config  # noqa: E402
 from mmnas.engine.checkpoint import CheckpointError, extract_state_dict, match_state_dict, safe_load  # noqa: E402
 from mmnas.models import MMNasNet  # noqa: E402
 from mmnas.models.convert import check_hidden_size, checkpoint_sizes  # noqa: E402
@@ -45,11 +45,7 @@ def main(argv=None):
     stem = os.path.splitext(os.path.basename(args.CKPT_PATH))[0]
     out = args.out or os.path.join("results", "inference", stem, "model")
     try:
-        cfg = load_config(args.MODEL).model
-        if args.ARCH_PATH:
-            genotype = read_genotype(args.ARCH_PATH)
-            cfg.enc, cfg.dec = genotype["enc"], genotype["dec"]
-            cfg.validate()
+        cfg = load_config(args.MODEL, args.ARCH_PATH).model
         state = extract_state_dict(safe_load(args.CKPT_PATH), args.CKPT_PATH)
         token_size, answer_size = checkpoint_sizes(state, args.CKPT_PATH)
         check_hidden_size(state, cfg, args.CKPT_PATH)
