@@ -25,7 +25,7 @@ def str2bool(value: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="run.py", description="MMNasNet for VQA-v2 in PaddlePaddle: train, val, test.")
+    p = argparse.ArgumentParser(description="MMNasNet for VQA-v2 in PaddlePaddle: train, val, test.")
     p.add_argument("--RUN", required=True, choices=["train", "val", "test", "search"], help="what to do")
     p.add_argument("--MODEL", default=None,
                    help="small | large | mmnasnet (= small) | mcan_small | tiny | path to a YAML config "
