@@ -161,6 +161,30 @@ def check_batch_split(cfg: RunConfig, world: int) -> None:
                             f"which is not divisible by --ACCU={accu}.")
 
 
+def open_dataset(cfg: RunConfig, split: str, vocab, progress: bool) -> VQADataset:
+    dcfg = cfg.data
+    return VQADataset(dcfg.data_root, split, vocab, preload=dcfg.preload,
+                      drop_missing_images=dcfg.drop_missing_images, loss=cfg.train.loss, progress=progress)
+
+
+def checkpoint_to_resume(cfg: RunConfig):
+    """(params path, optimizer path) of --CKPT_V/--CKPT_E, both required to exist."""
+    params_path, opt_path = ckpt_paths(cfg.ckpt_dir, cfg.ckpt_version, cfg.ckpt_epoch)
+    for path in (params_path, opt_path):
+        if not os.path.isfile(path):
+            raise TrainingError(f"--RESUME needs {path}, which does not exist; check --CKPT_V/--CKPT_E "
+                                f"(checkpoints are in {os.path.dirname(path)}).")
+    return params_path, opt_path
+
+
+def initial_word_vectors(cfg: RunConfig, vocab):
+    """Word vectors for the embedding; None when resuming (the checkpoint overwrites it)."""
+    if cfg.resume:
+        return None
+    dcfg = cfg.data
+    return load_word_vectors(vocab.token_to_ix, dcfg.word_vectors, dcfg.spacy_model, dcfg.glove_path, dcfg.data_root)
+
+
 def train(cfg: RunConfig, rank: int = 0, world: int = 1, progress: Optional[bool] = None) -> dict:
     """Train per cfg; returns a summary (last epoch, checkpoint path, val scores per epoch)."""
     progress = (rank == 0) if progress is None else (progress and rank == 0)
@@ -176,32 +200,21 @@ def train(cfg: RunConfig, rank: int = 0, world: int = 1, progress: Optional[bool
 def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLogger) -> dict:
     tcfg, dcfg = cfg.train, cfg.data
     vocab = build_vocab(dcfg.data_root, dcfg.cache_dir, dcfg.answer_dict, progress=progress)
-    train_set = VQADataset(dcfg.data_root, dcfg.split, vocab, preload=dcfg.preload,
-                           drop_missing_images=dcfg.drop_missing_images, loss=tcfg.loss, progress=progress)
+    train_set = open_dataset(cfg, dcfg.split, vocab, progress)
     val_set = None
     if dcfg.split == "train" and tcfg.eval_every_epoch and rank == 0:
-        val_set = VQADataset(dcfg.data_root, "val", vocab, preload=dcfg.preload,
-                             drop_missing_images=dcfg.drop_missing_images, loss=tcfg.loss, progress=progress)
+        val_set = open_dataset(cfg, "val", vocab, progress)
     steps_per_epoch = len(train_set) // tcfg.batch_size
     if steps_per_epoch == 0:
         raise TrainingError(f"the {dcfg.split} split has {len(train_set)} questions, fewer than one "
                             f"batch of --BS={tcfg.batch_size}.")
 
-    start_epoch = 0
+    start_epoch = cfg.ckpt_epoch if cfg.resume else 0
     if cfg.resume:
-        start_epoch = cfg.ckpt_epoch
-        params_path, opt_path = ckpt_paths(cfg.ckpt_dir, cfg.ckpt_version, start_epoch)
-        for path in (params_path, opt_path):
-            if not os.path.isfile(path):
-                raise TrainingError(f"--RESUME needs {path}, which does not exist; check --CKPT_V/--CKPT_E "
-                                    f"(checkpoints are in {os.path.dirname(path)}).")
-        word_vectors = None  # overwritten by the checkpoint anyway
-    else:
-        word_vectors = load_word_vectors(vocab.token_to_ix, dcfg.word_vectors, dcfg.spacy_model,
-                                         dcfg.glove_path, dcfg.data_root)
+        params_path, opt_path = checkpoint_to_resume(cfg)
 
     paddle.seed(tcfg.seed)
-    model = build_model(cfg.model, vocab.token_size, vocab.answer_size, word_vectors)
+    model = build_model(cfg.model, vocab.token_size, vocab.answer_size, initial_word_vectors(cfg, vocab))
     lr_base = base_learning_rate(tcfg, dcfg.split)
     optimizer = paddle.optimizer.Adam(learning_rate=lr_base, beta1=tcfg.betas[0], beta2=tcfg.betas[1],
                                       epsilon=tcfg.eps, parameters=model.parameters())
@@ -266,19 +279,24 @@ def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLog
                 dist.barrier()
     except KeyboardInterrupt:
         if rank == 0:
-            if last_ckpt:
-                folder = os.path.basename(os.path.dirname(last_ckpt))[len("ckpt_"):]
-                done_epoch = os.path.basename(last_ckpt)[len("epoch"):-len(".pdparams")]
-                how = (f"the last complete checkpoint is {last_ckpt}. Resume with: python run.py --RUN=train "
-                       f"--MODEL={cfg.config_path} --SPLIT={dcfg.split} --RESUME=True --CKPT_V={folder} "
-                       f"--CKPT_E={done_epoch}")
-            else:
-                how = "no epoch had finished, so there is nothing to resume from"
-            msg = f"interrupted during epoch {epoch + 1}; nothing partial was saved; {how}"
-            print("\n" + msg, file=sys.stderr)
-            logger.text(msg)
+            report_interrupt(cfg, "train", epoch, last_ckpt, logger)
         raise
     return {"history": history, "last_checkpoint": last_ckpt, "version": cfg.version}
+
+
+def report_interrupt(cfg: RunConfig, run: str, epoch: int, last_ckpt: Optional[str], logger: RunLogger) -> None:
+    """After Ctrl-C: say that nothing partial was saved and print the command that resumes."""
+    if last_ckpt:
+        folder = os.path.basename(os.path.dirname(last_ckpt))[len("ckpt_"):]
+        done_epoch = os.path.basename(last_ckpt)[len("epoch"):-len(".pdparams")]
+        how = (f"the last complete checkpoint is {last_ckpt}. Resume with: python run.py --RUN={run} "
+               f"--MODEL={cfg.config_path} --SPLIT={cfg.data.split} --RESUME=True --CKPT_V={folder} "
+               f"--CKPT_E={done_epoch}")
+    else:
+        how = "no epoch had finished, so there is nothing to resume from"
+    msg = f"{run} interrupted during epoch {epoch + 1}; nothing partial was saved; {how}"
+    print("\n" + msg, file=sys.stderr)
+    logger.text(msg)
 
 
 def _all_reduce_sum(value: float, world: int) -> float:
