@@ -15,7 +15,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from mmnas.data.check_feats import check_feats, image_id_of  # noqa: E402
-from mmnas.data.synthetic import MARKER_FILE, RAW_FILES, make_synthetic_vqa  # noqa: E402
+from mmnas.data.synthetic import (MARKER_FILE, RAW_FILES, SPATIAL_FAMILY_WEIGHTS,  # noqa: E402
+                                  feature_file_name, make_synthetic_vqa)
 
 SIZES = dict(n_train_images=24, n_val_images=40, n_test_images=6, n_vg_images=8,
              questions_per_image=5, min_boxes=10, max_boxes=14)
@@ -167,6 +168,43 @@ def test_refuses_to_overwrite_real_data(tmp_path):
     make_synthetic_vqa(str(tmp_path), overwrite=True, **small)
     make_synthetic_vqa(str(tmp_path), **small)  # a synthetic dataset is replaced without asking
     assert json.loads(real.read_text())["questions"]
+
+
+SPATIAL = dict(min_boxes=4, max_boxes=12, family_weights=SPATIAL_FAMILY_WEIGHTS,
+               dominant_object_prob=0.7, filler_max_scale=0.3)
+
+
+def test_spatial_world(tmp_path):
+    """The spatial-heavy world of bench/synthetic_ablation.py: deterministic, mostly
+    box-dependent questions, often one object that dwarfs all other regions."""
+    sizes = dict(SIZES, n_train_images=40, n_val_images=20)
+    spatial = dict(sizes, **SPATIAL)
+    summary = make_synthetic_vqa(str(tmp_path / "a"), seed=3, **spatial)
+    assert summary["boxes"]["min"] >= 4 and summary["boxes"]["max"] <= 12
+    make_synthetic_vqa(str(tmp_path / "b"), seed=3, workers=2, **spatial)
+    first, second = all_files(str(tmp_path / "a")), all_files(str(tmp_path / "b"))
+    assert first == second
+    vqa = str(tmp_path / "a" / "vqa")
+    with open(os.path.join(vqa, "synthetic_truth.json")) as f:
+        truth = json.load(f)
+    families = Counter(truth["question_family"].values())
+    assert sum(families[f] for f in ("size_compare", "extreme_size", "nearest")) > 0.5 * sum(families.values())
+    dominant = 0
+    split_of = {folder: split for split, folder in SPLIT_FOLDERS.items()}
+    for image_id, image in truth["images"].items():
+        name = feature_file_name(split_of[image["split"]], int(image_id))
+        with np.load(os.path.join(vqa, "feats", image["split"], name)) as z:
+            boxes = z["bbox"]
+        areas = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
+        top = np.sort(areas)[::-1]
+        object_regions = [o["region"] for o in image["objects"]]
+        if top[0] >= 4 * top[1] and int(np.argmax(areas)) in object_regions:
+            dominant += 1
+    assert dominant > 0.4 * len(truth["images"])
+    with pytest.raises(ValueError):
+        make_synthetic_vqa(str(tmp_path / "c"), family_weights={"left_of": 1.0}, **sizes)
+    with pytest.raises(ValueError):
+        make_synthetic_vqa(str(tmp_path / "c"), dominant_object_prob=1.5, **sizes)
 
 
 # ----------------------------------------------------------------------------- check_feats

@@ -16,6 +16,11 @@ Note that the relation embedding of MMNasNet uses |cx_i - cx_j| and |cy_i - cy_j
 tell left from right or above from below. Directional questions would therefore be
 unlearnable by design, so the spatial questions here are about size and distance instead.
 
+By default the question mix is broad. `make_synthetic_vqa(family_weights=SPATIAL_FAMILY_WEIGHTS,
+dominant_object_prob=..., filler_max_scale=..., min_boxes=4, max_boxes=12)` gives a world where
+most questions need the boxes (bench/synthetic_ablation.py uses it); the defaults reproduce
+the original world byte for byte.
+
 Everything is a pure function of the seed: each image draws from its own generator seeded by
 (seed, split, index, purpose), and the npz files are written with fixed zip timestamps, so two
 runs with the same arguments produce identical bytes.
@@ -94,6 +99,32 @@ FAMILIES = (
 )
 RELATION_FAMILIES = ("size_compare", "extreme_size", "nearest")
 
+# A mix for experiments on the relation embedding (bench/synthetic_ablation.py): mostly
+# questions that only the boxes can answer, plus a little of everything else.
+SPATIAL_FAMILY_WEIGHTS = {
+    "exist": 0.03, "attr_check": 0.02, "size_compare": 0.22, "count_category": 0.06,
+    "count_colour": 0.02, "count_all": 0.03, "colour_of": 0.03, "category_of_colour": 0.02,
+    "extreme_size": 0.45, "nearest": 0.12,
+}
+
+
+@dataclass(frozen=True)
+class SceneStyle:
+    """How scenes are drawn. The defaults are the original world; the options make the
+    box-dependent questions easier to see without changing any file format.
+
+    dominant_object_prob: chance that one object is drawn much bigger than the others (its
+        side 0.4..0.6 of the canvas, the others 0.08..0.2, so >= 4x area), which makes
+        "what is the biggest object?" clear at a glance.
+    filler_max_scale: largest side of a filler (background) region as a fraction of the
+        canvas (1.0 in the original world, where fillers often dwarf every object).
+    """
+    dominant_object_prob: float = 0.0
+    filler_max_scale: float = 1.0
+
+
+DEFAULT_STYLE = SceneStyle()
+
 
 # ----------------------------------------------------------------------------- scenes
 
@@ -162,7 +193,8 @@ def _random_box(rng: np.random.Generator, width: int, height: int, scale_lo: flo
     return [x1, y1, x1 + w - 1, y1 + h - 1]
 
 
-def sample_scene(seed: int, split: str, index: int, min_boxes: int, max_boxes: int) -> Scene:
+def sample_scene(seed: int, split: str, index: int, min_boxes: int, max_boxes: int,
+                 style: SceneStyle = DEFAULT_STYLE) -> Scene:
     """Draw the objects, boxes and filler regions of one image."""
     rng = _rng(seed, split, index, 0)
     width, height = CANVAS_SIZES[rng.integers(len(CANVAS_SIZES))]
@@ -176,16 +208,21 @@ def sample_scene(seed: int, split: str, index: int, min_boxes: int, max_boxes: i
     categories = [int(c) for c in rng.permutation(categories)]
     colours = [int(c) for c in rng.integers(len(COLOURS), size=k)]
 
+    # With a dominant object, object 0 (a random one: categories are already shuffled) is big
+    # and the others small. The extra draw happens only when the option is on, so the
+    # original world keeps its exact bytes.
+    dominant = style.dominant_object_prob > 0 and rng.random() < style.dominant_object_prob
     object_boxes: List[List[float]] = []
-    for _ in range(k):
+    for o in range(k):
+        lo, hi = ((0.4, 0.6) if o == 0 else (0.08, 0.2)) if dominant else (0.08, 0.5)
         for _attempt in range(30):  # prefer objects that do not hide each other
-            box = _random_box(rng, width, height, 0.08, 0.5)
+            box = _random_box(rng, width, height, lo, hi)
             if all(_iou(box, other) < 0.3 for other in object_boxes):
                 break
         object_boxes.append(box)
 
     n = int(rng.integers(max(min_boxes, k), max_boxes + 1))
-    filler_boxes = [_random_box(rng, width, height, 0.05, 1.0) for _ in range(n - k)]
+    filler_boxes = [_random_box(rng, width, height, 0.05, style.filler_max_scale) for _ in range(n - k)]
     filler_textures = rng.integers(len(BACKGROUNDS), size=n - k)
 
     # Detectors emit regions in no particular object order: shuffle objects among fillers.
@@ -256,13 +293,13 @@ def save_npz_deterministic(path: str, arrays: Dict[str, np.ndarray], compresslev
 _worker_world: Optional[Tuple[int, FeatureWorld]] = None
 
 
-def _write_image_features(job: Tuple[int, str, int, int, int, str]) -> int:
+def _write_image_features(job: Tuple[int, str, int, int, int, str, SceneStyle]) -> int:
     """Pool worker: rebuild one scene from its seed and write its npz. Returns the box count."""
     global _worker_world
-    seed, split, index, min_boxes, max_boxes, folder = job
+    seed, split, index, min_boxes, max_boxes, folder, style = job
     if _worker_world is None or _worker_world[0] != seed:
         _worker_world = (seed, FeatureWorld(seed))
-    scene = sample_scene(seed, split, index, min_boxes, max_boxes)
+    scene = sample_scene(seed, split, index, min_boxes, max_boxes, style)
     x = _worker_world[1].region_features(seed, scene)
     save_npz_deterministic(os.path.join(folder, feature_file_name(split, scene.image_id)), {
         "x": x,
@@ -530,12 +567,27 @@ def human_answers(rng: np.random.Generator, answer: str) -> Tuple[List[dict], st
     return answers, majority
 
 
-def make_questions(rng: np.random.Generator, scene: Scene, n_questions: int, qid_offset: int = 0):
+def family_cumulative(family_weights: Optional[Dict[str, float]] = None) -> List[float]:
+    """Cumulative sampling weights of the families, in FAMILIES order (None: the defaults)."""
+    if family_weights is None:
+        return _FAMILY_CUMULATIVE
+    unknown = set(family_weights) - set(_FAMILY_NAMES)
+    if unknown:
+        raise ValueError(f"unknown question families: {sorted(unknown)}")
+    weights = [float(family_weights.get(name, 0.0)) for name in _FAMILY_NAMES]
+    if min(weights) < 0 or sum(weights) <= 0:
+        raise ValueError("family weights must be >= 0 and not all zero")
+    return _cumulative(weights)
+
+
+def make_questions(rng: np.random.Generator, scene: Scene, n_questions: int, qid_offset: int = 0,
+                   cumulative: Optional[Sequence[float]] = None):
     """`n_questions` distinct questions about one scene: (question, annotation, family) triples."""
+    cumulative = _FAMILY_CUMULATIVE if cumulative is None else cumulative
     made, seen = [], set()
     for k in range(n_questions):
         for _attempt in range(100):
-            family = _FAMILY_NAMES[_pick_weighted(rng, _FAMILY_CUMULATIVE)]
+            family = _FAMILY_NAMES[_pick_weighted(rng, cumulative)]
             result = QUESTION_MAKERS[family](rng, scene)
             if result is not None and result[0] not in seen:
                 break
@@ -596,7 +648,13 @@ def _remove_old_files(vqa_root: str) -> None:
                     os.remove(os.path.join(feat_dir, name))
 
 
-def _readme_text(seed: int, sizes: Dict[str, int], questions_per_image: int, min_boxes: int, max_boxes: int) -> str:
+def _readme_text(seed: int, sizes: Dict[str, int], questions_per_image: int, min_boxes: int, max_boxes: int,
+                 style: SceneStyle = DEFAULT_STYLE, family_weights: Optional[Dict[str, float]] = None) -> str:
+    options = ""
+    if style != DEFAULT_STYLE or family_weights is not None:
+        options = ("\nNon-default options of make_synthetic_vqa (not available as tool flags):\n"
+                   f"  dominant_object_prob={style.dominant_object_prob} filler_max_scale={style.filler_max_scale}\n"
+                   f"  family_weights={json.dumps(family_weights, sort_keys=True)}\n")
     return (
         "SYNTHETIC DATA - this is not VQA-v2.\n"
         "Generated by mmnas (tools/make_synthetic_vqa.py, mmnas/data/synthetic.py) in the exact\n"
@@ -614,19 +672,29 @@ def _readme_text(seed: int, sizes: Dict[str, int], questions_per_image: int, min
         f"  python tools/make_synthetic_vqa.py --out <DATA_ROOT> --seed {seed} "
         f"--train-images {sizes['train']} --val-images {sizes['val']} --test-images {sizes['test']} "
         f"--vg-images {sizes['vg']} --questions-per-image {questions_per_image} "
-        f"--min-boxes {min_boxes} --max-boxes {max_boxes}\n")
+        f"--min-boxes {min_boxes} --max-boxes {max_boxes}\n" + options)
 
 
 def make_synthetic_vqa(out_root: str, n_train_images: int = 1500, n_val_images: int = 300,
                        n_test_images: int = 200, n_vg_images: int = 200, questions_per_image: int = 5,
                        seed: int = 0, min_boxes: int = 10, max_boxes: int = 36, workers: int = 1,
-                       overwrite: bool = False, progress: bool = False) -> dict:
+                       overwrite: bool = False, progress: bool = False,
+                       family_weights: Optional[Dict[str, float]] = None, dominant_object_prob: float = 0.0,
+                       filler_max_scale: float = 1.0) -> dict:
     """Write a synthetic VQA-v2 under `<out_root>/vqa/` and return a summary dict.
 
     Refuses (FileExistsError) to replace a dataset that is not marked synthetic unless
     `overwrite`; a previous synthetic dataset is replaced silently. The output does not
-    depend on `workers`.
+    depend on `workers`. `family_weights` (e.g. SPATIAL_FAMILY_WEIGHTS), `dominant_object_prob`
+    and `filler_max_scale` change the question mix and the scenes (see SceneStyle); their
+    defaults give the original world.
     """
+    if not 0.0 <= dominant_object_prob <= 1.0:
+        raise ValueError(f"dominant_object_prob must be in 0..1, got {dominant_object_prob}")
+    if not 0.05 <= filler_max_scale <= 1.0:
+        raise ValueError(f"filler_max_scale must be in 0.05..1, got {filler_max_scale}")
+    style = SceneStyle(float(dominant_object_prob), float(filler_max_scale))
+    cumulative = family_cumulative(family_weights)
     if not 1 <= min_boxes <= max_boxes <= 100:
         raise ValueError(f"need 1 <= min_boxes <= max_boxes <= 100, got {min_boxes}..{max_boxes}")
     if max_boxes < MIN_OBJECTS:
@@ -650,7 +718,7 @@ def make_synthetic_vqa(out_root: str, n_train_images: int = 1500, n_val_images: 
     os.makedirs(os.path.join(vqa_root, "raw"), exist_ok=True)
     _remove_old_files(vqa_root)
     with open(os.path.join(vqa_root, MARKER_FILE), "w", encoding="utf-8") as f:
-        f.write(_readme_text(seed, sizes, questions_per_image, min_boxes, max_boxes))
+        f.write(_readme_text(seed, sizes, questions_per_image, min_boxes, max_boxes, style, family_weights))
 
     # Features: one job per image, each reproducible on its own, so a pool changes nothing.
     # With a pool, one worker builds the questions while the others write files.
@@ -658,17 +726,18 @@ def make_synthetic_vqa(out_root: str, n_train_images: int = 1500, n_val_images: 
     for split in ("train", "val", "test"):
         folder = os.path.join(vqa_root, "feats", SPLITS[split][0])
         os.makedirs(folder, exist_ok=True)
-        jobs += [(seed, split, i, min_boxes, max_boxes, folder) for i in range(sizes[split])]
+        jobs += [(seed, split, i, min_boxes, max_boxes, folder, style) for i in range(sizes[split])]
     if workers > 1 and len(jobs) > 1:
         import multiprocessing as mp
         with mp.get_context("fork").Pool(workers) as pool:
-            qa = pool.apply_async(_make_all_questions, (seed, sizes, questions_per_image, min_boxes, max_boxes))
+            qa = pool.apply_async(_make_all_questions, (seed, sizes, questions_per_image, min_boxes, max_boxes,
+                                                        style, cumulative))
             box_counts = _drain(pool.imap(_write_image_features, jobs, chunksize=16), len(jobs), progress)
             questions, annotations, truth = qa.get()
     else:
         box_counts = _drain(map(_write_image_features, jobs), len(jobs), progress)
         questions, annotations, truth = _make_all_questions(seed, sizes, questions_per_image,
-                                                            min_boxes, max_boxes)
+                                                            min_boxes, max_boxes, style, cumulative)
 
     raw = lambda key: os.path.join(vqa_root, RAW_FILES[key])
     for split in ("train", "val", "test"):
@@ -683,7 +752,8 @@ def make_synthetic_vqa(out_root: str, n_train_images: int = 1500, n_val_images: 
 
 
 def _make_all_questions(seed: int, sizes: Dict[str, int], questions_per_image: int,
-                        min_boxes: int, max_boxes: int):
+                        min_boxes: int, max_boxes: int, style: SceneStyle = DEFAULT_STYLE,
+                        cumulative: Optional[Sequence[float]] = None):
     """Questions and annotations of every split (VG included), plus the ground-truth record."""
     truth = {"note": "ground truth of the synthetic world; for analysis only",
              "categories": list(CATEGORIES), "colours": list(COLOURS), "images": {}, "question_family": {}}
@@ -691,7 +761,7 @@ def _make_all_questions(seed: int, sizes: Dict[str, int], questions_per_image: i
     annotations: Dict[str, List[dict]] = {}
 
     def add(split_key: str, scene: Scene, rng: np.random.Generator, qid_offset: int) -> None:
-        for q, a, family in make_questions(rng, scene, questions_per_image, qid_offset):
+        for q, a, family in make_questions(rng, scene, questions_per_image, qid_offset, cumulative):
             questions[split_key].append(q)
             annotations[split_key].append(a)
             truth["question_family"][str(q["question_id"])] = family
@@ -699,7 +769,7 @@ def _make_all_questions(seed: int, sizes: Dict[str, int], questions_per_image: i
     for split in ("train", "val", "test"):
         questions[split], annotations[split] = [], []
         for i in range(sizes[split]):
-            scene = sample_scene(seed, split, i, min_boxes, max_boxes)
+            scene = sample_scene(seed, split, i, min_boxes, max_boxes, style)
             truth["images"][str(scene.image_id)] = _scene_truth(scene)
             add(split, scene, _rng(seed, split, i, 2), 0)
 
@@ -709,7 +779,7 @@ def _make_all_questions(seed: int, sizes: Dict[str, int], questions_per_image: i
     questions["vg"], annotations["vg"] = [], []
     for p in chosen:
         split, i = pool[p]
-        scene = sample_scene(seed, split, i, min_boxes, max_boxes)
+        scene = sample_scene(seed, split, i, min_boxes, max_boxes, style)
         add("vg", scene, _rng(seed, split, i, 3), QUESTIONS_PER_IMAGE_LIMIT)
     return questions, annotations, truth
 
