@@ -1,10 +1,15 @@
-"""Data loader throughput: items/s through paddle.io.DataLoader with PRELOAD on/off and 0/2 workers.
+"""Data loader throughput: items/s through paddle.io.DataLoader with PRELOAD on/off and 0/2 workers,
+from the .npz files and from a packed store (tools/pack_feats.py; --packed-dtype, --no-packed).
 
 Generates its own data of real shape (2048-d regions, 10..100 boxes per image) in a temp dir,
 then prints ONE JSON line. Files were just written, so they sit in the page cache: this
 measures decoding + validation + collation, not disk speed.
 
     python bench/loader.py [--questions 2000] [--questions-per-image 5] [--workers 0,2]
+
+Keys: lazy_* / preload_* read .npz files; packed_lazy_* / packed_preload_* read the packed store
+(written after the .npz runs, so also in the page cache); *_MB_per_1000_images is the memory
+PRELOAD holds per 1,000 images of this data (mean n boxes), for both sources.
 """
 import argparse
 import json
@@ -16,6 +21,10 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+if "--defaults" not in sys.argv:  # as run.py: threads, MKL path, malloc keeping freed memory
+    from mmnas import runtime  # noqa: E402
+    runtime.configure()
 
 import paddle  # noqa: E402
 
@@ -79,6 +88,34 @@ def items_per_second(dataset, batch_size, num_workers, epochs):
     return items / (time.perf_counter() - start)
 
 
+def measure_packed(root, vocab, args, workers, result):
+    """Pack the train features, then the same measurements reading from the store."""
+    from tools.pack_feats import pack_folder
+    start = time.perf_counter()
+    summary = pack_folder(os.path.join(root, "vqa", "feats", "train2014"), dtype=args.packed_dtype,
+                          workers=args.preload_workers, progress=False)
+    result["pack_s"] = round(time.perf_counter() - start, 3)
+    result["packed_dtype"] = args.packed_dtype
+    for preload in (False, True):
+        start = time.perf_counter()
+        dataset = VQADataset(root, "train", vocab, preload=preload, preload_workers=args.preload_workers,
+                             progress=False)
+        if dataset.packed_images != dataset.num_images:
+            raise RuntimeError(f"only {dataset.packed_images} of {dataset.num_images} images come from the store")
+        tag = "packed_preload" if preload else "packed_lazy"
+        result[f"{tag}_build_s"] = round(time.perf_counter() - start, 3)
+        for num_workers in workers:
+            result[f"{tag}_workers{num_workers}_items_per_s"] = round(
+                items_per_second(dataset, args.batch_size, num_workers, args.epochs), 1)
+        if preload:
+            per_image = dataset.preloaded_bytes / dataset.num_images
+            result["packed_preload_MB_per_1000_images"] = round(per_image * 1000 / 2 ** 20, 1)
+            if result.get("preload_MB_per_1000_images"):
+                result["packed_preload_RAM_ratio"] = round(
+                    result["packed_preload_MB_per_1000_images"] / result["preload_MB_per_1000_images"], 3)
+    result["packed_store_MB"] = round(summary["bytes"] / 2 ** 20, 1)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--questions", type=int, default=2000, help="training questions to generate")
@@ -89,6 +126,9 @@ def main():
     parser.add_argument("--workers", default="0,2", help="comma-separated DataLoader num_workers values")
     parser.add_argument("--epochs", type=int, default=1, help="passes over the data per measurement")
     parser.add_argument("--preload-workers", type=int, default=8)
+    parser.add_argument("--packed-dtype", default="float16", choices=["float16", "float32"])
+    parser.add_argument("--no-packed", action="store_true", help="skip the packed-store measurements")
+    parser.add_argument("--defaults", action="store_true", help="skip mmnas.runtime.configure()")
     args = parser.parse_args()
     workers = [int(w) for w in args.workers.split(",")]
 
@@ -120,8 +160,11 @@ def main():
                     "preload_MB_per_1000_images": round(per_image * 1000 / 2 ** 20, 1),
                     "preload_MB_per_1000_images_at_100_boxes": round(1000 * 100 * (2048 + 4) * 4 / 2 ** 20, 1),
                 })
+        if not args.no_packed:
+            measure_packed(root, vocab, args, workers, result)
         result["generate_s"] = round(generate_s, 2)
         result["cpus"] = os.cpu_count()
+        result["runtime_configured"] = not args.defaults
     print(json.dumps(result))
 
 

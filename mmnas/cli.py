@@ -173,6 +173,11 @@ def _search_entry(cfg, rank, world):
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    from . import runtime
+    # threads, MKL's AMD path and Paddle flags, set before anything imports paddle; CPU
+    # processes started for data parallel share the cores
+    cpu_processes = args.NPROCS or 1 if args.RUN in ("train", "search") and not args.GPU else 1
+    runtime.configure(processes=cpu_processes)
     from .data.features import DataError
     from .engine.checkpoint import CheckpointError
     from .engine.train import TrainingError

@@ -5,6 +5,11 @@ broken JSON) is checked in the constructor, so a run fails in seconds, not hours
 Features are read per image, not per question (~5 questions share an image): with
 preload=True each needed image is read once into memory; otherwise each item reads its file
 (DataLoader workers do that in parallel).
+
+When a feature folder has a packed store (`tools/pack_feats.py`, `mmnas/data/packed.py`), its
+images are read from that one memory-mapped file instead; images missing from the store fall
+back to their .npz file. `packed_feats` picks where stores are looked for: None (default) =
+beside each folder (`feats/train2014.packed`), a path = `<path>/train2014.packed`, "off" = never.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from tqdm import tqdm
 from mmnas.data.features import (ANNOTATION_FILES, FEAT_DIM, FEATURE_DIRS, QUESTION_FILES, README_DATA,
                                   DataError, check_raw_files, feature_index, load_npz, read_box_count,
                                   read_json)
+from mmnas.data.packed import PackedFeatures, is_store, store_dir_for
 from mmnas.data.vocab import MAX_TOKEN, Vocab, answer_scores, encode_question
 
 TRAIN_SPLITS = ("train", "train+val", "train+val+vg")
@@ -41,7 +47,7 @@ class VQADataset(paddle.io.Dataset):
 
     def __init__(self, data_root: str, split: str, vocab: Vocab, *, preload: bool = False,
                  preload_workers: int = 8, drop_missing_images: bool = False, loss: str = "bce",
-                 progress: bool = True):
+                 progress: bool = True, packed_feats: Optional[str] = None):
         super().__init__()
         if loss not in ("bce", "kld"):
             raise ValueError(f"loss must be 'bce' or 'kld', got {loss!r}")
@@ -93,6 +99,10 @@ class VQADataset(paddle.io.Dataset):
         self._item_image = np.array([position[p] for p in image_paths], dtype=np.int32)  # [N]
         self._image_box_counts: Optional[np.ndarray] = None  # [num_images], filled lazily
         self._preloaded: Optional[List[Tuple[np.ndarray, np.ndarray]]] = None
+        self._stores: List[PackedFeatures] = []
+        self._image_store = np.full(len(self._image_paths), -1, dtype=np.int32)  # store per image, -1: .npz
+        self._image_row = np.zeros(len(self._image_paths), dtype=np.int64)  # image's index in its store
+        self._open_packed(packed_feats)
         if preload:
             self._preload(preload_workers)
 
@@ -107,19 +117,65 @@ class VQADataset(paddle.io.Dataset):
                             f"questions with drop_missing_images=True (CLI flag --DROP_MISSING).")
         warnings.warn(f"{what}. Dropping them (drop_missing_images=True).", stacklevel=3)
 
+    def _open_packed(self, packed_feats: Optional[str]):
+        """Find the packed store of each feature folder in use; point packed images at it."""
+        if packed_feats is not None and str(packed_feats).lower() in ("off", "none", "false", "0", ""):
+            return
+        by_folder: Dict[str, List[int]] = {}
+        for i, path in enumerate(self._image_paths):
+            by_folder.setdefault(os.path.dirname(path), []).append(i)
+        for folder, images in sorted(by_folder.items()):
+            store_dir = store_dir_for(folder, packed_feats)
+            if not is_store(store_dir):
+                continue
+            try:
+                store = PackedFeatures(store_dir)
+            except ValueError as e:
+                raise DataError(str(e)) from None
+            index_time = os.stat(os.path.join(store_dir, "index.npz")).st_mtime_ns
+            if os.stat(folder).st_mtime_ns > index_time:
+                warnings.warn(f"{folder} changed after its packed store {store_dir} was written; images "
+                              f"not in the store are read from their .npz files. Re-run tools/pack_feats.py.",
+                              stacklevel=3)
+            k = len(self._stores)
+            self._stores.append(store)
+            for i in images:
+                row = store.position.get(os.path.basename(self._image_paths[i]))
+                if row is not None:
+                    self._image_store[i], self._image_row[i] = k, row
+
+    @property
+    def packed_images(self) -> int:
+        """How many of this dataset's images are read from packed stores."""
+        return int((self._image_store >= 0).sum())
+
+    def _read_image(self, image: int) -> Tuple[np.ndarray, np.ndarray]:
+        store = self._image_store[image]
+        if store >= 0:
+            return self._stores[store].get(int(self._image_row[image]))
+        return load_npz(self._image_paths[image])
+
     def _preload(self, workers: int):
-        """Read every needed image once, in parallel threads (np.load releases the GIL on I/O)."""
-        images: List[Tuple[np.ndarray, np.ndarray]] = []
+        """Read every needed image once, in parallel threads (np.load releases the GIL on I/O).
+        Packed stores are read whole, in their own dtype (float16 stores: half the memory); their
+        images are then served from that copy (entries of `_preloaded` stay None)."""
+        for k in sorted(set(self._image_store[self._image_store >= 0].tolist())):
+            self._stores[k].load()
+        unpacked = [i for i in range(len(self._image_paths)) if self._image_store[i] < 0]
+        images: List[Optional[Tuple[np.ndarray, np.ndarray]]] = [None] * len(self._image_paths)
         pool = ThreadPoolExecutor(max_workers=max(1, workers))
         try:
-            results = pool.map(load_npz, self._image_paths)
-            for region_feats_and_boxes in tqdm(results, total=len(self._image_paths), desc=f"preload {self.split}",
-                                               disable=not self.progress, mininterval=1.0):
-                images.append(region_feats_and_boxes)
+            results = pool.map(load_npz, [self._image_paths[i] for i in unpacked])
+            for i, region_feats_and_boxes in zip(unpacked, tqdm(results, total=len(unpacked), desc=f"preload {self.split}",
+                                                                disable=not self.progress or not unpacked,
+                                                                mininterval=1.0)):
+                images[i] = region_feats_and_boxes
         finally:
             pool.shutdown(wait=True, cancel_futures=True)  # on error, do not read the rest
         self._preloaded = images
-        self._image_box_counts = np.array([len(f) for f, _ in images], dtype=np.int32)
+        self._image_box_counts = np.array([len(images[i][0]) if images[i] is not None else
+                                           int(self._stores[self._image_store[i]].counts[self._image_row[i]])
+                                           for i in range(len(images))], dtype=np.int32)
 
     @property
     def num_images(self) -> int:
@@ -130,22 +186,35 @@ class VQADataset(paddle.io.Dataset):
         """Memory held by preloaded features (0 without preload)."""
         if self._preloaded is None:
             return 0
-        return sum(f.nbytes + b.nbytes for f, b in self._preloaded)
+        stores = sorted(set(self._image_store[self._image_store >= 0].tolist()))
+        return (sum(f.nbytes + b.nbytes for item in self._preloaded if item is not None for f, b in [item])
+                + sum(self._stores[k].nbytes for k in stores))
 
     @property
     def box_counts(self) -> np.ndarray:
         """int32 [N]: regions n of each item's image (reads only the .npz headers if not preloaded)."""
         if self._image_box_counts is None:
+            counts = np.zeros(len(self._image_paths), dtype=np.int32)
+            unpacked = []
+            for i in range(len(self._image_paths)):
+                if self._image_store[i] >= 0:  # from the store's index, no file read
+                    counts[i] = self._stores[self._image_store[i]].counts[self._image_row[i]]
+                else:
+                    unpacked.append(i)
             with ThreadPoolExecutor(max_workers=8) as pool:
-                counts = list(tqdm(pool.map(read_box_count, self._image_paths), total=len(self._image_paths),
-                                   desc="box counts", disable=not self.progress, mininterval=1.0))
-            self._image_box_counts = np.array(counts, dtype=np.int32)
+                read = list(tqdm(pool.map(read_box_count, [self._image_paths[i] for i in unpacked]),
+                                 total=len(unpacked), desc="box counts", disable=not self.progress or not unpacked,
+                                 mininterval=1.0))
+            counts[unpacked] = np.array(read, dtype=np.int32)
+            self._image_box_counts = counts
         return self._image_box_counts[self._item_image]
 
     def box_count(self, i: int) -> int:
         image = self._item_image[i]
         if self._image_box_counts is not None:
             return int(self._image_box_counts[image])
+        if self._image_store[image] >= 0:
+            return int(self._stores[self._image_store[image]].counts[self._image_row[image]])
         return read_box_count(self._image_paths[image])
 
     def image_path(self, i: int) -> str:
@@ -157,10 +226,10 @@ class VQADataset(paddle.io.Dataset):
     def __getitem__(self, i):
         i = int(i)
         image = self._item_image[i]
-        if self._preloaded is not None:
+        if self._preloaded is not None and self._preloaded[image] is not None:
             region_feats, boxes = self._preloaded[image]  # shared arrays: do not modify in place
         else:
-            region_feats, boxes = load_npz(self._image_paths[image])  # [n, 2048], [n, 4]
+            region_feats, boxes = self._read_image(image)  # [n, 2048], [n, 4]: packed store or .npz
         question_ids = encode_question(self._question_texts[i], self.vocab.token_to_ix, MAX_TOKEN)  # [14]
         if self.has_answers:
             scores = answer_scores(self.annotations[i]["answers"], self.vocab.ans_to_ix, self.loss)  # [A]

@@ -40,6 +40,7 @@ from tqdm import tqdm
 from ..config import RunConfig
 from ..data import build_vocab
 from ..models.supernet import SuperNet
+from ..runtime import clip_grad_norm_
 from .checkpoint import atomic_save, load_weights, safe_load, to_numpy_state
 from .evaluate import make_loader, write_json_atomic
 from .logger import RunLogger
@@ -118,7 +119,7 @@ def weight_step(net, model: SuperNet, optimizer, batch, lr: float, cfg: RunConfi
     for p in model.inactive_parameters():
         p.clear_gradient(False)
     params = [p for p in model.weight_parameters() if p.grad is not None]
-    grad_norm = paddle.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
+    grad_norm = clip_grad_norm_(params, cfg.train.grad_clip)
     optimizer.step()
     optimizer.clear_grad(set_to_zero=False)  # None, not zero: a zero grad would still move Adam
     return loss_sum, float(grad_norm)

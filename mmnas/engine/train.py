@@ -26,6 +26,7 @@ from tqdm import tqdm
 from ..config import RunConfig
 from ..data import VQADataset, build_vocab, load_word_vectors
 from ..models import build_model
+from ..runtime import clip_grad_norm_
 from .checkpoint import atomic_save, load_weights, safe_load, to_numpy_state, CheckpointError
 from .evaluate import evaluate, format_scores, make_loader
 from .logger import RunLogger
@@ -127,7 +128,7 @@ def train_one_epoch(model, optimizer, dataset, cfg: RunConfig, epoch: int, steps
         if not math.isfinite(step_loss):
             raise TrainingError(f"non-finite loss ({step_loss}) at epoch {epoch + 1}, step {step_in_epoch + 1} "
                                 f"(global step {step}); nothing was saved for this epoch")
-        grad_norm = paddle.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
+        grad_norm = clip_grad_norm_(params, tcfg.grad_clip)  # = paddle's, one BLAS dot per tensor
         optimizer.step()
         optimizer.clear_grad()
         loss_sum += step_loss
@@ -217,7 +218,7 @@ def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLog
     model = build_model(cfg.model, vocab.token_size, vocab.answer_size, initial_word_vectors(cfg, vocab))
     lr_base = base_learning_rate(tcfg, dcfg.split)
     optimizer = paddle.optimizer.Adam(learning_rate=lr_base, beta1=tcfg.betas[0], beta2=tcfg.betas[1],
-                                      epsilon=tcfg.eps, parameters=model.parameters())
+                                      epsilon=tcfg.eps, parameters=model.parameters(), use_multi_tensor=True)
     if cfg.resume:
         load_weights(model, params_path)
         saved = safe_load(opt_path)

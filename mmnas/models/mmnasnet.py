@@ -13,6 +13,7 @@ import paddle.nn.functional as F
 from ..config import ModelConfig
 from ..ops import MLP, LayerNorm, box_relation_geometry, build_op, make_mask, make_token_mask
 from ..ops.attention import MASK_VALUE
+from ..ops.fast import Linear
 
 
 class Adapter(nn.Layer):
@@ -20,7 +21,7 @@ class Adapter(nn.Layer):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.frcn_linear = nn.Linear(cfg.feat_size, cfg.hidden_size)
+        self.frcn_linear = Linear(cfg.feat_size, cfg.hidden_size)
 
     def forward(self, region_feats):
         return self.frcn_linear(region_feats)
@@ -34,7 +35,7 @@ class AttFlat(nn.Layer):
         super().__init__()
         self.glimpses = cfg.glimpses
         self.mlp = MLP(cfg.hidden_size, cfg.flat_mlp, cfg.glimpses, cfg.dropout)
-        self.linear_merge = nn.Linear(cfg.hidden_size * cfg.glimpses, cfg.flat_out)
+        self.linear_merge = Linear(cfg.hidden_size * cfg.glimpses, cfg.flat_out)
 
     def forward(self, x, x_mask):
         att = self.mlp(x)  # [B, N, G]
@@ -73,11 +74,11 @@ class MMNasNet(nn.Layer):
         self.lstm = nn.LSTM(cfg.word_embed, cfg.hidden_size, num_layers=1)
         self.adapter = Adapter(cfg)
         self.backbone = Backbone(cfg)
-        self.linear_rel = nn.Linear(4, cfg.rel_size)
+        self.linear_rel = Linear(4, cfg.rel_size)
         self.attflat_img = AttFlat(cfg)
         self.attflat_lang = AttFlat(cfg)
         self.proj_norm = LayerNorm(cfg.flat_out)
-        self.proj = nn.Linear(cfg.flat_out, answer_size)
+        self.proj = Linear(cfg.flat_out, answer_size)
         init_like_reference(self)
         if word_vectors is not None:
             word_vectors = np.asarray(word_vectors, dtype="float32")

@@ -10,6 +10,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from .fast import Dropout, Linear
+
 MASK_VALUE = -1e9
 
 
@@ -18,11 +20,11 @@ class MHAtt(nn.Layer):
         super().__init__()
         self.heads = heads
         self.head_width = hidden_size // heads
-        self.linear_v = nn.Linear(hidden_size, hidden_size)
-        self.linear_k = nn.Linear(hidden_size, hidden_size)
-        self.linear_q = nn.Linear(hidden_size, hidden_size)
-        self.linear_merge = nn.Linear(hidden_size, hidden_size)
-        self.dropout = nn.Dropout(dropout)
+        self.linear_v = Linear(hidden_size, hidden_size)
+        self.linear_k = Linear(hidden_size, hidden_size)
+        self.linear_q = Linear(hidden_size, hidden_size)
+        self.linear_merge = Linear(hidden_size, hidden_size)
+        self.dropout = Dropout(dropout)
 
     def split_heads(self, x):
         """[B, N, H] -> [B, heads, N, head_width]"""
@@ -53,7 +55,7 @@ class RelMHAtt(MHAtt):
 
     def __init__(self, hidden_size: int, rel_head_width: int, rel_size: int, dropout: float):
         super().__init__(hidden_size, hidden_size // rel_head_width, dropout)
-        self.linear_r = nn.Linear(rel_size, self.heads)
+        self.linear_r = Linear(rel_size, self.heads)
 
     def forward(self, v, k, q, mask=None, rel_embed=None):
         r = F.relu(self.linear_r(rel_embed)).transpose([0, 3, 1, 2])  # [B,N,N,h] -> [B,h,N,N]

@@ -9,6 +9,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from .attention import MHAtt, RelMHAtt
+from .fast import Dropout, Linear
 from .layer_norm import LayerNorm
 
 
@@ -18,8 +19,8 @@ class FC(nn.Layer):
     def __init__(self, in_size, out_size, dropout=0.0, use_relu=True):
         super().__init__()
         self.use_relu = use_relu
-        self.linear = nn.Linear(in_size, out_size)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
+        self.linear = Linear(in_size, out_size)
+        self.dropout = Dropout(dropout) if dropout > 0 else None
 
     def forward(self, x):
         x = self.linear(x)
@@ -36,7 +37,7 @@ class MLP(nn.Layer):
     def __init__(self, in_size, mid_size, out_size, dropout=0.0, use_relu=True):
         super().__init__()
         self.fc = FC(in_size, mid_size, dropout, use_relu)
-        self.linear = nn.Linear(mid_size, out_size)
+        self.linear = Linear(mid_size, out_size)
 
     def forward(self, x):
         return self.linear(self.fc(x))
@@ -48,7 +49,7 @@ class SA(nn.Layer):
     def __init__(self, cfg):
         super().__init__()
         self.mhatt = MHAtt(cfg.hidden_size, cfg.heads, cfg.dropout)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.norm = LayerNorm(cfg.hidden_size)
 
     def forward(self, x, y=None, x_mask=None, y_mask=None, rel_embed=None):
@@ -61,7 +62,7 @@ class GA(nn.Layer):
     def __init__(self, cfg):
         super().__init__()
         self.mhatt = MHAtt(cfg.hidden_size, cfg.heads, cfg.dropout)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.norm = LayerNorm(cfg.hidden_size)
 
     def forward(self, x, y=None, x_mask=None, y_mask=None, rel_embed=None):
@@ -74,7 +75,7 @@ class RSA(nn.Layer):
     def __init__(self, cfg):
         super().__init__()
         self.mhatt = RelMHAtt(cfg.hidden_size, cfg.rel_head_width, cfg.rel_size, cfg.dropout)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.norm = LayerNorm(cfg.hidden_size)
 
     def forward(self, x, y=None, x_mask=None, y_mask=None, rel_embed=None):
@@ -87,7 +88,7 @@ class FFN(nn.Layer):
     def __init__(self, cfg):
         super().__init__()
         self.mlp = MLP(cfg.hidden_size, cfg.ffn_hidden, cfg.hidden_size, cfg.dropout)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.norm = LayerNorm(cfg.hidden_size)
 
     def forward(self, x, y=None, x_mask=None, y_mask=None, rel_embed=None):

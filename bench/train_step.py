@@ -1,0 +1,151 @@
+"""Training throughput of MMNasNet at batch 64 on inputs of real shape; prints ONE JSON line.
+
+Inputs: 2048-d region features, n regions per sample drawn from 10..100 (or all at 100 with
+--n100), 14 question tokens, 3129 answers; BCE (sum) loss, Adam, gradient clipping by global
+norm: one step is what mmnas/engine/train.py does per batch. Reports samples/s and the useful
+FLOP/s (FLOPs of each sample at its own n, bench/common.py) as a fraction of the machine's fp32
+GEMM peak measured with numpy in the same process: before and after every timed step, since
+other processes on a shared machine change what the CPU gives. `useful_fraction_of_peak` divides
+by the time-weighted peak of the GEMM runs next to each step; `..._of_best_peak` by the best
+GEMM rate seen in the whole run (the conservative figure when the load changed during the run).
+"padded" figures count what the model computes: every sample at its batch's largest n.
+
+    python bench/train_step.py [--model small|large] [--n100] [--steps 3] [--defaults]
+
+--defaults measures Paddle's own settings (skips mmnas.runtime.configure()); add
+--plain-optimizer for Paddle's clip_grad_norm_ and Adam as the engine has them today. The model
+code (mmnas/ops) is always the current one: for the original ops, run this file on a checkout of
+the commit before.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="small", help="small | large | a config path")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--steps", type=int, default=3, help="timed steps")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--n100", action="store_true", help="every sample has n = --n-max regions")
+    p.add_argument("--n-min", type=int, default=10)
+    p.add_argument("--n-max", type=int, default=100)
+    p.add_argument("--distinct-batches", type=int, default=3, help="different random batches to cycle")
+    p.add_argument("--defaults", action="store_true", help="Paddle's defaults: no mmnas.runtime.configure()")
+    p.add_argument("--threads", type=int, default=None, help="force a thread count")
+    p.add_argument("--to-static", action="store_true", help="paddle.jit.to_static the model")
+    p.add_argument("--amp", default="off", choices=["off", "fp16", "bf16"], help="mixed precision (GPU)")
+    p.add_argument("--plain-optimizer", action="store_true",
+                   help="paddle.nn.utils.clip_grad_norm_ and single-tensor Adam (as mmnas/engine/train.py "
+                        "has them) instead of mmnas.runtime.clip_grad_norm_ and Adam(use_multi_tensor=True)")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not args.defaults:
+        from mmnas import runtime
+        runtime.configure(threads=args.threads)
+    import numpy as np
+    import paddle
+    import paddle.nn.functional as F
+    from types import SimpleNamespace
+
+    from bench.common import (GEMM_SHAPES, batch_flops, box_counts, build_model, make_batch, numpy_gemm_peak,
+                              paddle_matmul_rate, runtime_settings)
+    from mmnas import runtime
+
+    peak_before = numpy_gemm_peak()
+    paddle.seed(args.seed)
+    model, cfg = build_model(args.model)
+    model.train()
+    params = [p for p in model.parameters() if not p.stop_gradient]
+    optimizer = paddle.optimizer.Adam(learning_rate=1e-4, beta1=0.9, beta2=0.98, epsilon=1e-9, parameters=params,
+                                      use_multi_tensor=not args.plain_optimizer)
+    run_cfg = SimpleNamespace(train=SimpleNamespace(amp=args.amp, to_static=args.to_static))
+    net = runtime.maybe_to_static(model, run_cfg)
+    scaler = runtime.make_grad_scaler(run_cfg)
+
+    rng = np.random.default_rng(args.seed)
+    batches, counts = [], []
+    for _ in range(args.distinct_batches):
+        c = box_counts(rng, args.batch, args.n_min, args.n_max, args.n100)
+        counts.append(c)
+        batches.append([paddle.to_tensor(a) for a in make_batch(rng, c)])
+
+    def step(i):
+        feats, boxes, qids, scores = batches[i % len(batches)]
+        with runtime.amp_context(run_cfg):
+            logits = net(feats, None, boxes, qids)
+            loss = F.binary_cross_entropy_with_logits(logits.astype("float32"), scores, reduction="sum")
+        if args.plain_optimizer:
+            loss.backward()
+            paddle.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            optimizer.clear_grad()
+        else:
+            runtime.backward_and_step(loss, optimizer, scaler, params, 1.0)
+        return loss
+
+    def sync(x):
+        float(x)  # host synchronisation once, after the timed loop
+
+    for i in range(args.warmup):
+        sync(step(i))
+    # peak next to every step: [p0, step 0, p1, step 1, ..., pS]; the loss is read only at the end
+    peaks = [numpy_gemm_peak(reps=3, shapes=GEMM_SHAPES[:1])["peak"]]
+    step_seconds = []
+    loss = None
+    for i in range(args.steps):
+        start = time.perf_counter()
+        loss = step(args.warmup + i)
+        step_seconds.append(time.perf_counter() - start)
+        peaks.append(numpy_gemm_peak(reps=3, shapes=GEMM_SHAPES[:1])["peak"])
+    start = time.perf_counter()
+    sync(loss)
+    step_seconds[-1] += time.perf_counter() - start
+    seconds = sum(step_seconds)
+    adjacent_peak = sum(t * (peaks[i] + peaks[i + 1]) / 2 for i, t in enumerate(step_seconds)) / seconds
+    peak_after = numpy_gemm_peak()
+    matmul = paddle_matmul_rate()
+
+    used = [counts[(args.warmup + i) % len(counts)] for i in range(args.steps)]
+    useful = sum(batch_flops(cfg, c, train=True, padded=False) for c in used)
+    padded = sum(batch_flops(cfg, c, train=True, padded=True) for c in used)
+    peak = max([peak_before["peak"], peak_after["peak"]] + peaks)
+    result = {
+        "bench": "train_step", "model": args.model, "batch": args.batch,
+        "n": f"{args.n_max}" if args.n100 else f"{args.n_min}..{args.n_max}",
+        "mean_n": round(float(np.mean(np.concatenate(used))), 1), "steps": args.steps,
+        "to_static": args.to_static, "amp": args.amp, "defaults": args.defaults,
+        "optimizer": "paddle clip + Adam" if args.plain_optimizer else "runtime.clip_grad_norm_ + multi-tensor Adam",
+        "samples_per_s": round(args.steps * args.batch / seconds, 3),
+        "step_s": round(seconds / args.steps, 3),
+        "useful_gflop_per_sample": round(useful / (args.steps * args.batch) / 1e9, 3),
+        "useful_gflops": round(useful / seconds / 1e9, 1),
+        "padded_gflops": round(padded / seconds / 1e9, 1),
+        "padding_efficiency": round(useful / padded, 3),
+        "numpy_gemm_peak_gflops": round(adjacent_peak, 1),
+        "useful_fraction_of_peak": round(useful / seconds / 1e9 / adjacent_peak, 3),
+        "padded_fraction_of_peak": round(padded / seconds / 1e9 / adjacent_peak, 3),
+        "numpy_gemm_best_peak_gflops": round(peak, 1),
+        "useful_fraction_of_best_peak": round(useful / seconds / 1e9 / peak, 3),
+        "step_seconds": [round(t, 2) for t in step_seconds],
+        "numpy_gemm_next_to_steps": [round(p, 1) for p in peaks],
+        "paddle_matmul_gflops_6400x512x2048": matmul,
+        "numpy_gemm": {"before": peak_before, "after": peak_after},
+        "loss": round(float(loss), 3),
+        "settings": runtime_settings(),
+    }
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
