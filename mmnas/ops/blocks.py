@@ -43,56 +43,64 @@ class MLP(nn.Layer):
         return self.linear(self.fc(x))
 
 
-class SA(nn.Layer):
+class PostNormBlock(nn.Layer):
+    """Every block is post-norm residual: LN(x + Dropout(f(x))). Subclasses create their f
+    first, then call add_norm, so parameters register in the reference order."""
+
+    def add_norm(self, cfg):
+        self.dropout = Dropout(cfg.dropout)
+        self.norm = LayerNorm(cfg.hidden_size)
+
+    def residual(self, x, fx):
+        return self.norm(x + self.dropout(fx))
+
+
+class SA(PostNormBlock):
     """Self attention over x, masked by x's own mask."""
 
     def __init__(self, cfg):
         super().__init__()
         self.mhatt = MHAtt(cfg.hidden_size, cfg.heads, cfg.dropout)
-        self.dropout = Dropout(cfg.dropout)
-        self.norm = LayerNorm(cfg.hidden_size)
+        self.add_norm(cfg)
 
     def forward(self, x, y=None, x_mask=None, y_mask=None, rel_embed=None):
-        return self.norm(x + self.dropout(self.mhatt(x, x, x, x_mask)))
+        return self.residual(x, self.mhatt(x, x, x, x_mask))
 
 
-class GA(nn.Layer):
+class GA(PostNormBlock):
     """Guided attention: queries from x, keys and values from y, masked by y's mask."""
 
     def __init__(self, cfg):
         super().__init__()
         self.mhatt = MHAtt(cfg.hidden_size, cfg.heads, cfg.dropout)
-        self.dropout = Dropout(cfg.dropout)
-        self.norm = LayerNorm(cfg.hidden_size)
+        self.add_norm(cfg)
 
     def forward(self, x, y=None, x_mask=None, y_mask=None, rel_embed=None):
-        return self.norm(x + self.dropout(self.mhatt(y, y, x, y_mask)))
+        return self.residual(x, self.mhatt(y, y, x, y_mask))
 
 
-class RSA(nn.Layer):
+class RSA(PostNormBlock):
     """Relation self attention over x, using the shared box relation embedding."""
 
     def __init__(self, cfg):
         super().__init__()
         self.mhatt = RelMHAtt(cfg.hidden_size, cfg.rel_head_width, cfg.rel_size, cfg.dropout)
-        self.dropout = Dropout(cfg.dropout)
-        self.norm = LayerNorm(cfg.hidden_size)
+        self.add_norm(cfg)
 
     def forward(self, x, y=None, x_mask=None, y_mask=None, rel_embed=None):
-        return self.norm(x + self.dropout(self.mhatt(x, x, x, x_mask, rel_embed)))
+        return self.residual(x, self.mhatt(x, x, x, x_mask, rel_embed))
 
 
-class FFN(nn.Layer):
+class FFN(PostNormBlock):
     """Position-wise feed-forward: Linear(H -> 4H), ReLU, dropout, Linear(4H -> H)."""
 
     def __init__(self, cfg):
         super().__init__()
         self.mlp = MLP(cfg.hidden_size, cfg.ffn_hidden, cfg.hidden_size, cfg.dropout)
-        self.dropout = Dropout(cfg.dropout)
-        self.norm = LayerNorm(cfg.hidden_size)
+        self.add_norm(cfg)
 
     def forward(self, x, y=None, x_mask=None, y_mask=None, rel_embed=None):
-        return self.norm(x + self.dropout(self.mlp(x)))
+        return self.residual(x, self.mlp(x))
 
 
 OPS = {"SA": SA, "GA": GA, "RSA": RSA, "FFN": FFN}
