@@ -259,7 +259,6 @@ def backward_and_step(loss, optimizer, scaler, params, grad_clip: float):
     """loss.backward(), gradient clipping by global norm, optimizer step and clear_grad, with
     fp16 loss scaling when `scaler` is given (gradients are unscaled before clipping). Returns
     the gradient norm as a tensor (no host synchronisation)."""
-    import paddle
     if scaler is None:
         loss.backward()
         norm = clip_grad_norm_(params, grad_clip)

@@ -70,8 +70,8 @@ def build_answer_vocab(annotation_lists: Iterable[Sequence[dict]],
                        min_count: int = ANSWER_MIN_COUNT) -> Tuple[Dict[str, int], Dict[int, str]]:
     """Normalised multiple_choice_answer seen > min_count times -> id, by first appearance."""
     counts: Dict[str, int] = {}  # dicts keep insertion order = first appearance
-    for annotations in annotation_lists:
-        for ann in annotations:
+    for part in annotation_lists:
+        for ann in part:
             answer = _prep_ans_cached(ann["multiple_choice_answer"])
             counts[answer] = counts.get(answer, 0) + 1
     ans_to_ix: Dict[str, int] = {}

@@ -26,7 +26,6 @@ import contextlib
 import io
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 from typing import Dict, Optional

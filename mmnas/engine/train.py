@@ -189,7 +189,6 @@ def initial_word_vectors(cfg: RunConfig, vocab):
 def train(cfg: RunConfig, rank: int = 0, world: int = 1, progress: Optional[bool] = None) -> dict:
     """Train per cfg; returns a summary (last epoch, checkpoint path, val scores per epoch)."""
     progress = (rank == 0) if progress is None else (progress and rank == 0)
-    tcfg, dcfg = cfg.train, cfg.data
     check_batch_split(cfg, world)
     logger = RunLogger(cfg.results_dir, cfg.version, enabled=rank == 0)
     try:
