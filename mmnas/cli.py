@@ -127,10 +127,11 @@ def checkpoint_for_eval(cfg: RunConfig):
 
 def run_eval(cfg: RunConfig) -> dict:
     """--RUN=val / --RUN=test: load weights, predict every question, write and score results."""
-    from .data import VQADataset, build_vocab
+    from .data import build_vocab
     from .engine.checkpoint import load_weights
     from .engine.evaluate import evaluate, format_scores
     from .engine.logger import RunLogger
+    from .engine.train import open_dataset
     from .models import build_model
 
     weights, name = checkpoint_for_eval(cfg)
@@ -138,8 +139,7 @@ def run_eval(cfg: RunConfig) -> dict:
         raise UsageError(f"weights file {weights} does not exist; check --CKPT_PATH or --CKPT_V/--CKPT_E.")
     split = "val" if cfg.run == "val" else "test"
     vocab = build_vocab(cfg.data.data_root, cfg.data.cache_dir, cfg.data.answer_dict)
-    dataset = VQADataset(cfg.data.data_root, split, vocab, preload=cfg.data.preload,
-                         drop_missing_images=cfg.data.drop_missing_images, loss=cfg.train.loss)
+    dataset = open_dataset(cfg, split, vocab, progress=True)
     if split == "val" and not dataset.has_answers:
         raise UsageError("--RUN=val needs the val annotations file; use --RUN=test for unannotated questions.")
     model = build_model(cfg.model, vocab.token_size, vocab.answer_size)

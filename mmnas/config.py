@@ -91,7 +91,7 @@ class DataConfig:
     preload: bool = False
     num_workers: int = 2
     drop_missing_images: bool = False
-    packed_feats: Optional[str] = None
+    packed_feats: Optional[str] = None  # None: a store beside each feature folder if any; a path; "off"
 
 
 @dataclass

@@ -165,7 +165,8 @@ def check_batch_split(cfg: RunConfig, world: int) -> None:
 def open_dataset(cfg: RunConfig, split: str, vocab, progress: bool) -> VQADataset:
     dcfg = cfg.data
     return VQADataset(dcfg.data_root, split, vocab, preload=dcfg.preload,
-                      drop_missing_images=dcfg.drop_missing_images, loss=cfg.train.loss, progress=progress)
+                      drop_missing_images=dcfg.drop_missing_images, loss=cfg.train.loss, progress=progress,
+                      packed_feats=dcfg.packed_feats)
 
 
 def checkpoint_to_resume(cfg: RunConfig):
