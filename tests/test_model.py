@@ -11,7 +11,7 @@ import pytest
 from mmnas.config import ModelConfig, load_config
 from mmnas.engine.checkpoint import CheckpointError, load_weights, match_state_dict, safe_load
 from mmnas.models import MMNasNet
-from mmnas.ops import FFN, GA, RSA, SA, LayerNorm, box_relation_geometry, make_mask, make_token_mask
+from mmnas.ops import FFN, GA, RSA, SA, BoxRelations, LayerNorm, box_relation_geometry, make_mask, make_token_mask
 
 
 def tiny_cfg(**overrides):
@@ -114,7 +114,8 @@ def test_rsa_adds_log_clamped_relation_to_scores():
     x = rng.normal(size=(1, 5, cfg.hidden_size)).astype("float32")
     rel = np.abs(rng.normal(size=(1, 5, 5, cfg.rel_size))).astype("float32")
     mask = np.zeros([1, 1, 1, 5], bool); mask[..., 4] = True
-    out = block(paddle.to_tensor(x), None, paddle.to_tensor(mask), None, paddle.to_tensor(rel)).numpy()
+    out = block(paddle.to_tensor(x), None, paddle.to_tensor(mask), None,
+                BoxRelations.of_embedding(paddle.to_tensor(rel))).numpy()
 
     att = block.mhatt
     W = {n: getattr(att, n).weight.numpy() for n in ["linear_q", "linear_k", "linear_v", "linear_merge", "linear_r"]}
@@ -140,7 +141,7 @@ def test_block_output_shapes(op):
     block = op(cfg)
     x = paddle.randn([2, 7, cfg.hidden_size]); y = paddle.randn([2, 14, cfg.hidden_size])
     x_mask = paddle.zeros([2, 1, 1, 7], "bool"); y_mask = paddle.zeros([2, 1, 1, 14], "bool")
-    rel = paddle.randn([2, 7, 7, cfg.rel_size])
+    rel = BoxRelations.of_embedding(paddle.randn([2, 7, 7, cfg.rel_size]))
     assert block(x, y, x_mask, y_mask, rel).shape == [2, 7, cfg.hidden_size]
 
 

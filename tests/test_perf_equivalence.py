@@ -37,18 +37,21 @@ def _rows_with_padding(rng, shape, scale):
 
 # ---- LayerNorm ---------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("fast_fn", [fast.layer_norm_unbiased, fast._layer_norm_unbiased_fused],
+                         ids=["cpu_closed_form", "fused_op"])
 @pytest.mark.parametrize("scale", [0.05, 1.0, 30.0])
 @pytest.mark.parametrize("size", [64, 512])
-def test_fused_layer_norm_matches_formula_values_and_gradients(scale, size):
-    """Against the formula evaluated in float64 (the float32 op-by-op formula itself is off by up
-    to ~2e-5 when |mean| >> std: it loses digits in x - mean; the fused form does not)."""
+def test_fast_layer_norms_match_formula_values_and_gradients(fast_fn, scale, size):
+    """Both fast forms (the CPU one with its hand-written backward, and the fused-op one used off
+    CPU) against the formula evaluated in float64 (the float32 op-by-op formula itself is off by
+    up to ~2e-5 when |mean| >> std: it loses digits in x - mean; the fast forms do not)."""
     rng = np.random.default_rng(size)
     x = _rows_with_padding(rng, (3, 7, size), scale)
     a = rng.uniform(0.5, 1.5, size).astype("float32")
     b = rng.uniform(-0.5, 0.5, size).astype("float32")
     g = rng.standard_normal(x.shape).astype("float32")
     results = []
-    for fn, dtype in ((fast.layer_norm_unbiased, "float32"), (reference_layer_norm, "float64"),
+    for fn, dtype in ((fast_fn, "float32"), (reference_layer_norm, "float64"),
                       (reference_layer_norm, "float32")):
         xt, at, bt = (paddle.to_tensor(v.astype(dtype), stop_gradient=False) for v in (x, a, b))
         y = fn(xt, at, bt, 1e-6)
@@ -179,7 +182,7 @@ def test_model_with_fast_ops_matches_reference_ops(monkeypatch):
     feats, boxes, ids = _inputs(rng)
     targets = (rng.random((3, 17)) < 0.2).astype("float32")
     fast_logits, fast_grads = _logits_and_grads(model, feats, boxes, ids, targets)
-    monkeypatch.setattr(fast, "_use_fast", lambda x: False)
+    monkeypatch.setattr(fast, "use_fast", lambda x: False)
     monkeypatch.setattr(LayerNorm, "forward", lambda self, x: reference_layer_norm(x, self.a_2, self.b_2, self.eps))
     ref_logits, ref_grads = _logits_and_grads(model, feats, boxes, ids, targets)
     np.testing.assert_allclose(fast_logits, ref_logits, atol=1e-5, rtol=0)

@@ -11,7 +11,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from ..config import ModelConfig
-from ..ops import MLP, LayerNorm, box_relation_geometry, build_op, make_mask, make_token_mask
+from ..ops import MLP, RSA, BoxRelations, LayerNorm, box_relation_geometry, build_op, make_mask, make_token_mask
 from ..ops.attention import MASK_VALUE
 from ..ops.fast import Linear
 
@@ -54,11 +54,15 @@ class Backbone(nn.Layer):
         self.enc_list = nn.LayerList([build_op(name, cfg) for name in cfg.enc])
         self.dec_list = nn.LayerList([build_op(name, cfg) for name in cfg.dec])
 
-    def forward(self, lang, img, lang_mask, img_mask, rel_embed):
+    def relation_layers(self):
+        """The linear_r of every RSA block, in order (see ops.BoxRelations)."""
+        return [op.mhatt.linear_r for op in self.dec_list if isinstance(op, RSA)]
+
+    def forward(self, lang, img, lang_mask, img_mask, relations):
         for op in self.enc_list:
             lang = op(lang, None, lang_mask, None, None)
         for op in self.dec_list:
-            img = op(img, lang, img_mask, lang_mask, rel_embed)
+            img = op(img, lang, img_mask, lang_mask, relations)
         return lang, img
 
 
@@ -92,9 +96,9 @@ class MMNasNet(nn.Layer):
         img_mask = make_mask(region_feats)  # [B, 1, 1, N]
         lang, _ = self.lstm(self.embedding(question_ids))  # [B, T, H]
         img = self.adapter(region_feats)  # [B, N, H]
-        # once per batch, shared by every RSA block: [B, N, N, 4] -> [B, N, N, rel_size]
-        rel_embed = F.relu(self.linear_rel(box_relation_geometry(boxes)))
-        lang, img = self.backbone(lang, img, lang_mask, img_mask, rel_embed)
+        # once per batch, read by every RSA block: box geometry [B, N, N, 4] and linear_rel
+        relations = BoxRelations(box_relation_geometry(boxes), self.linear_rel, self.backbone.relation_layers())
+        lang, img = self.backbone(lang, img, lang_mask, img_mask, relations)
         fused = self.attflat_lang(lang, lang_mask) + self.attflat_img(img, img_mask)
         return self.proj(self.proj_norm(fused))
 

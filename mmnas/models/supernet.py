@@ -35,7 +35,7 @@ _STUB_GENOTYPE = {"enc": ["FFN"], "dec": ["FFN"]}
 class Skip(nn.Layer):
     """The "none-style" candidate: the position is left out and x passes unchanged."""
 
-    def forward(self, x, y=None, x_mask=None, y_mask=None, rel_embed=None):
+    def forward(self, x, y=None, x_mask=None, y_mask=None, relations=None):
         return x
 
 
@@ -90,12 +90,12 @@ class MixedOp(nn.Layer):
             onehot[self.active] = 1.0
             self.gate = paddle.to_tensor(onehot, stop_gradient=False)
 
-    def forward(self, x, y=None, x_mask=None, y_mask=None, rel_embed=None):
+    def forward(self, x, y=None, x_mask=None, y_mask=None, relations=None):
         if self.gate is None:
-            return self.candidates[self.active](x, y, x_mask, y_mask, rel_embed)
+            return self.candidates[self.active](x, y, x_mask, y_mask, relations)
         out = 0.0
         for j in self.involved:
-            o = self.candidates[j](x, y, x_mask, y_mask, rel_embed)
+            o = self.candidates[j](x, y, x_mask, y_mask, relations)
             out = out + self.gate[j] * (o if j == self.active else o.detach())
         return out
 

@@ -51,12 +51,11 @@ class MHAtt(nn.Layer):
 
 class RelMHAtt(MHAtt):
     """Self attention whose heads (H / rel_head_width of them) add log(max(r, 1e-6)) to their
-    scores, r = ReLU(Linear(rel_size -> heads)(relation embedding))."""
+    scores, r = ReLU(linear_r(relation embedding)): see ops.relation.BoxRelations."""
 
     def __init__(self, hidden_size: int, rel_head_width: int, rel_size: int, dropout: float):
         super().__init__(hidden_size, hidden_size // rel_head_width, dropout)
         self.linear_r = Linear(rel_size, self.heads)
 
-    def forward(self, v, k, q, mask=None, rel_embed=None):
-        r = F.relu(self.linear_r(rel_embed)).transpose([0, 3, 1, 2])  # [B,N,N,h] -> [B,h,N,N]
-        return self.attend(v, k, q, mask, score_bias=paddle.log(paddle.clip(r, min=1e-6)))
+    def forward(self, v, k, q, mask=None, relations=None):
+        return self.attend(v, k, q, mask, score_bias=relations.score_bias(self.linear_r))

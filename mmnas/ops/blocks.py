@@ -2,7 +2,7 @@
 
 Every block is post-norm residual, LN(x + Dropout(f(x))), and has one signature so a
 genotype can stack any of them:
-    block(x, y, x_mask, y_mask, rel_embed) -> x'
+    block(x, y, x_mask, y_mask, relations) -> x'
 x is the stream being transformed, y the other modality (the encoder output, used by GA).
 """
 import paddle.nn as nn
@@ -63,7 +63,7 @@ class SA(PostNormBlock):
         self.mhatt = MHAtt(cfg.hidden_size, cfg.heads, cfg.dropout)
         self.add_norm(cfg)
 
-    def forward(self, x, y=None, x_mask=None, y_mask=None, rel_embed=None):
+    def forward(self, x, y=None, x_mask=None, y_mask=None, relations=None):
         return self.residual(x, self.mhatt(x, x, x, x_mask))
 
 
@@ -75,7 +75,7 @@ class GA(PostNormBlock):
         self.mhatt = MHAtt(cfg.hidden_size, cfg.heads, cfg.dropout)
         self.add_norm(cfg)
 
-    def forward(self, x, y=None, x_mask=None, y_mask=None, rel_embed=None):
+    def forward(self, x, y=None, x_mask=None, y_mask=None, relations=None):
         return self.residual(x, self.mhatt(y, y, x, y_mask))
 
 
@@ -87,8 +87,8 @@ class RSA(PostNormBlock):
         self.mhatt = RelMHAtt(cfg.hidden_size, cfg.rel_head_width, cfg.rel_size, cfg.dropout)
         self.add_norm(cfg)
 
-    def forward(self, x, y=None, x_mask=None, y_mask=None, rel_embed=None):
-        return self.residual(x, self.mhatt(x, x, x, x_mask, rel_embed))
+    def forward(self, x, y=None, x_mask=None, y_mask=None, relations=None):
+        return self.residual(x, self.mhatt(x, x, x, x_mask, relations))
 
 
 class FFN(PostNormBlock):
@@ -99,7 +99,7 @@ class FFN(PostNormBlock):
         self.mlp = MLP(cfg.hidden_size, cfg.ffn_hidden, cfg.hidden_size, cfg.dropout)
         self.add_norm(cfg)
 
-    def forward(self, x, y=None, x_mask=None, y_mask=None, rel_embed=None):
+    def forward(self, x, y=None, x_mask=None, y_mask=None, relations=None):
         return self.residual(x, self.mlp(x))
 
 
