@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ARCH_PATH", help="genotype file (JSON/YAML with enc and dec) replacing the config's")
     p.add_argument("--DROP_MISSING", type=str2bool, default=None,
                    help="drop questions whose image has no feature file instead of stopping")
+    p.add_argument("--AMP", default=None, choices=["off", "fp16", "bf16"],
+                   help="mixed precision (paddle.amp O1) for training on a GPU; off by default")
+    p.add_argument("--TO_STATIC", type=str2bool, default=None,
+                   help="train through paddle.jit.to_static (off by default: slower on CPU)")
     p.add_argument("--CKPT_DIR", default="ckpt", help="where checkpoints are written")
     p.add_argument("--RESULTS_DIR", default="results", help="where logs and results are written")
     return p
@@ -73,7 +77,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                  ("data", "drop_missing_images", args.DROP_MISSING),
                  ("train", "max_epoch", args.MAX_EPOCH), ("train", "accu", args.ACCU),
                  ("train", "batch_size", args.BS), ("train", "seed", args.SEED),
-                 ("train", "eval_every_epoch", args.EVAL_EE), ("train", "save_pred", args.SAVE_PRED)]
+                 ("train", "eval_every_epoch", args.EVAL_EE), ("train", "save_pred", args.SAVE_PRED),
+                 ("train", "amp", args.AMP), ("train", "to_static", args.TO_STATIC)]
     for section, key, value in overrides:
         if value is not None:
             setattr(getattr(cfg, section), key, value)
@@ -109,6 +114,11 @@ def validate_args(cfg: RunConfig, args: argparse.Namespace) -> None:
             raise UsageError(f"--RESUME is only for --RUN=train, not --RUN={cfg.run}.")
         if not cfg.ckpt_path and (cfg.ckpt_version is None or cfg.ckpt_epoch is None):
             raise UsageError(f"--RUN={cfg.run} needs weights: --CKPT_PATH=file.pdparams, or --CKPT_V and --CKPT_E.")
+    if t.amp not in ("off", "fp16", "bf16"):
+        raise UsageError(f"train.amp must be off, fp16 or bf16, not {t.amp!r}.")
+    if t.amp != "off" and not cfg.gpu:
+        print(f"note: --AMP={t.amp} applies on a GPU only (--GPU=...); this CPU run trains in float32.",
+              file=sys.stderr)
     if cfg.gpu:
         import paddle
         if not paddle.device.is_compiled_with_cuda():

@@ -112,6 +112,9 @@ class TrainConfig:
     eval_every_epoch: bool = True
     eval_batch_size: int = 256
     save_pred: bool = False
+    log_every: int = 20  # steps between reads of the loss (progress bar, VisualDL, non-finite check)
+    amp: str = "off"  # off | fp16 | bf16: paddle.amp O1 on a GPU (ignored, with a warning, on CPU)
+    to_static: bool = False  # paddle.jit.to_static the model (measured slower on CPU)
 
 
 SKIP_OP = "skip"  # the search's "none-style" candidate: identity, dropped from the genotype

@@ -531,3 +531,25 @@ def test_text_log_and_visualdl(base_run):
     assert len(vdl_scalars(vdl_dir, "train/loss")) == STEPS
     assert len(vdl_scalars(vdl_dir, "epoch/loss")) == 1
     assert vdl_scalars(vdl_dir, "epoch/loss")[0] == pytest.approx(base_run.summary["history"][0]["loss"], rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- 9. --TO_STATIC, --AMP
+
+def test_to_static_training_matches_eager(world, base_run, tmp_path):
+    """--TO_STATIC trains the same function through Paddle's static graph (Paddle's own Linear,
+    LayerNorm and dropout ops instead of mmnas/ops/fast.py): with dropout 0 the weights after
+    one epoch equal the eager run's."""
+    cfg = make_cfg(world, tmp_path, "static", to_static=True, eval_every_epoch=False)
+    train(cfg, progress=False)
+    static = safe_load(ckpt_paths(cfg.ckpt_dir, "static", 1)[0])
+    assert_same_weights(static, safe_load(base_run.params), rtol=1e-4)
+
+
+def test_amp_flag_on_cpu_trains_in_float32_with_a_note(world, tmp_path, capsys):
+    code, out, err = cli_main(["--RUN=train", f"--MODEL={world.yml}", "--VERSION=ampcpu", "--AMP=fp16",
+                               "--EVAL_EE=False", f"--CKPT_DIR={tmp_path / 'ckpt'}",
+                               f"--RESULTS_DIR={tmp_path / 'results'}"], capsys)
+    assert code == 0, err
+    assert "--AMP=fp16 applies on a GPU only" in err
+    weights = safe_load(ckpt_paths(str(tmp_path / "ckpt"), "ampcpu", 1)[0])
+    assert all(np.asarray(v).dtype == np.float32 for v in weights.values())

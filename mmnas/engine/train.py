@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 import paddle
@@ -26,7 +26,7 @@ from tqdm import tqdm
 from ..config import RunConfig
 from ..data import VQADataset, build_vocab, load_word_vectors
 from ..models import build_model
-from ..runtime import clip_grad_norm_
+from ..runtime import amp_context, clip_grad_norm_, make_grad_scaler, maybe_to_static
 from .checkpoint import atomic_save, load_weights, safe_load, to_numpy_state, CheckpointError
 from .evaluate import evaluate, format_scores, make_loader
 from .logger import RunLogger
@@ -94,7 +94,9 @@ class EpochStats:
 
 
 def train_one_epoch(model, optimizer, dataset, cfg: RunConfig, epoch: int, steps_per_epoch: int,
-                    lr_base: float, rank: int, world: int, logger: RunLogger, progress: bool) -> EpochStats:
+                    lr_base: float, rank: int, world: int, logger: RunLogger, progress: bool,
+                    scaler=None) -> EpochStats:
+    """One epoch of steps; `scaler` is the fp16 loss scaler (runtime.make_grad_scaler) or None."""
     tcfg = cfg.train
     paddle.seed(epoch_seed(tcfg.seed, epoch))  # dropout masks of this epoch
     order = np.random.RandomState(epoch_seed(tcfg.seed, epoch)).permutation(len(dataset))
@@ -106,6 +108,9 @@ def train_one_epoch(model, optimizer, dataset, cfg: RunConfig, epoch: int, steps
 
     model.train()
     loss_sum, start, lr = 0.0, time.time(), 0.0
+    # per-step losses and gradient norms stay on the device and are read every log_every steps
+    # (and at the end): one host synchronisation per read instead of one per step on a GPU
+    pending = []
     bar = tqdm(make_loader(dataset, my_batches, cfg.data.num_workers), total=steps_per_epoch,
                desc=f"epoch {epoch + 1}/{tcfg.max_epoch}", disable=not progress, dynamic_ncols=True,
                mininterval=1.0)
@@ -121,26 +126,57 @@ def train_one_epoch(model, optimizer, dataset, cfg: RunConfig, epoch: int, steps
             # gradients are all-reduced only on the last sub-batch's backward
             sync = model.no_sync() if (world > 1 and not last) else _nullcontext()
             with sync:
-                logits = model(region_feats[part], None, boxes[part], question_ids[part])
-                loss = F.binary_cross_entropy_with_logits(logits, answer_scores[part], reduction="sum")
-                (loss * world).backward()
-            step_loss += float(loss)
-        if not math.isfinite(step_loss):
-            raise TrainingError(f"non-finite loss ({step_loss}) at epoch {epoch + 1}, step {step_in_epoch + 1} "
-                                f"(global step {step}); nothing was saved for this epoch")
+                with amp_context(cfg):
+                    logits = model(region_feats[part], None, boxes[part], question_ids[part])
+                loss = F.binary_cross_entropy_with_logits(logits.astype("float32"), answer_scores[part],
+                                                          reduction="sum")
+                scaled = loss * world
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            step_loss = step_loss + loss.detach()
+        if scaler is not None:
+            scaler.unscale_(optimizer)  # clip the true gradients
         grad_norm = clip_grad_norm_(params, tcfg.grad_clip)  # = paddle's, one BLAS dot per tensor
-        optimizer.step()
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
         optimizer.clear_grad()
-        loss_sum += step_loss
-        if progress:
-            bar.set_postfix(loss=f"{step_loss / per_rank:.4f}", lr=f"{lr:.2e}", refresh=False)
-        if rank == 0 and logger.writer is not None:
-            elapsed = max(time.time() - start, 1e-9)
-            logger.scalars({"train/loss": step_loss / per_rank, "train/lr": lr,
-                            "train/grad_norm": float(grad_norm),
-                            "train/samples_per_s": (step_in_epoch + 1) * tcfg.batch_size / elapsed}, step)
+        pending.append(PendingStep(step_in_epoch, step, lr, step_loss, grad_norm))
+        if len(pending) >= tcfg.log_every or step_in_epoch == steps_per_epoch - 1:
+            loss_sum += _read_pending(pending, epoch, rank, per_rank, tcfg.batch_size, start, logger)
+            if progress:
+                bar.set_postfix(loss=f"{float(pending[-1].loss) / per_rank:.4f}", lr=f"{lr:.2e}", refresh=False)
+            pending = []
     bar.close()
     return EpochStats(loss_sum, steps_per_epoch * per_rank, time.time() - start, lr)
+
+
+class PendingStep(NamedTuple):
+    """A step whose loss and gradient norm (device tensors) have not been read yet."""
+    step_in_epoch: int
+    step: int
+    lr: float
+    loss: object
+    grad_norm: object
+
+
+def _read_pending(pending, epoch, rank, per_rank, batch_size, start, logger) -> float:
+    """Read the losses (and, for VisualDL, the gradient norms) of `pending` steps with one host
+    synchronisation; stop at the first non-finite loss, naming its step. Returns their sum."""
+    losses = paddle.stack([p.loss.reshape([]) for p in pending]).numpy().tolist()
+    for p, value in zip(pending, losses):
+        if not math.isfinite(value):
+            raise TrainingError(f"non-finite loss ({value}) at epoch {epoch + 1}, step {p.step_in_epoch + 1} "
+                                f"(global step {p.step}); nothing was saved for this epoch")
+    if rank == 0 and logger.writer is not None:
+        norms = paddle.stack([p.grad_norm.reshape([]).astype("float32") for p in pending]).numpy().tolist()
+        for p, value, norm in zip(pending, losses, norms):
+            logger.scalars({"train/loss": value / per_rank, "train/lr": p.lr, "train/grad_norm": norm}, p.step)
+        elapsed = max(time.time() - start, 1e-9)
+        logger.scalars({"train/samples_per_s": (pending[-1].step_in_epoch + 1) * batch_size / elapsed},
+                       pending[-1].step)
+    return float(sum(losses))
 
 
 class _nullcontext:
@@ -232,7 +268,9 @@ def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLog
     if start_epoch >= tcfg.max_epoch:
         raise TrainingError(f"--CKPT_E={start_epoch} is already >= --MAX_EPOCH={tcfg.max_epoch}; nothing to train.")
 
-    net = paddle.DataParallel(model) if world > 1 else model
+    net = maybe_to_static(model, cfg)  # --TO_STATIC; the plain model otherwise
+    net = paddle.DataParallel(net) if world > 1 else net
+    scaler = make_grad_scaler(cfg)  # --AMP=fp16 on a GPU; None otherwise
     if rank == 0:
         logger.config(cfg.to_dict())
         logger.text(f"train split {dcfg.split}: {len(train_set)} questions, {steps_per_epoch} steps/epoch, "
@@ -244,7 +282,7 @@ def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLog
         for epoch in range(start_epoch, tcfg.max_epoch):
             try:
                 stats = train_one_epoch(net, optimizer, train_set, cfg, epoch, steps_per_epoch, lr_base,
-                                        rank, world, logger, progress)
+                                        rank, world, logger, progress, scaler)
             except TrainingError as e:
                 where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
                 raise TrainingError(f"{e}; {where}. Lower the learning rate or check the features with "
