@@ -2,18 +2,19 @@
 
 Inputs: 2048-d region features, n regions per sample drawn from 10..100 (or all at 100 with
 --n100), 14 question tokens, 3129 answers; BCE (sum) loss, Adam, gradient clipping by global
-norm: one step is what mmnas/engine/train.py does per batch. Reports samples/s and the useful
+norm: one step is what mmnas/engine/train.py does per batch, including its split of the batch into
+train.box_pieces sub-batches sorted by box count (--pieces). Reports samples/s and the useful
 FLOP/s (FLOPs of each sample at its own n, bench/common.py) as a fraction of the machine's fp32
 GEMM peak measured with numpy in the same process: before and after every timed step, since
 other processes on a shared machine change what the CPU gives. `useful_fraction_of_peak` divides
 by the time-weighted peak of the GEMM runs next to each step; `..._of_best_peak` by the best
 GEMM rate seen in the whole run (the conservative figure when the load changed during the run).
-"padded" figures count what the model computes: every sample at its batch's largest n.
+"padded" figures count what the model computes: every sample at its piece's largest n.
 
-    python bench/train_step.py [--model small|large] [--n100] [--steps 3] [--defaults]
+    python bench/train_step.py [--model small|large] [--n100] [--steps 4] [--pieces K] [--defaults]
 
 --defaults measures Paddle's own settings (skips mmnas.runtime.configure()); add
---plain-optimizer for Paddle's clip_grad_norm_ and Adam as the engine has them today. The model
+--plain-optimizer for Paddle's clip_grad_norm_ and single-tensor Adam. The model
 code (mmnas/ops) is always the current one: for the original ops, run this file on a checkout of
 the commit before.
 """
@@ -30,8 +31,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="small", help="small | large | a config path")
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--steps", type=int, default=3, help="timed steps")
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--steps", type=int, default=4, help="timed steps")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first: a run's first steps are ~15%% slower while the allocator settles")
     p.add_argument("--n100", action="store_true", help="every sample has n = --n-max regions")
     p.add_argument("--n-min", type=int, default=10)
     p.add_argument("--n-max", type=int, default=100)
@@ -43,6 +44,8 @@ def parse_args(argv=None):
     p.add_argument("--plain-optimizer", action="store_true",
                    help="paddle.nn.utils.clip_grad_norm_ and single-tensor Adam (as mmnas/engine/train.py "
                         "has them) instead of mmnas.runtime.clip_grad_norm_ and Adam(use_multi_tensor=True)")
+    p.add_argument("--pieces", type=int, default=None,
+                   help="sorted sub-batches per batch, as train.box_pieces (default: the model config's)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -64,6 +67,9 @@ def main(argv=None):
     peak_before = numpy_gemm_peak()
     paddle.seed(args.seed)
     model, cfg = build_model(args.model)
+    if args.pieces is None:
+        from mmnas.config import load_config
+        args.pieces = load_config(args.model).train.box_pieces
     model.train()
     params = [p for p in model.parameters() if not p.stop_gradient]
     optimizer = paddle.optimizer.Adam(learning_rate=1e-4, beta1=0.9, beta2=0.98, epsilon=1e-9, parameters=params,
@@ -79,19 +85,32 @@ def main(argv=None):
         counts.append(c)
         batches.append([paddle.to_tensor(a) for a in make_batch(rng, c)])
 
+    from mmnas.engine.train import sorted_pieces
+    # per batch: [(sample indices or None for the whole batch, largest n)]
+    pieces = [[(paddle.to_tensor(idx), n) for idx, n in sorted_pieces(c, args.pieces)] if args.pieces > 1
+              and len(sorted_pieces(c, args.pieces)) > 1 else [(None, int(max(c)))] for c in counts]
+    clip = paddle.nn.utils.clip_grad_norm_ if args.plain_optimizer else runtime.clip_grad_norm_
+
     def step(i):
-        feats, boxes, qids, scores = batches[i % len(batches)]
-        with runtime.amp_context(run_cfg):
-            logits = net(feats, None, boxes, qids)
+        tensors = batches[i % len(batches)]
+        total = 0.0
+        for idx, n in pieces[i % len(batches)]:
+            feats, boxes, qids, scores = tensors if idx is None else [t[idx] for t in tensors]
+            with runtime.amp_context(run_cfg):
+                logits = net(feats[:, :n], None, boxes[:, :n], qids)
             loss = F.binary_cross_entropy_with_logits(logits.astype("float32"), scores, reduction="sum")
-        if args.plain_optimizer:
-            loss.backward()
-            paddle.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            optimizer.clear_grad()
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+            total = total + loss.detach()
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        clip(params, 1.0)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
         else:
-            runtime.backward_and_step(loss, optimizer, scaler, params, 1.0)
-        return loss
+            optimizer.step()
+        optimizer.clear_grad()
+        return total
 
     def sync(x):
         float(x)  # host synchronisation once, after the timed loop
@@ -117,13 +136,15 @@ def main(argv=None):
 
     used = [counts[(args.warmup + i) % len(counts)] for i in range(args.steps)]
     useful = sum(batch_flops(cfg, c, train=True, padded=False) for c in used)
-    padded = sum(batch_flops(cfg, c, train=True, padded=True) for c in used)
+    # padded: what the model computes, every sample at the largest n of its piece
+    padded = sum(batch_flops(cfg, c[idx], train=True, padded=True) for c in used
+                 for idx, _ in sorted_pieces(c, args.pieces))
     peak = max([peak_before["peak"], peak_after["peak"]] + peaks)
     result = {
         "bench": "train_step", "model": args.model, "batch": args.batch,
         "n": f"{args.n_max}" if args.n100 else f"{args.n_min}..{args.n_max}",
         "mean_n": round(float(np.mean(np.concatenate(used))), 1), "steps": args.steps,
-        "to_static": args.to_static, "amp": args.amp, "defaults": args.defaults,
+        "pieces": args.pieces, "to_static": args.to_static, "amp": args.amp, "defaults": args.defaults,
         "optimizer": "paddle clip + Adam" if args.plain_optimizer else "runtime.clip_grad_norm_ + multi-tensor Adam",
         "samples_per_s": round(args.steps * args.batch / seconds, 3),
         "step_s": round(seconds / args.steps, 3),

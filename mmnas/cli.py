@@ -92,6 +92,8 @@ def validate_args(cfg: RunConfig, args: argparse.Namespace) -> None:
     t = cfg.train
     if t.batch_size <= 0 or t.accu <= 0:
         raise UsageError("--BS and --ACCU must be positive integers.")
+    if t.box_pieces < 1:
+        raise UsageError(f"train.box_pieces must be at least 1 (1 = no sorted pieces), got {t.box_pieces}.")
     if t.batch_size % t.accu:
         raise UsageError(f"--BS={t.batch_size} is not divisible by --ACCU={t.accu}; choose an ACCU that divides BS.")
     if t.max_epoch <= 0:

@@ -98,6 +98,8 @@ class DataConfig:
 class TrainConfig:
     batch_size: int = 64
     accu: int = 1  # gradient accumulation: each batch split in `accu` sub-batches, one step
+    box_pieces: int = 2  # each sub-batch sorted by box count and run in this many pieces, each
+    #                      padded to its own largest n (same gradient, ~1.3x faster on n 10..100)
     max_epoch: int = 13
     lr_base: float = 1.2e-4
     lr_base_vg: float = 1e-4  # used instead of lr_base when the split includes vg

@@ -255,29 +255,12 @@ def _grad(p):
     return p.grad_ if hasattr(p, "grad_") else p.grad
 
 
-def backward_and_step(loss, optimizer, scaler, params, grad_clip: float):
-    """loss.backward(), gradient clipping by global norm, optimizer step and clear_grad, with
-    fp16 loss scaling when `scaler` is given (gradients are unscaled before clipping). Returns
-    the gradient norm as a tensor (no host synchronisation)."""
-    if scaler is None:
-        loss.backward()
-        norm = clip_grad_norm_(params, grad_clip)
-        optimizer.step()
-    else:
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        norm = clip_grad_norm_(params, grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-    optimizer.clear_grad()
-    return norm
-
-
 def maybe_to_static(model, cfg):
-    """Wrap the model with paddle.jit.to_static when cfg.train.to_static is true. Off by default:
+    """paddle.jit.to_static(model) when cfg.train.to_static (--TO_STATIC) is true. Off by default:
     on CPU it measured slower (2.35 vs 3.63 samples/s, MMNasNet-small, batch 64, n = 100, same
-    load), because the static graph uses Paddle's own linear/dropout ops instead of the faster
-    dygraph paths in mmnas/ops/fast.py. Worth measuring on GPU (bench/train_step.py --to-static)."""
+    load), because the static graph uses Paddle's own Linear, LayerNorm and dropout ops instead of
+    the eager CPU paths in mmnas/ops/fast.py. Worth measuring on a GPU (bench/train_step.py
+    --to-static). The training loop then runs whole sub-batches (no box-count pieces)."""
     train = getattr(cfg, "train", cfg)
     if not getattr(train, "to_static", False):
         return model

@@ -26,7 +26,7 @@ from mmnas.engine import train as train_mod
 from mmnas.engine.checkpoint import atomic_save, load_weights, safe_load
 from mmnas.engine.evaluate import predict
 from mmnas.engine.schedule import base_learning_rate, learning_rate
-from mmnas.engine.train import TrainingError, ckpt_paths, train
+from mmnas.engine.train import TrainingError, ckpt_paths, sorted_pieces, train
 from mmnas.metrics import evaluate as vqa_accuracy
 from mmnas.models import build_model
 
@@ -374,8 +374,12 @@ def test_failed_pickling_leaves_no_temp_file(tmp_path):
 
 # ----------------------------------------------------------------------------- 6. non-finite loss
 
-def _poison_loss(monkeypatch, at_call):
-    """Make the loss NaN at the at_call-th loss computation (one per step with ACCU=1)."""
+PIECES = load_config("small").train.box_pieces  # loss computations per step with ACCU=1
+
+
+def _poison_loss(monkeypatch, at_step):
+    """Make the loss NaN in the at_step-th step (counted from 1 over the run)."""
+    at_call = (at_step - 1) * PIECES + 1
     real = train_mod.F.binary_cross_entropy_with_logits
     calls = []
 
@@ -553,3 +557,25 @@ def test_amp_flag_on_cpu_trains_in_float32_with_a_note(world, tmp_path, capsys):
     assert "--AMP=fp16 applies on a GPU only" in err
     weights = safe_load(ckpt_paths(str(tmp_path / "ckpt"), "ampcpu", 1)[0])
     assert all(np.asarray(v).dtype == np.float32 for v in weights.values())
+
+
+# ----------------------------------------------------------------------------- 10. sorted pieces
+
+def test_sorted_pieces_sort_by_box_count_and_cover_the_batch():
+    counts = np.array([30, 10, 100, 55, 10, 70, 20])
+    pieces = sorted_pieces(counts, 3)
+    assert [n for _, n in pieces] == [20, 55, 100]  # each piece's own largest n
+    assert sorted(np.concatenate([idx for idx, _ in pieces]).tolist()) == list(range(7))
+    assert all(counts[idx].max() == n for idx, n in pieces)
+    assert [len(idx) for idx, _ in pieces] == [3, 2, 2]
+    assert len(sorted_pieces(counts[:2], 4)) == 2  # no empty pieces
+    assert len(sorted_pieces(np.full(8, 100), 2)) == 1  # equal n: nothing to save, one piece
+
+
+def test_box_pieces_leave_the_update_unchanged(world, base_run, tmp_path):
+    """Whole batches (box_pieces=1) vs the default sorted pieces, each trimmed to its own n."""
+    assert base_run.cfg.train.box_pieces == 2
+    cfg = make_cfg(world, tmp_path, "whole", box_pieces=1, eval_every_epoch=False)
+    train(cfg, progress=False)
+    whole = safe_load(ckpt_paths(cfg.ckpt_dir, "whole", 1)[0])
+    assert_same_weights(whole, safe_load(base_run.params), rtol=1e-5)
