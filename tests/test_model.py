@@ -208,8 +208,12 @@ def test_gradients_reach_every_parameter():
     logits = model(paddle.to_tensor(feats), None, paddle.to_tensor(boxes), paddle.to_tensor(ids))
     paddle.nn.functional.binary_cross_entropy_with_logits(
         logits, paddle.rand(logits.shape), reduction="sum").backward()
-    no_grad = [p.name for name, p in model.named_parameters()
-               if p.grad is None or float(paddle.abs(p.grad).sum()) == 0.0]
+    # a key bias adds the same amount to all scores of a query, and the AttFlat scorer's last bias
+    # (one glimpse) the same to every position: softmax cancels both, so their exact gradient is
+    # 0 and what they get is rounding noise (or nothing); they must still be connected
+    shift_only = ("linear_k.bias", "attflat_img.mlp.linear.bias", "attflat_lang.mlp.linear.bias")
+    no_grad = [name for name, p in model.named_parameters()
+               if p.grad is None or (float(paddle.abs(p.grad).sum()) == 0.0 and not name.endswith(shift_only))]
     assert not no_grad, f"parameters without gradient: {no_grad}"
 
 

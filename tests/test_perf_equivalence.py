@@ -110,6 +110,55 @@ def test_fast_linear_is_a_paddle_linear_with_the_same_parameters():
     assert sorted(layer.state_dict()) == ["bias", "weight"] and layer.weight.shape == [4, 3]
 
 
+# ---- softmax and the RSA log bias ---------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(3, 2, 5, 7), (40, 8, 30, 100)])  # the second runs in several chunks
+@pytest.mark.parametrize("masked", [True, False])
+def test_numpy_masked_softmax_matches_where_then_softmax(shape, masked):
+    rng = np.random.default_rng(shape[0])
+    x = (rng.standard_normal(shape) * 4).astype("float32")
+    g = rng.standard_normal(shape).astype("float32")
+    mask = None
+    if masked:
+        mask = rng.random((shape[0], 1, 1, shape[-1])) < 0.3
+        mask[0] = True  # a sample with every key padded: uniform weights, as masked_fill gives
+    results = []
+    for fast_path in (True, False):
+        xt = _t(x, grad=True)
+        mt = None if mask is None else paddle.to_tensor(mask)
+        if fast_path:
+            y = fast.masked_softmax(xt, mt)
+        else:
+            z = xt if mt is None else paddle.where(mt, paddle.full([1], -1e9, "float32"), xt)
+            y = F.softmax(z, axis=-1)
+        (y * _t(g)).sum().backward()
+        results.append((y.numpy(), xt.grad.numpy()))
+    (y1, d1), (y2, d2) = results
+    np.testing.assert_allclose(y1, y2, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(d1, d2, rtol=1e-4, atol=1e-6)
+    if masked:
+        np.testing.assert_allclose(y1[0], 1.0 / shape[-1], rtol=1e-6)
+        assert (y1[np.broadcast_to(mask, shape)][len(y1[0].ravel()):] == 0).all()  # other padded keys: exactly 0
+
+
+def test_relu_clamped_log_matches_relu_clip_log():
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal((3, 5, 5, 70000 // 75 + 1)).astype("float32")
+    z.ravel()[:4] = [0.0, 1e-6, 2e-6, -1.0]  # at, just above and below the floor
+    g = rng.standard_normal(z.shape).astype("float32")
+    results = []
+    for fn in (lambda t: fast.relu_clamped_log(t, 1e-6),
+               lambda t: paddle.log(paddle.clip(F.relu(t), min=1e-6))):
+        zt = _t(z, grad=True)
+        y = fn(zt)
+        (y * _t(g)).sum().backward()
+        results.append((y.numpy(), zt.grad.numpy()))
+    (y1, d1), (y2, d2) = results
+    np.testing.assert_allclose(y1, y2, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(d1, d2, rtol=1e-5, atol=1e-6)
+    assert (d1.ravel()[[0, 3]] == 0).all() and (d1.ravel()[[1, 2]] != 0).all()
+
+
 # ---- Dropout ---------------------------------------------------------------------------------
 
 def test_dropout_is_identity_in_eval():
@@ -137,6 +186,25 @@ def test_dropout_keeps_with_probability_1_minus_p_and_scales(p):
     assert (second != kept).any()
     paddle.seed(11)
     np.testing.assert_array_equal(fast.dropout(x, p).numpy() != 0, kept)
+
+
+@pytest.mark.parametrize("shape", [(7, 33), (3, 1100, 1000)])  # the second spans several mask chunks
+def test_relu_dropout_equals_relu_then_dropout(shape):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape).astype("float32")
+    g = rng.standard_normal(shape).astype("float32")
+    outs = []
+    for fn in (lambda t: fast.relu_dropout(t, 0.3), lambda t: fast.dropout(F.relu(t), 0.3)):
+        xt = _t(x, grad=True)
+        paddle.seed(7)
+        y = fn(xt)
+        (y * _t(g)).sum().backward()
+        outs.append((y.numpy(), xt.grad.numpy()))
+    (y1, d1), (y2, d2) = outs
+    np.testing.assert_array_equal(y1, y2)  # -0.0 == 0.0
+    np.testing.assert_array_equal(d1, d2)
+    positives = int((x > 0).sum())  # dropout still applies: kept share of them 0.7 within 5 sigma
+    assert abs((y1 > 0).sum() / positives - 0.7) < 5 * math.sqrt(0.21 / positives)
 
 
 def test_dropout_layers_use_the_fast_path_only_in_paddle_default_mode():

@@ -8,11 +8,10 @@ import math
 
 import paddle
 import paddle.nn as nn
-import paddle.nn.functional as F
 
-from .fast import Dropout, Linear
+from .fast import MASK_FILL, Dropout, Linear, masked_softmax
 
-MASK_VALUE = -1e9
+MASK_VALUE = MASK_FILL  # -1e9
 
 
 class MHAtt(nn.Layer):
@@ -38,9 +37,7 @@ class MHAtt(nn.Layer):
         scores = paddle.matmul(q, k, transpose_y=True) / math.sqrt(self.head_width)  # [B, h, Nq, Nk]
         if score_bias is not None:
             scores = scores + score_bias
-        if mask is not None:
-            scores = paddle.where(mask, paddle.full([1], MASK_VALUE, scores.dtype), scores)
-        att_map = self.dropout(F.softmax(scores, axis=-1))
+        att_map = self.dropout(masked_softmax(scores, mask))  # masked keys set to MASK_VALUE first
         atted = paddle.matmul(att_map, v)  # [B, h, Nq, head_width]
         atted = atted.transpose([0, 2, 1, 3]).reshape([0, 0, self.heads * self.head_width])
         return self.linear_merge(atted)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import Optional
 
 import numpy as np
 import paddle
@@ -141,44 +142,89 @@ def _layer_norm_unbiased_fused(x, gain, shift, eps: float):
 
 _DROPOUT_SEED_RANGE = 2 ** 31 - 1
 _MASK_CHUNK = 1 << 20  # values per independently seeded chunk of a dropout mask
-_mask_pool = None  # threads that draw mask chunks; created on first use
+_pool = None  # threads for the numpy kernels below; created on first use
 
 
-def _mask_workers() -> int:
-    """Threads for drawing masks: the process's BLAS thread count (mmnas.runtime sets it)."""
+def _workers() -> int:
+    """Threads for the numpy kernels: the process's BLAS thread count (mmnas.runtime sets it)."""
     for var in ("MKL_NUM_THREADS", "OMP_NUM_THREADS", "CPU_NUM"):
         if os.environ.get(var, "").isdigit():
             return max(1, int(os.environ[var]))
     return os.cpu_count() or 1
 
 
-def _draw_chunk(seed: int, chunk: int, threshold: np.uint32, scale: np.float32, out: np.ndarray) -> None:
-    """out[:] = scale where a fresh uniform 32-bit word >= threshold, else 0. The stream is
-    seeded by (seed, chunk) alone, so a mask never depends on how many threads drew it."""
+def _in_threads(fn, count: int, chunk: int) -> None:
+    """fn(lo, hi) for consecutive ranges of [0, count) of at most `chunk`, on the BLAS threads:
+    numpy releases the GIL in its loops, and Paddle's own element-wise CPU kernels use one core
+    of the machine while these use all of them."""
+    global _pool
+    ranges = [(lo, min(lo + chunk, count)) for lo in range(0, count, max(1, chunk))]
+    workers = _workers()
+    if len(ranges) <= 1 or workers == 1:
+        for lo, hi in ranges:
+            fn(lo, hi)
+        return
+    if _pool is None or _pool._max_workers != workers:
+        _pool = ThreadPoolExecutor(workers, thread_name_prefix="mmnas-kernels")
+    for future in [_pool.submit(fn, lo, hi) for lo, hi in ranges]:
+        future.result()
+
+
+def _numpy(t) -> np.ndarray:
+    """A numpy view of a CPU tensor's memory (no copy)."""
+    return np.from_dlpack(t.detach())
+
+
+def _tensor(a: np.ndarray):
+    """A Paddle tensor over a numpy array's memory (no copy); it keeps the array alive."""
+    return paddle.utils.dlpack.from_dlpack(a)
+
+
+def _draw_chunk(seed: int, chunk: int, threshold: np.uint32, scale: np.float32, out: np.ndarray,
+                gate: Optional[np.ndarray]) -> None:
+    """out[:] = scale where a fresh uniform 32-bit word >= threshold (and gate > 0, if given),
+    else 0. The stream is seeded by (seed, chunk) alone, so a mask never depends on how many
+    threads drew it."""
     words = np.random.PCG64(np.random.SeedSequence((seed, chunk))).random_raw((out.size + 1) // 2)
     keep = words.view(np.uint32)[:out.size] >= threshold
+    if gate is not None:
+        keep &= gate > 0
     np.multiply(keep, scale, out=out)
 
 
-def dropout_mask(seed: int, size: int, p: float) -> np.ndarray:
-    """float32 [size]: 1 / (1 - p) with probability 1 - p (exact to 2**-32), else 0, in chunks
-    of 2**20 values drawn on the BLAS threads (numpy releases the GIL)."""
-    global _mask_pool
+def dropout_mask(seed: int, size: int, p: float, gate: Optional[np.ndarray] = None) -> np.ndarray:
+    """float32 [size]: 1 / (1 - p) with probability 1 - p (exact to 2**-32), else 0, drawn in
+    chunks of 2**20 values on the BLAS threads. With `gate` (float32 [size]) the mask is also 0
+    where gate <= 0: ReLU folded into the mask."""
     mask = np.empty(size, dtype=np.float32)
     threshold = np.uint32(min(round(p * 2.0 ** 32), 2 ** 32 - 1))
     scale = np.float32(1.0 / (1.0 - p))
-    chunks = [(seed, i, threshold, scale, mask[start:start + _MASK_CHUNK])
-              for i, start in enumerate(range(0, size, _MASK_CHUNK))]
-    workers = _mask_workers()
-    if len(chunks) == 1 or workers == 1:
-        for chunk in chunks:
-            _draw_chunk(*chunk)
-        return mask
-    if _mask_pool is None or _mask_pool._max_workers != workers:
-        _mask_pool = ThreadPoolExecutor(workers, thread_name_prefix="mmnas-dropout")
-    for future in [_mask_pool.submit(_draw_chunk, *chunk) for chunk in chunks]:
-        future.result()
+
+    def draw(lo, hi):
+        _draw_chunk(seed, lo // _MASK_CHUNK, threshold, scale, mask[lo:hi], None if gate is None else gate[lo:hi])
+    _in_threads(draw, size, _MASK_CHUNK)
     return mask
+
+
+class _MultiplyByConstant(PyLayer):
+    """x * mask with mask a constant: Paddle's generic multiply backward also works out whether
+    the mask needs a gradient and is ~2x slower than the one product needed here."""
+
+    @staticmethod
+    def forward(ctx, x, mask):
+        ctx.mask = mask
+        return x * mask
+
+    @staticmethod
+    def backward(ctx, dy):
+        return dy * ctx.mask
+
+
+def _apply_mask(x, p: float, relu: bool):
+    seed = int(paddle.randint(0, _DROPOUT_SEED_RANGE, [1]).item())
+    gate = _numpy(x).reshape(-1) if relu else None
+    mask = dropout_mask(seed, int(np.prod(x.shape)), p, gate).reshape(x.shape)
+    return _MultiplyByConstant.apply(x, _tensor(mask))
 
 
 def dropout(x, p: float, training: bool = True):
@@ -196,9 +242,17 @@ def dropout(x, p: float, training: bool = True):
         return x
     if not use_fast(x) or p >= 1:
         return F.dropout(x, p, training=True)
-    seed = int(paddle.randint(0, _DROPOUT_SEED_RANGE, [1]).item())
-    mask = dropout_mask(seed, int(np.prod(x.shape)), p).reshape(x.shape)
-    return x * paddle.utils.dlpack.from_dlpack(mask)
+    return _apply_mask(x, p, relu=False)
+
+
+def relu_dropout(x, p: float, training: bool = True):
+    """dropout(ReLU(x), p, training). On CPU in training, one product x * mask whose mask is
+    also 0 where x <= 0, with the same gradient (dy * mask); ReLU's own forward and backward
+    passes over the tensor are saved (the FFN's [B*N, 4H] hidden layer is the largest there is).
+    The values equal ReLU then dropout's, except that -0.0 may stand where 0.0 did."""
+    if not training or p == 0 or not use_fast(x) or p >= 1:
+        return dropout(F.relu(x), p, training)
+    return _apply_mask(x, p, relu=True)
 
 
 class Dropout(nn.Dropout):
@@ -212,3 +266,107 @@ class Dropout(nn.Dropout):
         if self.axis is None and self.mode == "upscale_in_train":
             return dropout(x, self.p, training=True)
         return super().forward(x)
+
+
+# ---- attention softmax and the RSA log bias --------------------------------------------------
+
+_ROWS_CHUNK = 1 << 18  # values per chunk of the row-wise numpy kernels
+
+
+class _MaskedSoftmaxCPU(PyLayer):
+    """softmax(where(mask, -1e9, scores)) over the last axis. scores [B, h, Nq, Nk], mask bool
+    [B, 1, 1, Nk] (True = padded key) or None. Paddle's CPU softmax runs one core at ~4 ns per
+    value, its `where` with a broadcast mask ~2 ns more; this is numpy on all cores. Masked keys
+    get exactly 0 (exp(-1e9 - max) underflows), so the backward, y * (dy - sum(dy * y)), gives
+    them 0 gradient as `where` does; it is zeroed explicitly for samples whose keys are all
+    padded (uniform weights there)."""
+
+    @staticmethod
+    def forward(ctx, scores, mask):
+        batch, nk = scores.shape[0], scores.shape[-1]
+        x = _numpy(scores).reshape(batch, -1, nk)  # [B, h*Nq, Nk]
+        keys = None if mask is None else _numpy(mask).reshape(batch, 1, nk)
+        y = np.empty_like(x)
+        per_sample = x.shape[1] * nk
+
+        def run(lo, hi):  # samples lo..hi
+            out = y[lo:hi]
+            if keys is None:
+                np.copyto(out, x[lo:hi])
+            else:
+                np.copyto(out, np.where(keys[lo:hi], np.float32(MASK_FILL), x[lo:hi]))
+            np.subtract(out, out.max(axis=-1, keepdims=True), out=out)
+            np.exp(out, out=out)
+            np.divide(out, out.sum(axis=-1, keepdims=True), out=out)
+        _in_threads(run, batch, max(1, _ROWS_CHUNK // per_sample))
+        ctx.y, ctx.keys = y, keys
+        return _tensor(y).reshape(scores.shape)
+
+    @staticmethod
+    def backward(ctx, dy):
+        y, keys = ctx.y, ctx.keys
+        g = _numpy(dy).reshape(y.shape)
+        dx = np.empty_like(y)
+
+        def run(lo, hi):
+            t = dx[lo:hi]
+            np.multiply(g[lo:hi], y[lo:hi], out=t)
+            s = t.sum(axis=-1, keepdims=True)
+            np.subtract(g[lo:hi], s, out=t)
+            np.multiply(t, y[lo:hi], out=t)
+            if keys is not None:
+                for b in np.flatnonzero(keys[lo:hi].all(axis=-1).ravel()):
+                    t[b] = 0  # every key padded: masked_fill's gradient is 0 there
+        _in_threads(run, y.shape[0], max(1, _ROWS_CHUNK // (y.shape[1] * y.shape[2])))
+        dscores = _tensor(dx).reshape(dy.shape)
+        return dscores if keys is None else (dscores, None)  # one gradient per tensor input
+
+
+MASK_FILL = -1e9  # what masked scores are set to (the reference's masked_fill value)
+
+
+def masked_softmax(scores, mask):
+    """softmax(where(mask, MASK_FILL, scores), axis=-1); mask [B, 1, 1, Nk] bool or None."""
+    if not use_fast(scores):
+        if mask is not None:
+            scores = paddle.where(mask, paddle.full([1], MASK_FILL, scores.dtype), scores)
+        return F.softmax(scores, axis=-1)
+    return _MaskedSoftmaxCPU.apply(scores, mask)
+
+
+class _ClampedLogCPU(PyLayer):
+    """log(max(z, floor)); gradient dy / z where z >= floor, else 0 (numpy, all cores)."""
+
+    @staticmethod
+    def forward(ctx, z, floor):
+        zn = _numpy(z).reshape(-1)
+        y = np.empty_like(zn)
+        floor32 = np.float32(floor)
+
+        def run(lo, hi):
+            np.maximum(zn[lo:hi], floor32, out=y[lo:hi])
+            np.log(y[lo:hi], out=y[lo:hi])
+        _in_threads(run, zn.size, _ROWS_CHUNK)
+        ctx.z, ctx.floor = zn, floor32
+        return _tensor(y).reshape(z.shape)
+
+    @staticmethod
+    def backward(ctx, dy):
+        zn, floor = ctx.z, ctx.floor
+        g = _numpy(dy).reshape(-1)
+        dz = np.empty_like(zn)
+
+        def run(lo, hi):
+            z, out = zn[lo:hi], dz[lo:hi]
+            np.maximum(z, floor, out=out)
+            np.divide(g[lo:hi], out, out=out)
+            np.multiply(out, z >= floor, out=out)  # clip passes the gradient at the floor itself, as Paddle's does
+        _in_threads(run, zn.size, _ROWS_CHUNK)
+        return _tensor(dz).reshape(dy.shape)
+
+
+def relu_clamped_log(z, floor: float):
+    """log(max(ReLU(z), floor)) = log(max(z, floor)) for floor > 0, gradient included."""
+    if not use_fast(z):
+        return paddle.log(paddle.clip(F.relu(z), min=floor))
+    return _ClampedLogCPU.apply(z, floor)

@@ -73,5 +73,5 @@ class BoxRelations:
         return self._log_bias(linear_r.weight, linear_r.bias)
 
     def _log_bias(self, weight, bias):
-        r = F.relu(fast.linear(self.embedding(), weight, bias)).transpose([0, 3, 1, 2])  # [B,N,N,h] -> [B,h,N,N]
-        return paddle.log(paddle.clip(r, min=1e-6))
+        # log(max(ReLU(z), 1e-6)): [B, N, N, h] -> [B, h, N, N]
+        return fast.relu_clamped_log(fast.linear(self.embedding(), weight, bias), 1e-6).transpose([0, 3, 1, 2])
