@@ -42,8 +42,8 @@ def parse_args(argv=None):
     p.add_argument("--to-static", action="store_true", help="paddle.jit.to_static the model")
     p.add_argument("--amp", default="off", choices=["off", "fp16", "bf16"], help="mixed precision (GPU)")
     p.add_argument("--plain-optimizer", action="store_true",
-                   help="paddle.nn.utils.clip_grad_norm_ and single-tensor Adam (as mmnas/engine/train.py "
-                        "has them) instead of mmnas.runtime.clip_grad_norm_ and Adam(use_multi_tensor=True)")
+                   help="paddle.nn.utils.clip_grad_norm_ and single-tensor Adam (Paddle's own) "
+                        "instead of mmnas.runtime.clip_grad_norm_ and Adam(use_multi_tensor=True)")
     p.add_argument("--pieces", type=int, default=None,
                    help="sorted sub-batches per batch, as train.box_pieces (default: the model config's)")
     p.add_argument("--seed", type=int, default=0)
@@ -70,6 +70,8 @@ def main(argv=None):
     if args.pieces is None:
         from mmnas.config import load_config
         args.pieces = load_config(args.model).train.box_pieces
+    if args.to_static:
+        args.pieces = 1  # as the engine does (see mmnas.runtime.maybe_to_static)
     model.train()
     params = [p for p in model.parameters() if not p.stop_gradient]
     optimizer = paddle.optimizer.Adam(learning_rate=1e-4, beta1=0.9, beta2=0.98, epsilon=1e-9, parameters=params,
@@ -101,15 +103,7 @@ def main(argv=None):
             loss = F.binary_cross_entropy_with_logits(logits.astype("float32"), scores, reduction="sum")
             (scaler.scale(loss) if scaler is not None else loss).backward()
             total = total + loss.detach()
-        if scaler is not None:
-            scaler.unscale_(optimizer)
-        clip(params, 1.0)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        optimizer.clear_grad()
+        runtime.clip_and_step(optimizer, scaler, params, 1.0, clip)
         return total
 
     def sync(x):

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from ..config import RunConfig
 from ..data import VQADataset, build_vocab, load_word_vectors
 from ..models import build_model
-from ..runtime import amp_context, clip_grad_norm_, make_grad_scaler, maybe_to_static
+from ..runtime import amp_context, clip_and_step, make_grad_scaler, maybe_to_static
 from .checkpoint import atomic_save, load_weights, safe_load, to_numpy_state, CheckpointError
 from .evaluate import evaluate, format_scores, make_loader
 from .logger import RunLogger
@@ -149,15 +149,7 @@ def train_one_epoch(model, optimizer, dataset, cfg: RunConfig, epoch: int, steps
                 scaled = loss * world
                 (scaler.scale(scaled) if scaler is not None else scaled).backward()
             step_loss = step_loss + loss.detach()
-        if scaler is not None:
-            scaler.unscale_(optimizer)  # clip the true gradients
-        grad_norm = clip_grad_norm_(params, tcfg.grad_clip)  # = paddle's, one BLAS dot per tensor
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        optimizer.clear_grad()
+        grad_norm = clip_and_step(optimizer, scaler, params, tcfg.grad_clip)
         pending.append(PendingStep(step_in_epoch, step, lr, step_loss, grad_norm))
         if len(pending) >= tcfg.log_every or step_in_epoch == steps_per_epoch - 1:
             loss_sum += _read_pending(pending, epoch, rank, per_rank, tcfg.batch_size, start, logger)
