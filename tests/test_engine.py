@@ -356,6 +356,11 @@ def test_killed_checkpoint_write_keeps_old_file(tmp_path):
         proc.communicate()
     assert proc.returncode == -signal.SIGKILL
     _check_old_intact(path, old, old_bytes)
+    # the next write of that checkpoint lands and removes the killed write's temporary
+    (tmp_path / ".tmp-keepme-other.pdopt").write_bytes(b"x")  # another file's: left alone
+    atomic_save({"w": np.ones(3, np.float32)}, path)
+    assert tmp_files(tmp_path) == [".tmp-keepme-other.pdopt"]
+    np.testing.assert_array_equal(safe_load(path)["w"], np.ones(3, np.float32))
 
 
 def test_failed_pickling_leaves_no_temp_file(tmp_path):

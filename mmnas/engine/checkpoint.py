@@ -157,7 +157,8 @@ def to_numpy_state(state: Mapping) -> Dict[str, Any]:
 
 def atomic_save(obj: Any, path: str) -> None:
     """Pickle `obj` to `path` so that a kill at any moment leaves either the old file or the
-    complete new one: write a temporary file in the same folder, fsync, then rename."""
+    complete new one: write a temporary file in the same folder, fsync, then rename. A temporary
+    left by a killed earlier write of the same path is removed once this write has landed."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
@@ -174,3 +175,10 @@ def atomic_save(obj: Any, path: str) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    # temporaries of earlier writes of this file that were killed before their rename
+    for name in os.listdir(folder):
+        if name.startswith(".tmp-") and name.endswith(os.path.basename(path)):
+            try:
+                os.remove(os.path.join(folder, name))
+            except OSError:
+                pass
