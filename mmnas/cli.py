@@ -183,6 +183,15 @@ def _search_entry(cfg, rank, world):
     return search(cfg, rank, world)
 
 
+def expected_errors():
+    """Errors that mean "change the command or the files", reported as one sentence, exit 2."""
+    from .data.features import DataError
+    from .engine.checkpoint import CheckpointError
+    from .engine.distributed import WorkerStopped
+    from .engine.train import TrainingError
+    return (UsageError, ConfigError, DataError, CheckpointError, TrainingError, WorkerStopped)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from . import runtime
@@ -190,18 +199,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     # processes started for data parallel share the cores
     cpu_processes = args.NPROCS or 1 if args.RUN in ("train", "search") and not args.GPU else 1
     runtime.configure(processes=cpu_processes)
-    from .data.features import DataError
-    from .engine.checkpoint import CheckpointError
-    from .engine.train import TrainingError
     try:
         cfg = config_from_args(args)
         if cfg.run in ("train", "search"):
             from .engine.distributed import run_parallel
             nprocs = args.NPROCS or (len(cfg.gpu.split(",")) if cfg.gpu else 1)
-            run_parallel(_train_entry if cfg.run == "train" else _search_entry, cfg, nprocs, cfg.gpu)
+            run_parallel(_train_entry if cfg.run == "train" else _search_entry, cfg, nprocs, cfg.gpu,
+                         expected=expected_errors())
         else:
             run_eval(cfg)
-    except (UsageError, ConfigError, DataError, CheckpointError, TrainingError) as e:
+    except expected_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

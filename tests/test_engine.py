@@ -297,6 +297,21 @@ def test_resume_refuses_a_different_batch_setup(world, base_run, tmp_path):
     assert not os.path.exists(ckpt_paths(base_run.ckpt_dir, "R2", 2)[0])
 
 
+def test_error_inside_data_parallel_processes_is_one_sentence(world, base_run, tmp_path):
+    """The same refusal raised inside 2 spawned processes: each prints the one-sentence error,
+    run.py exits 2 naming it, with no Python traceback of ours."""
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "run.py"), "--RUN=train", f"--MODEL={world.yml}", "--NPROCS=2",
+         f"--BS={BATCH // 2}", "--MAX_EPOCH=2", "--RESUME=True", "--CKPT_V=base", "--CKPT_E=1", "--VERSION=R3",
+         f"--CKPT_DIR={base_run.ckpt_dir}", f"--RESULTS_DIR={tmp_path / 'results'}"],
+        cwd=str(tmp_path), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"error: {base_run.opt} was trained with {STEPS} steps per epoch" in proc.stderr
+    assert "error: a training process stopped with the error printed above" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not os.path.exists(ckpt_paths(base_run.ckpt_dir, "R3", 2)[0])
+
+
 # ----------------------------------------------------------------------------- 5. atomic checkpoints
 
 KILLED_WRITER = r"""
