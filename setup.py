@@ -8,7 +8,7 @@ setup(
     packages=find_packages(include=["mmnas", "mmnas.*"]),
     package_data={"mmnas.metrics": ["*.json"]},
     python_requires=">=3.8",
-    install_requires=["numpy>=1.24", "pyyaml>=6.0", "tqdm>=4.60"],
+    install_requires=["numpy>=1.25", "pyyaml>=6.0", "tqdm>=4.60"],
     extras_require={
         # paddle itself is left to the user: `paddlepaddle` on CPU, `paddlepaddle-gpu` on GPU.
         "cpu": ["paddlepaddle>=3.0"],
