@@ -372,9 +372,11 @@ def test_killed_checkpoint_write_keeps_old_file(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     _check_old_intact(path, old, old_bytes)
     # the next write of that checkpoint lands and removes the killed write's temporary
-    (tmp_path / ".tmp-keepme-other.pdopt").write_bytes(b"x")  # another file's: left alone
+    others = [".tmp-keepme-other.pdopt", ".tmp-abcdefghbest_epoch1.pdparams"]  # other files': left alone
+    for name in others:
+        (tmp_path / name).write_bytes(b"x")
     atomic_save({"w": np.ones(3, np.float32)}, path)
-    assert tmp_files(tmp_path) == [".tmp-keepme-other.pdopt"]
+    assert sorted(tmp_files(tmp_path)) == sorted(others)
     np.testing.assert_array_equal(safe_load(path)["w"], np.ones(3, np.float32))
 
 

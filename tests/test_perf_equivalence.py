@@ -72,6 +72,79 @@ def test_fast_layer_norms_match_formula_values_and_gradients(fast_fn, scale, siz
         np.testing.assert_allclose(got, want, atol=tol, rtol=1e-4)
 
 
+def test_cpu_kernels_with_frozen_weights_and_empty_inputs():
+    """Frozen LayerNorm / Linear parameters get no gradient (Paddle refuses one from a PyLayer),
+    the input still does; empty tensors take the plain path."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((4, 6, 16)).astype("float32")
+    ln, lin = LayerNorm(16), fast.Linear(16, 8)
+    for p in (ln.a_2, ln.b_2, lin.weight):
+        p.stop_gradient = True
+    grads = []
+    for freeze in (True, False):
+        for p in (ln.a_2, ln.b_2, lin.weight):
+            p.stop_gradient = freeze
+        xt = _t(x, grad=True)
+        lin(ln(xt)).sum().backward()
+        grads.append(xt.grad.numpy())
+        assert (ln.a_2.grad is None) == freeze and (lin.weight.grad is None) == freeze
+        assert lin.bias.grad is not None
+        for p in (ln.a_2, ln.b_2, lin.weight, lin.bias):
+            p.clear_gradient()
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-6)
+    empty = _t(np.zeros((0, 5, 16)), grad=True)
+    assert ln(empty).shape == [0, 5, 16] and lin(empty).shape == [0, 5, 8]
+    assert fast.masked_softmax(_t(np.zeros((0, 2, 3, 4))), None).shape == [0, 2, 3, 4]
+
+
+def _kernel_outputs():
+    """Values and gradients of every numpy kernel on inputs spanning several blocks."""
+    rng = np.random.default_rng(4)
+    out = []
+    x = _t(rng.standard_normal((3000, 512)), grad=True)
+    y = LayerNorm(512)(x)
+    (y * _t(rng.standard_normal(y.shape))).sum().backward()
+    out += [y.numpy(), x.grad.numpy()]
+    s = _t(rng.standard_normal((40, 8, 30, 100)), grad=True)
+    mask = paddle.to_tensor(rng.random((40, 1, 1, 100)) < 0.3)
+    a = fast.masked_softmax(s, mask)
+    (a * _t(rng.standard_normal(a.shape))).sum().backward()
+    out += [a.numpy(), s.grad.numpy()]
+    z = _t(rng.standard_normal((700, 1000)), grad=True)
+    b = fast.relu_clamped_log(z, 1e-6)
+    (b * _t(rng.standard_normal(b.shape))).sum().backward()
+    out += [b.numpy(), z.grad.numpy(), fast.dropout_mask(11, 3 << 20, 0.1)]
+    return out
+
+
+def test_cpu_kernels_give_the_same_results_on_any_thread_count(monkeypatch):
+    """Blocks are independent (dropout chunks are seeded by their index), so 1 and 2 threads
+    agree bit for bit; the second run really uses the pool."""
+    monkeypatch.setenv("MKL_NUM_THREADS", "1")
+    one = _kernel_outputs()
+    monkeypatch.setenv("MKL_NUM_THREADS", "2")
+    two = _kernel_outputs()
+    assert fast._pool is not None and fast._pool._max_workers == 2
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_cpu_kernels_work_in_a_forked_child(monkeypatch):
+    """The kernels' thread pool does not survive fork(); a forked child makes its own."""
+    import multiprocessing as mp
+    monkeypatch.setenv("MKL_NUM_THREADS", "2")
+    x = _t(np.random.default_rng(0).standard_normal((3000, 512)))  # several row blocks: uses the pool
+    expected = LayerNorm(512)(x).numpy()
+    assert fast._pool is not None
+    with mp.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(_layer_norm_in_child, (x.numpy(),)).get(timeout=60)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def _layer_norm_in_child(x):
+    return LayerNorm(512)(paddle.to_tensor(x)).numpy()
+
+
 def test_layer_norm_module_uses_released_parameter_names():
     ln = LayerNorm(8)
     assert sorted(ln.state_dict()) == ["a_2", "b_2"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import pickle
 import tempfile
 from typing import Any, Dict, Mapping
@@ -176,8 +177,9 @@ def atomic_save(obj: Any, path: str) -> None:
             os.remove(tmp)
         raise
     # temporaries of earlier writes of this file that were killed before their rename
+    stale = re.compile(r"\.tmp-[a-z0-9_]{8}" + re.escape(os.path.basename(path)) + "$")  # mkstemp's names
     for name in os.listdir(folder):
-        if name.startswith(".tmp-") and name.endswith(os.path.basename(path)):
+        if stale.match(name):
             try:
                 os.remove(os.path.join(folder, name))
             except OSError:

@@ -12,8 +12,7 @@ import paddle.nn.functional as F
 
 from ..config import ModelConfig
 from ..ops import MLP, RSA, BoxRelations, LayerNorm, box_relation_geometry, build_op, make_mask, make_token_mask
-from ..ops.attention import MASK_VALUE
-from ..ops.fast import Linear
+from ..ops.fast import Linear, mask_fill
 
 
 class Adapter(nn.Layer):
@@ -40,7 +39,7 @@ class AttFlat(nn.Layer):
     def forward(self, x, x_mask):
         att = self.mlp(x)  # [B, N, G]
         mask = x_mask.squeeze([1, 2]).unsqueeze(2)  # [B,1,1,N] -> [B, N, 1]
-        att = F.softmax(paddle.where(mask, paddle.full([1], MASK_VALUE, att.dtype), att), axis=1)
+        att = F.softmax(paddle.where(mask, paddle.full([1], mask_fill(att.dtype), att.dtype), att), axis=1)
         # sum_n att[b, n, g] * x[b, n, :] for every glimpse at once -> [B, G, H] -> [B, G*H]
         pooled = paddle.matmul(att, x, transpose_x=True)
         return self.linear_merge(pooled.reshape([0, -1]))

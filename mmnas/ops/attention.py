@@ -9,9 +9,7 @@ import math
 import paddle
 import paddle.nn as nn
 
-from .fast import MASK_FILL, Dropout, Linear, masked_softmax
-
-MASK_VALUE = MASK_FILL  # -1e9
+from .fast import Dropout, Linear, masked_softmax
 
 
 class MHAtt(nn.Layer):
@@ -37,7 +35,7 @@ class MHAtt(nn.Layer):
         scores = paddle.matmul(q, k, transpose_y=True) / math.sqrt(self.head_width)  # [B, h, Nq, Nk]
         if score_bias is not None:
             scores = scores + score_bias
-        att_map = self.dropout(masked_softmax(scores, mask))  # masked keys set to MASK_VALUE first
+        att_map = self.dropout(masked_softmax(scores, mask))  # masked keys set to -1e9 first
         atted = paddle.matmul(att_map, v)  # [B, h, Nq, head_width]
         atted = atted.transpose([0, 2, 1, 3]).reshape([0, 0, self.heads * self.head_width])
         return self.linear_merge(atted)

@@ -24,8 +24,18 @@ from paddle.autograd import PyLayer
 
 
 def use_fast(x) -> bool:
-    """True where the forms below apply: eager mode, CPU, float32."""
-    return paddle.in_dynamic_mode() and x.place.is_cpu_place() and x.dtype == paddle.float32
+    """True where the forms below apply: eager mode, CPU, float32, not empty."""
+    return (paddle.in_dynamic_mode() and x.place.is_cpu_place() and x.dtype == paddle.float32
+            and int(np.prod(x.shape)) > 0)
+
+
+def _needs_grad(*tensors):
+    """Which inputs want a gradient: a PyLayer must return None for the others (frozen weights)."""
+    return [not t.stop_gradient for t in tensors]
+
+
+def _only_needed(needed, grads):
+    return tuple(g if n else None for n, g in zip(needed, grads))
 
 
 class _LinearCPU(PyLayer):
@@ -38,7 +48,7 @@ class _LinearCPU(PyLayer):
         y = paddle.addmm(bias.unsqueeze(0), x2, weight)
         ctx.save_for_backward(x2, weight)
         ctx.x_shape = x.shape
-        ctx.x_needs_grad = not x.stop_gradient
+        ctx.needed = _needs_grad(x, weight, bias)
         return y.reshape(x.shape[:-1] + [fan_out])
 
     @staticmethod
@@ -46,15 +56,16 @@ class _LinearCPU(PyLayer):
         x2, weight = ctx.saved_tensor()
         fan_out = weight.shape[1]
         dy2 = dy.reshape([-1, fan_out])
-        dx = paddle.matmul(dy2, weight, transpose_y=True).reshape(ctx.x_shape) if ctx.x_needs_grad else None
-        dw = paddle.matmul(x2, dy2, transpose_x=True)
-        db = paddle.matmul(paddle.ones([1, dy2.shape[0]], dy2.dtype), dy2).reshape([fan_out])
+        x_needed, w_needed, b_needed = ctx.needed
+        dx = paddle.matmul(dy2, weight, transpose_y=True).reshape(ctx.x_shape) if x_needed else None
+        dw = paddle.matmul(x2, dy2, transpose_x=True) if w_needed else None
+        db = paddle.matmul(paddle.ones([1, dy2.shape[0]], dy2.dtype), dy2).reshape([fan_out]) if b_needed else None
         return dx, dw, db
 
 
 def linear(x, weight, bias=None):
     """F.linear(x, weight, bias) (weight [in, out], Paddle's layout), fast on CPU."""
-    if bias is None or not use_fast(x) or x.shape[0] == 0:
+    if bias is None or not use_fast(x):
         return F.linear(x, weight, bias)
     return _LinearCPU.apply(x, weight, bias)
 
@@ -97,6 +108,7 @@ class _UnbiasedLayerNormCPU(PyLayer):
             np.add(y[lo:hi], b, out=y[lo:hi])
         _in_threads(run, rows, max(1, _ROWS_CHUNK // size))
         ctx.saved = (xhat, inv, factor, g)
+        ctx.needed = _needs_grad(x, gain, shift)
         return _tensor(y).reshape(x.shape)
 
     @staticmethod
@@ -120,13 +132,13 @@ class _UnbiasedLayerNormCPU(PyLayer):
         _in_threads(run, rows, chunk)
         d_gain = np.sum([partial[k][0] for k in sorted(partial)], axis=0, dtype=np.float32)
         d_shift = np.sum([partial[k][1] for k in sorted(partial)], axis=0, dtype=np.float32)
-        return _tensor(dx).reshape(dy.shape), _tensor(d_gain), _tensor(d_shift)
+        return _only_needed(ctx.needed, (_tensor(dx).reshape(dy.shape), _tensor(d_gain), _tensor(d_shift)))
 
 
 def layer_norm_unbiased(x, gain, shift, eps: float):
     """gain * (x - mean) / (std + eps) + shift, std the unbiased (H-1) standard deviation, over
     the last axis: the LayerNorm of the released weights."""
-    if use_fast(x) and x.shape[0] != 0:
+    if use_fast(x):
         return _UnbiasedLayerNormCPU.apply(x, gain, shift, eps)
     return _layer_norm_unbiased_fused(x, gain, shift, eps)
 
@@ -145,6 +157,10 @@ def _layer_norm_unbiased_fused(x, gain, shift, eps: float):
     detached m changes nothing; the output depends on k only through the eps term, so the
     missing d k / d x is O(eps / std) relative. Zero-variance rows get k = 1 and give `shift`.
     """
+    if x.dtype in (paddle.float16, paddle.bfloat16):  # AMP: normalise in float32 (x - mean)^2 overflows fp16
+        dtype = x.dtype
+        return _layer_norm_unbiased_fused(x.astype("float32"), gain.astype("float32"), shift.astype("float32"),
+                                          eps).astype(dtype)
     size = x.shape[-1]
     c = math.sqrt((size - 1) / size)
     centered = x - x.detach().mean(axis=-1, keepdim=True)
@@ -157,6 +173,15 @@ def _layer_norm_unbiased_fused(x, gain, shift, eps: float):
 _DROPOUT_SEED_RANGE = 2 ** 31 - 1
 _MASK_CHUNK = 1 << 20  # values per independently seeded chunk of a dropout mask
 _pool = None  # threads for the numpy kernels below; created on first use
+
+
+def _forget_pool() -> None:
+    global _pool
+    _pool = None  # a forked child has the pool object but not its threads
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _workers() -> int:
@@ -263,7 +288,9 @@ def relu_dropout(x, p: float, training: bool = True):
     """dropout(ReLU(x), p, training). On CPU in training, one product x * mask whose mask is
     also 0 where x <= 0, with the same gradient (dy * mask); ReLU's own forward and backward
     passes over the tensor are saved (the FFN's [B*N, 4H] hidden layer is the largest there is).
-    The values equal ReLU then dropout's, except that -0.0 may stand where 0.0 did."""
+    The values equal ReLU then dropout's, except that -0.0 may stand where 0.0 did, and that
+    x = -inf gives NaN (-inf * 0) where ReLU gives 0: only after an overflow, which the
+    non-finite-loss check of the training loop then reports."""
     if not training or p == 0 or not use_fast(x) or p >= 1:
         return dropout(F.relu(x), p, training)
     return _apply_mask(x, p, relu=True)
@@ -339,11 +366,17 @@ class _MaskedSoftmaxCPU(PyLayer):
 MASK_FILL = -1e9  # what masked scores are set to (the reference's masked_fill value)
 
 
+def mask_fill(dtype) -> float:
+    """MASK_FILL, or float16's lowest finite value under fp16 AMP (-1e9 would become -inf, and a
+    sample whose keys are all padded would then get NaN weights instead of uniform ones)."""
+    return -65504.0 if dtype == paddle.float16 else MASK_FILL
+
+
 def masked_softmax(scores, mask):
     """softmax(where(mask, MASK_FILL, scores), axis=-1); mask [B, 1, 1, Nk] bool or None."""
     if not use_fast(scores):
         if mask is not None:
-            scores = paddle.where(mask, paddle.full([1], MASK_FILL, scores.dtype), scores)
+            scores = paddle.where(mask, paddle.full([1], mask_fill(scores.dtype), scores.dtype), scores)
         return F.softmax(scores, axis=-1)
     return _MaskedSoftmaxCPU.apply(scores, mask)
 
