@@ -1,13 +1,17 @@
-"""Faster CPU forms of Linear and the reference LayerNorm, equal to the plain formulas to
-float rounding (tests/test_perf_equivalence.py checks them against those formulas).
+"""Faster CPU forms of the model's operations, equal to the plain formulas to float rounding
+(tests/test_perf_equivalence.py checks each against its formula, values and gradients).
 
-Why: on CPU, Paddle's generic reductions are slow. The gradient of a Linear's bias is a sum over
-all B*N rows of the output gradient; paddle computes it with a column reduction that costs ~1/3
-of the Linear's whole backward at [6400, 2048]. Written as a product with a row of ones it is a
-GEMM and nearly free. The forward adds the bias inside the GEMM (addmm).
+Why: after the matrix products, a CPU training step is element-wise work, and Paddle's CPU
+element-wise kernels and reductions run on one core. Two remedies are used:
+- reductions as GEMMs: Linear adds its bias inside the GEMM (addmm) and computes the bias
+  gradient as ones @ dy (Paddle's column reduction cost ~1/3 of the Linear's backward);
+- numpy kernels over blocks of rows on all cores (numpy releases the GIL; tensors are shared
+  with Paddle through DLPack, without copies): the unbiased-std LayerNorm, dropout masks (with
+  ReLU folded in), the attention softmax with its key mask, and the RSA log bias.
 
-On GPU, in static graphs (paddle.jit.to_static, export) and under AMP, the plain paddle ops are
-used: there they are already fast, or the custom backward would not apply.
+They apply in eager mode on CPU in float32 (`use_fast`). On GPU, in static graphs
+(paddle.jit.to_static, export) and under AMP the plain Paddle ops are used: there they are
+already fast, or a custom backward would not apply.
 """
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.autograd import PyLayer
+
+from .. import runtime
 
 
 def use_fast(x) -> bool:
@@ -36,6 +42,55 @@ def _needs_grad(*tensors):
 
 def _only_needed(needed, grads):
     return tuple(g if n else None for n, g in zip(needed, grads))
+
+
+# ---- numpy kernels on all cores ----------------------------------------------------------------
+
+_pool = None  # threads for the numpy kernels below; created on first use
+
+
+def _forget_pool() -> None:
+    global _pool
+    _pool = None  # a forked child has the pool object but not its threads
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _workers() -> int:
+    """Threads for the numpy kernels: the process's BLAS thread count (mmnas.runtime sets it)."""
+    return runtime.thread_count(user=os.environ)
+
+
+def _in_threads(fn, count: int, chunk: int) -> None:
+    """fn(lo, hi) for consecutive ranges of [0, count) of at most `chunk`, on the BLAS threads:
+    numpy releases the GIL in its loops, and Paddle's own element-wise CPU kernels use one core
+    of the machine while these use all of them."""
+    global _pool
+    ranges = [(lo, min(lo + chunk, count)) for lo in range(0, count, max(1, chunk))]
+    workers = _workers()
+    if len(ranges) <= 1 or workers == 1:
+        for lo, hi in ranges:
+            fn(lo, hi)
+        return
+    if _pool is None or _pool._max_workers != workers:
+        _pool = ThreadPoolExecutor(workers, thread_name_prefix="mmnas-kernels")
+    for future in [_pool.submit(fn, lo, hi) for lo, hi in ranges]:
+        future.result()
+
+
+def _numpy(t) -> np.ndarray:
+    """A numpy view of a CPU tensor's memory (no copy)."""
+    return np.from_dlpack(t.detach())
+
+
+def _tensor(a: np.ndarray):
+    """A Paddle tensor over a numpy array's memory (no copy); it keeps the array alive."""
+    return paddle.utils.dlpack.from_dlpack(a)
+
+
+_ROWS_CHUNK = 1 << 18  # values per chunk of the row-wise numpy kernels
 
 
 class _LinearCPU(PyLayer):
@@ -170,53 +225,10 @@ def _layer_norm_unbiased_fused(x, gain, shift, eps: float):
     return F.layer_norm(centered * k, [size], weight=gain * c, bias=shift, epsilon=(c * eps) ** 2)
 
 
+# ---- dropout ------------------------------------------------------------------------------------
+
 _DROPOUT_SEED_RANGE = 2 ** 31 - 1
 _MASK_CHUNK = 1 << 20  # values per independently seeded chunk of a dropout mask
-_pool = None  # threads for the numpy kernels below; created on first use
-
-
-def _forget_pool() -> None:
-    global _pool
-    _pool = None  # a forked child has the pool object but not its threads
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
-
-
-def _workers() -> int:
-    """Threads for the numpy kernels: the process's BLAS thread count (mmnas.runtime sets it)."""
-    for var in ("MKL_NUM_THREADS", "OMP_NUM_THREADS", "CPU_NUM"):
-        if os.environ.get(var, "").isdigit():
-            return max(1, int(os.environ[var]))
-    return os.cpu_count() or 1
-
-
-def _in_threads(fn, count: int, chunk: int) -> None:
-    """fn(lo, hi) for consecutive ranges of [0, count) of at most `chunk`, on the BLAS threads:
-    numpy releases the GIL in its loops, and Paddle's own element-wise CPU kernels use one core
-    of the machine while these use all of them."""
-    global _pool
-    ranges = [(lo, min(lo + chunk, count)) for lo in range(0, count, max(1, chunk))]
-    workers = _workers()
-    if len(ranges) <= 1 or workers == 1:
-        for lo, hi in ranges:
-            fn(lo, hi)
-        return
-    if _pool is None or _pool._max_workers != workers:
-        _pool = ThreadPoolExecutor(workers, thread_name_prefix="mmnas-kernels")
-    for future in [_pool.submit(fn, lo, hi) for lo, hi in ranges]:
-        future.result()
-
-
-def _numpy(t) -> np.ndarray:
-    """A numpy view of a CPU tensor's memory (no copy)."""
-    return np.from_dlpack(t.detach())
-
-
-def _tensor(a: np.ndarray):
-    """A Paddle tensor over a numpy array's memory (no copy); it keeps the array alive."""
-    return paddle.utils.dlpack.from_dlpack(a)
 
 
 def _draw_chunk(seed: int, chunk: int, threshold: np.uint32, scale: np.float32, out: np.ndarray,
@@ -311,7 +323,13 @@ class Dropout(nn.Dropout):
 
 # ---- attention softmax and the RSA log bias --------------------------------------------------
 
-_ROWS_CHUNK = 1 << 18  # values per chunk of the row-wise numpy kernels
+MASK_FILL = -1e9  # what masked scores are set to (the reference's masked_fill value)
+
+
+def mask_fill(dtype) -> float:
+    """MASK_FILL, or float16's lowest finite value under fp16 AMP (-1e9 would become -inf, and a
+    sample whose keys are all padded would then get NaN weights instead of uniform ones)."""
+    return -65504.0 if dtype == paddle.float16 else MASK_FILL
 
 
 class _MaskedSoftmaxCPU(PyLayer):
@@ -361,15 +379,6 @@ class _MaskedSoftmaxCPU(PyLayer):
         _in_threads(run, y.shape[0], max(1, _ROWS_CHUNK // (y.shape[1] * y.shape[2])))
         dscores = _tensor(dx).reshape(dy.shape)
         return dscores if keys is None else (dscores, None)  # one gradient per tensor input
-
-
-MASK_FILL = -1e9  # what masked scores are set to (the reference's masked_fill value)
-
-
-def mask_fill(dtype) -> float:
-    """MASK_FILL, or float16's lowest finite value under fp16 AMP (-1e9 would become -inf, and a
-    sample whose keys are all padded would then get NaN weights instead of uniform ones)."""
-    return -65504.0 if dtype == paddle.float16 else MASK_FILL
 
 
 def masked_softmax(scores, mask):
