@@ -44,9 +44,9 @@ from .checkpoint import atomic_save, load_weights, safe_load, to_numpy_state
 from .evaluate import make_loader, write_json_atomic
 from .logger import RunLogger
 from .schedule import base_learning_rate, learning_rate
-from .train import (TrainingError, check_batch_split, checkpoint_to_resume, ckpt_paths, epoch_seed,
-                    initial_word_vectors, open_dataset, optimizer_state_to_load, optimizer_state_to_save,
-                    report_interrupt, _all_reduce_sum)
+from .train import (TrainingError, checkpoint_to_resume, ckpt_paths, epoch_seed, initial_word_vectors,
+                    open_dataset, optimizer_state_to_load, optimizer_state_to_save, report_interrupt,
+                    run_logged, _all_reduce_sum)
 
 
 @dataclass
@@ -342,14 +342,8 @@ def _save_png(image: np.ndarray, path: str) -> None:
 
 def search(cfg: RunConfig, rank: int = 0, world: int = 1, progress: Optional[bool] = None) -> dict:
     """Search per cfg; returns a summary (per-epoch reports, last checkpoint, last genotype file)."""
-    progress = (rank == 0) if progress is None else (progress and rank == 0)
-    check_batch_split(cfg, world)
     cfg.search.validate()
-    logger = RunLogger(cfg.results_dir, cfg.version, enabled=rank == 0)
-    try:
-        return _search(cfg, rank, world, progress, logger)
-    finally:
-        logger.close()
+    return run_logged(_search, cfg, rank, world, progress)
 
 
 def _search(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLogger) -> dict:

@@ -10,6 +10,7 @@ size: the update equals one process training on the whole batch.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -102,25 +103,12 @@ def train_one_epoch(model, optimizer, dataset, cfg: RunConfig, epoch: int, steps
     order = np.random.RandomState(epoch_seed(tcfg.seed, epoch)).permutation(len(dataset))
     global_batches = order[:steps_per_epoch * tcfg.batch_size].reshape(steps_per_epoch, tcfg.batch_size)
     per_rank = tcfg.batch_size // world
-    sub = per_rank // tcfg.accu
-    # this process's slice of every global batch, cut into ACCU sub-batches; each of those is
-    # sorted by box count and cut again into box_pieces pieces (see sorted_pieces)
     # --TO_STATIC runs whole sub-batches: Paddle compiles a program per input shape, and one
     # compiled while gradients are being accumulated gives wrong gradients (seen with 3.3)
     box_pieces = 1 if tcfg.to_static else tcfg.box_pieces
-    counts = np.asarray(dataset.box_counts) if box_pieces > 1 else np.zeros(len(dataset), np.int64)
-    my_batches, my_pieces = [], []
-    for b in global_batches:
-        mine = b[rank * per_rank:(rank + 1) * per_rank]
-        ordered, pieces = [], []
-        for a in range(tcfg.accu):
-            part = mine[a * sub:(a + 1) * sub]
-            for idx, n in sorted_pieces(counts[part], box_pieces):
-                n = n if box_pieces > 1 else None  # [:, :None]: the batch's own padding
-                pieces.append((len(ordered), len(ordered) + len(idx), n))  # rows [start, end) of the batch
-                ordered.extend(part[idx].tolist())
-        my_batches.append(ordered)
-        my_pieces.append(pieces)
+    counts = np.asarray(dataset.box_counts) if box_pieces > 1 else None
+    plans = [plan_pieces(b[rank * per_rank:(rank + 1) * per_rank], tcfg.accu, box_pieces, counts)
+             for b in global_batches]  # this process's share of every global batch
     params = [p for p in model.parameters() if not p.stop_gradient]
 
     model.train()
@@ -128,7 +116,7 @@ def train_one_epoch(model, optimizer, dataset, cfg: RunConfig, epoch: int, steps
     # per-step losses and gradient norms stay on the device and are read every log_every steps
     # (and at the end): one host synchronisation per read instead of one per step on a GPU
     pending = []
-    bar = tqdm(make_loader(dataset, my_batches, cfg.data.num_workers), total=steps_per_epoch,
+    bar = tqdm(make_loader(dataset, [ordered for ordered, _ in plans], cfg.data.num_workers), total=steps_per_epoch,
                desc=f"epoch {epoch + 1}/{tcfg.max_epoch}", disable=not progress, dynamic_ncols=True,
                mininterval=1.0)
     for step_in_epoch, (region_feats, boxes, question_ids, answer_scores, _) in enumerate(bar):
@@ -137,10 +125,10 @@ def train_one_epoch(model, optimizer, dataset, cfg: RunConfig, epoch: int, steps
                            tcfg.lr_decay_epochs, tcfg.lr_decay_rate)
         optimizer.set_lr(lr)
         step_loss = 0.0
-        pieces = my_pieces[step_in_epoch]
+        pieces = plans[step_in_epoch][1]
         for i, (lo, hi, n) in enumerate(pieces):
             # gradients are all-reduced only on the last piece's backward
-            sync = model.no_sync() if (world > 1 and i < len(pieces) - 1) else _nullcontext()
+            sync = model.no_sync() if (world > 1 and i < len(pieces) - 1) else contextlib.nullcontext()
             with sync:
                 with amp_context(cfg):
                     logits = model(region_feats[lo:hi, :n], None, boxes[lo:hi, :n], question_ids[lo:hi])
@@ -182,6 +170,22 @@ def sorted_pieces(box_counts, pieces: int):
     return [(idx, int(box_counts[idx[-1]])) for idx in np.array_split(order, pieces) if len(idx)]
 
 
+def plan_pieces(batch, accu: int, box_pieces: int, box_counts=None):
+    """One process's batch (dataset indices) cut into ACCU sub-batches, each sorted by box count
+    and cut again into box_pieces pieces (sorted_pieces). Returns the indices in the order the
+    loader should deliver them and [(start, end, n)] per piece: rows [start, end) of the loaded
+    batch, trimmed to n regions (None: the batch's own padding, when box_counts is None)."""
+    sub = len(batch) // accu
+    ordered, pieces = [], []
+    for a in range(accu):
+        part = np.asarray(batch[a * sub:(a + 1) * sub])
+        groups = [(np.arange(len(part)), None)] if box_counts is None else sorted_pieces(box_counts[part], box_pieces)
+        for idx, n in groups:
+            pieces.append((len(ordered), len(ordered) + len(idx), n))
+            ordered.extend(part[idx].tolist())
+    return ordered, pieces
+
+
 def _read_pending(pending, epoch, rank, per_rank, batch_size, start, logger) -> float:
     """Read the losses (and, for VisualDL, the gradient norms) of `pending` steps with one host
     synchronisation; stop at the first non-finite loss, naming its step. Returns their sum."""
@@ -198,14 +202,6 @@ def _read_pending(pending, epoch, rank, per_rank, batch_size, start, logger) -> 
         logger.scalars({"train/samples_per_s": (pending[-1].step_in_epoch + 1) * batch_size / elapsed},
                        pending[-1].step)
     return float(sum(losses))
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 # ---- the whole run ----------------------------------------------------------------------------
@@ -244,15 +240,21 @@ def initial_word_vectors(cfg: RunConfig, vocab):
     return load_word_vectors(vocab.token_to_ix, dcfg.word_vectors, dcfg.spacy_model, dcfg.glove_path, dcfg.data_root)
 
 
-def train(cfg: RunConfig, rank: int = 0, world: int = 1, progress: Optional[bool] = None) -> dict:
-    """Train per cfg; returns a summary (last epoch, checkpoint path, val scores per epoch)."""
+def run_logged(body, cfg: RunConfig, rank: int, world: int, progress: Optional[bool]):
+    """body(cfg, rank, world, progress, logger) after the checks --RUN=train and --RUN=search
+    share: the progress bar only on rank 0, the batch split, and a run logger closed at the end."""
     progress = (rank == 0) if progress is None else (progress and rank == 0)
     check_batch_split(cfg, world)
     logger = RunLogger(cfg.results_dir, cfg.version, enabled=rank == 0)
     try:
-        return _train(cfg, rank, world, progress, logger)
+        return body(cfg, rank, world, progress, logger)
     finally:
         logger.close()
+
+
+def train(cfg: RunConfig, rank: int = 0, world: int = 1, progress: Optional[bool] = None) -> dict:
+    """Train per cfg; returns a summary (last epoch, checkpoint path, val scores per epoch)."""
+    return run_logged(_train, cfg, rank, world, progress)
 
 
 def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLogger) -> dict:
