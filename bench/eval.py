@@ -9,35 +9,25 @@ best rate seen is reported too, see bench/train_step.py).
 
     python bench/eval.py [--model small|large] [--n100] [--questions 1024] [--batch 256]
 """
-import argparse
 import json
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.flags import configure_runtime, input_parser  # noqa: E402  (argparse only)
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="small")
-    p.add_argument("--batch", type=int, default=256, help="eval batch size (engine default 256)")
+    p = input_parser(__doc__.split("\n")[0], batch=256, batch_help="eval batch size (engine default 256)")
     p.add_argument("--questions", type=int, default=1024)
-    p.add_argument("--n100", action="store_true", help="every sample has n = --n-max regions")
-    p.add_argument("--n-min", type=int, default=10)
-    p.add_argument("--n-max", type=int, default=100)
     p.add_argument("--repeats", type=int, default=1, help="passes over the questions per ordering")
-    p.add_argument("--defaults", action="store_true", help="Paddle's defaults: no mmnas.runtime.configure()")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    if not args.defaults:
-        from mmnas import runtime
-        runtime.configure(threads=args.threads)
+    configure_runtime(args)
     import numpy as np
     import paddle
 

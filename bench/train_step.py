@@ -18,27 +18,20 @@ GEMM rate seen in the whole run (the conservative figure when the load changed d
 code (mmnas/ops) is always the current one: for the original ops, run this file on a checkout of
 the commit before.
 """
-import argparse
 import json
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.flags import configure_runtime, input_parser  # noqa: E402  (argparse only)
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="small", help="small | large | a config path")
-    p.add_argument("--batch", type=int, default=64)
+    p = input_parser(__doc__.split("\n")[0], batch=64, batch_help="training batch size")
     p.add_argument("--steps", type=int, default=4, help="timed steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first: a run's first steps are ~15%% slower while the allocator settles")
-    p.add_argument("--n100", action="store_true", help="every sample has n = --n-max regions")
-    p.add_argument("--n-min", type=int, default=10)
-    p.add_argument("--n-max", type=int, default=100)
     p.add_argument("--distinct-batches", type=int, default=3, help="different random batches to cycle")
-    p.add_argument("--defaults", action="store_true", help="Paddle's defaults: no mmnas.runtime.configure()")
-    p.add_argument("--threads", type=int, default=None, help="force a thread count")
     p.add_argument("--to-static", action="store_true", help="paddle.jit.to_static the model")
     p.add_argument("--amp", default="off", choices=["off", "fp16", "bf16"], help="mixed precision (GPU)")
     p.add_argument("--plain-optimizer", action="store_true",
@@ -46,15 +39,12 @@ def parse_args(argv=None):
                         "instead of mmnas.runtime.clip_grad_norm_ and Adam(use_multi_tensor=True)")
     p.add_argument("--pieces", type=int, default=None,
                    help="sorted sub-batches per batch, as train.box_pieces (default: the model config's)")
-    p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    if not args.defaults:
-        from mmnas import runtime
-        runtime.configure(threads=args.threads)
+    configure_runtime(args)
     import numpy as np
     import paddle
     import paddle.nn.functional as F
