@@ -25,6 +25,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.flags import configure_runtime, input_parser  # noqa: E402  (argparse only)
+from mmnas.runtime import AMP_MODES  # noqa: E402  (imports neither numpy nor Paddle)
 
 
 def parse_args(argv=None):
@@ -33,7 +34,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first: a run's first steps are ~15%% slower while the allocator settles")
     p.add_argument("--distinct-batches", type=int, default=3, help="different random batches to cycle")
     p.add_argument("--to-static", action="store_true", help="paddle.jit.to_static the model")
-    p.add_argument("--amp", default="off", choices=["off", "fp16", "bf16"], help="mixed precision (GPU)")
+    p.add_argument("--amp", default="off", choices=list(AMP_MODES), help="mixed precision (GPU)")
     p.add_argument("--plain-optimizer", action="store_true",
                    help="paddle.nn.utils.clip_grad_norm_ and single-tensor Adam (Paddle's own) "
                         "instead of mmnas.runtime.clip_grad_norm_ and Adam(use_multi_tensor=True)")

@@ -12,6 +12,7 @@ import time
 from typing import List, Optional
 
 from .config import ConfigError, RunConfig, load_config
+from .runtime import AMP_MODES
 
 TRAIN_SPLITS = ("train", "train+val", "train+val+vg")
 
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ARCH_PATH", help="genotype file (JSON/YAML with enc and dec) replacing the config's")
     p.add_argument("--DROP_MISSING", type=str2bool, default=None,
                    help="drop questions whose image has no feature file instead of stopping")
-    p.add_argument("--AMP", default=None, choices=["off", "fp16", "bf16"],
+    p.add_argument("--AMP", default=None, choices=list(AMP_MODES),
                    help="mixed precision (paddle.amp O1) for training on a GPU; off by default")
     p.add_argument("--TO_STATIC", type=str2bool, default=None,
                    help="train through paddle.jit.to_static (off by default: slower on CPU)")
@@ -116,8 +117,8 @@ def validate_args(cfg: RunConfig, args: argparse.Namespace) -> None:
             raise UsageError(f"--RESUME is only for --RUN=train, not --RUN={cfg.run}.")
         if not cfg.ckpt_path and (cfg.ckpt_version is None or cfg.ckpt_epoch is None):
             raise UsageError(f"--RUN={cfg.run} needs weights: --CKPT_PATH=file.pdparams, or --CKPT_V and --CKPT_E.")
-    if t.amp not in ("off", "fp16", "bf16"):
-        raise UsageError(f"train.amp must be off, fp16 or bf16, not {t.amp!r}.")
+    if t.amp not in AMP_MODES:
+        raise UsageError(f"train.amp must be one of {', '.join(AMP_MODES)}, not {t.amp!r}.")
     if t.amp != "off" and not cfg.gpu:
         print(f"note: --AMP={t.amp} applies on a GPU only (--GPU=...); this CPU run trains in float32.",
               file=sys.stderr)

@@ -199,14 +199,15 @@ def amp_enabled(cfg) -> bool:
     return paddle.device.get_device().startswith("gpu")
 
 
+AMP_MODES = {"off": None, "fp16": "float16", "bf16": "bfloat16"}  # train.amp / --AMP -> Paddle dtype
+
+
 def _amp_mode(cfg) -> Optional[str]:
-    train = getattr(cfg, "train", cfg)
-    mode = getattr(train, "amp", None)
-    if mode in (None, False, "", "off", "none", "fp32"):
-        return None
-    if mode not in ("fp16", "bf16", "float16", "bfloat16"):
-        raise ValueError(f"train.amp must be off, fp16 or bf16, got {mode!r}")
-    return "bfloat16" if mode.startswith("b") else "float16"
+    """The Paddle dtype of cfg.train.amp (unset = off), None when off."""
+    mode = getattr(getattr(cfg, "train", cfg), "amp", None) or "off"
+    if mode not in AMP_MODES:
+        raise ValueError(f"train.amp must be one of {', '.join(AMP_MODES)}, got {mode!r}")
+    return AMP_MODES[mode]
 
 
 def amp_context(cfg):
