@@ -38,7 +38,7 @@ class BoxRelations:
     B=64, N=100) is then read once instead of once per block, and its gradient is one product
     instead of one per block plus the sums of them. Products are per output column, so the
     values are the per-block ones. `BoxRelations.of_embedding` wraps an embedding that is
-    already computed (tests, tools).
+    already computed (the block tests).
     """
 
     def __init__(self, geometry, embed_layer, score_layers=()):
