@@ -14,7 +14,9 @@ setup(
         "cpu": ["paddlepaddle>=3.0"],
         "vdl": ["visualdl>=2.5"],
         "convert": ["torch"],
-        "test": ["pytest>=7", "matplotlib>=3.6"],
+        # torch for the conversion tests; 2.13.0 is the CPU build this project's machines carry
+        # (an unpinned torch from PyPI is a CUDA build of several GB)
+        "test": ["pytest>=7", "matplotlib>=3.6", "torch==2.13.0"],
     },
     entry_points={"console_scripts": ["mmnas=mmnas.cli:main"]},
 )

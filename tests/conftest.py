@@ -1,4 +1,5 @@
-"""Shared test helpers: the golden folder beside the repository, and quiet, seeded Paddle."""
+"""Shared test helpers: the golden vectors and spec key lists kept in tests/golden/ (copies of the
+project's reference outputs, so that a fresh clone runs every fidelity test), and quiet, seeded Paddle."""
 import os
 import sys
 
@@ -8,20 +9,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-SHARED = os.path.join(REPO, "..", "shared")
-GOLDEN_DIR = os.path.join(SHARED, "golden")
-SPEC_DIR = os.path.join(SHARED, "spec")
+GOLDEN_DIR = os.path.join(REPO, "tests", "golden")
+SPEC_DIR = os.path.join(GOLDEN_DIR, "spec")
 
 
 @pytest.fixture
 def golden_dir():
-    if not os.path.isdir(GOLDEN_DIR):
-        pytest.skip(f"golden vectors not found at {GOLDEN_DIR}")
     return GOLDEN_DIR
 
 
 @pytest.fixture
 def spec_dir():
-    if not os.path.isdir(SPEC_DIR):
-        pytest.skip(f"spec not found at {SPEC_DIR}")
     return SPEC_DIR

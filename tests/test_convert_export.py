@@ -26,8 +26,8 @@ from mmnas.models.convert import (TORCH_MISSING, convert_openvqa_checkpoint, pad
                                   torch_to_paddle_state)
 from mmnas.models.export import create_predictor, export_inference, predict, sample_inputs  # noqa: E402
 
-GOLDEN_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "golden")
-SPEC_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "spec")
+from conftest import GOLDEN_DIR, SPEC_DIR  # noqa: E402
+
 T, A = 50, 20
 LSTM_TORCH = {"lstm.weight_ih_l0", "lstm.weight_hh_l0", "lstm.bias_ih_l0", "lstm.bias_hh_l0"}
 LSTM_ALIASES = {"lstm.0.cell.weight_ih", "lstm.0.cell.weight_hh", "lstm.0.cell.bias_ih", "lstm.0.cell.bias_hh"}
@@ -102,8 +102,6 @@ def test_round_trip_reproduces_logits(reference):
 
 
 def test_round_trip_golden_weights():
-    if not os.path.isdir(GOLDEN_DIR):
-        pytest.skip(f"golden vectors not found at {GOLDEN_DIR}")
     g = json.load(open(os.path.join(GOLDEN_DIR, "model_tiny_config.json")))
     data = np.load(os.path.join(GOLDEN_DIR, "model_tiny_published.npz"))
     params = {k[len("param/"):]: data[k] for k in data.files if k.startswith("param/")}
@@ -126,8 +124,6 @@ def test_conversion_gives_released_key_layout():
     """A torch-layout dict shaped like openvqa mmnasnet_small converts to exactly the keys
     and shapes of state_dict_small.txt (large.txt has the same keys, only wider)."""
     path = os.path.join(SPEC_DIR, "state_dict_small.txt")
-    if not os.path.isfile(path):
-        pytest.skip(f"spec not found at {path}")
     shapes = {}
     for line in open(path):
         key, shape = line.split(" ", 1)
@@ -147,7 +143,7 @@ def test_torch_to_paddle_refuses_paddle_layout(reference):
 # ---- (b) a real torch file through the tool ---------------------------------------------
 
 def test_tool_converts_torch_pickle(reference, tmp_path, capsys):
-    torch = pytest.importorskip("torch")
+    import torch  # the test extra installs the CPU build
     model, state, batch, expected = reference
     src, dst = str(tmp_path / "mmnasnet_tiny.pkl"), str(tmp_path / "out" / "tiny.pdparams")
     torch_state = {"module." + k: torch.from_numpy(v.copy()) for k, v in paddle_to_torch_state(state).items()}
@@ -170,7 +166,7 @@ def test_tool_converts_torch_pickle(reference, tmp_path, capsys):
 
 
 def test_tool_reports_mismatch(reference, tmp_path):
-    torch = pytest.importorskip("torch")
+    import torch  # the test extra installs the CPU build
     src = str(tmp_path / "ckpt.pkl")
     torch.save({"state_dict": {k: torch.from_numpy(v.copy())
                                for k, v in paddle_to_torch_state(reference[1]).items()}}, src)
@@ -188,7 +184,7 @@ def test_tool_reports_mismatch(reference, tmp_path):
 def test_legacy_fp16_flat_torch_file(reference, tmp_path):
     """Pre-1.6 torch files are plain pickles, and some checkpoints are half precision or a
     bare state dict: all convert to float32 Paddle weights."""
-    torch = pytest.importorskip("torch")
+    import torch  # the test extra installs the CPU build
     model, state, batch, expected = reference
     src, dst = str(tmp_path / "legacy.pkl"), str(tmp_path / "legacy.pdparams")
     torch.save({k: torch.from_numpy(v.copy()).half() for k, v in paddle_to_torch_state(state).items()},

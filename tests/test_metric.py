@@ -6,7 +6,7 @@ import pytest
 
 from mmnas.metrics import evaluate, prep_ans, process_digit_article, process_punctuation
 
-GOLDEN_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "golden")
+from conftest import GOLDEN_DIR
 
 
 def make_annotation(question_id, question_type, answer_type, answers):
@@ -25,8 +25,6 @@ def make_annotation(question_id, question_type, answer_type, answers):
 
 @pytest.fixture(scope="module")
 def golden():
-    if not os.path.isdir(GOLDEN_DIR):
-        pytest.skip(f"golden vectors not found at {GOLDEN_DIR}")
     with open(os.path.join(GOLDEN_DIR, "vqa_metric_cases.json"), "r", encoding="utf-8") as f:
         return json.load(f)
 
