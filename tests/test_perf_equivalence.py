@@ -333,6 +333,36 @@ def test_model_with_fast_ops_matches_reference_ops(monkeypatch):
         np.testing.assert_allclose(fast_grads[name], ref_grads[name], atol=1e-4 * scale, rtol=1e-3, err_msg=name)
 
 
+def test_fast_kernels_switch_off_by_environment(monkeypatch):
+    """MMNAS_FAST_KERNELS=0 takes exactly the plain path (the one use_fast=False selects), and
+    that path agrees with the kernels; unset, the kernels run again."""
+    paddle.seed(5)
+    cfg = load_config("tiny").model
+    cfg.dropout = 0.0
+    model = MMNasNet(cfg, token_size=40, answer_size=17)
+    rng = np.random.default_rng(2)
+    feats, boxes, ids = _inputs(rng)
+    targets = (rng.random((3, 17)) < 0.2).astype("float32")
+    probe = _t(feats)
+    assert fast.use_fast(probe)
+    fast_logits, fast_grads = _logits_and_grads(model, feats, boxes, ids, targets)
+    for off in ("0", "false", "OFF"):
+        monkeypatch.setenv("MMNAS_FAST_KERNELS", off)
+        assert not fast.use_fast(probe)
+    env_logits, env_grads = _logits_and_grads(model, feats, boxes, ids, targets)
+    monkeypatch.delenv("MMNAS_FAST_KERNELS")
+    with monkeypatch.context() as m:
+        m.setattr(fast, "use_fast", lambda x: False)
+        plain_logits, plain_grads = _logits_and_grads(model, feats, boxes, ids, targets)
+    np.testing.assert_array_equal(env_logits, plain_logits)
+    for name in plain_grads:
+        np.testing.assert_array_equal(env_grads[name], plain_grads[name], err_msg=name)
+    np.testing.assert_allclose(env_logits, fast_logits, atol=1e-5, rtol=0)
+    assert not np.array_equal(env_logits, fast_logits) or not all(
+        np.array_equal(env_grads[k], fast_grads[k]) for k in fast_grads)  # two different code paths ran
+    assert fast.use_fast(probe)
+
+
 def test_stride_kernel_flag_changes_no_value():
     paddle.seed(4)
     model = MMNasNet(load_config("tiny").model, token_size=40, answer_size=17)

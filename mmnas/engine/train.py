@@ -21,7 +21,6 @@ from typing import NamedTuple, Optional
 import numpy as np
 import paddle
 import paddle.distributed as dist
-import paddle.nn.functional as F
 from tqdm import tqdm
 
 from ..config import RunConfig
@@ -31,6 +30,7 @@ from ..runtime import amp_context, clip_and_step, make_grad_scaler, maybe_to_sta
 from .checkpoint import atomic_save, load_weights, safe_load, to_numpy_state, CheckpointError
 from .evaluate import evaluate, format_scores, make_loader
 from .logger import RunLogger
+from .loss import answer_loss
 from .schedule import base_learning_rate, learning_rate
 
 
@@ -132,8 +132,7 @@ def train_one_epoch(model, optimizer, dataset, cfg: RunConfig, epoch: int, steps
             with sync:
                 with amp_context(cfg):
                     logits = model(region_feats[lo:hi, :n], None, boxes[lo:hi, :n], question_ids[lo:hi])
-                loss = F.binary_cross_entropy_with_logits(logits.astype("float32"), answer_scores[lo:hi],
-                                                          reduction="sum")
+                loss = answer_loss(logits.astype("float32"), answer_scores[lo:hi], tcfg.loss)
                 scaled = loss * world
                 (scaler.scale(scaled) if scaler is not None else scaled).backward()
             step_loss = step_loss + loss.detach()

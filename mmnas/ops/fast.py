@@ -11,7 +11,8 @@ element-wise kernels and reductions run on one core. Two remedies are used:
 
 They apply in eager mode on CPU in float32 (`use_fast`). On GPU, in static graphs
 (paddle.jit.to_static, export) and under AMP the plain Paddle ops are used: there they are
-already fast, or a custom backward would not apply.
+already fast, or a custom backward would not apply. `MMNAS_FAST_KERNELS=0` in the environment
+turns them off everywhere (to compare, or to rule them out when something looks wrong).
 """
 from __future__ import annotations
 
@@ -29,10 +30,19 @@ from paddle.autograd import PyLayer
 from .. import runtime
 
 
+FAST_KERNELS_ENV = "MMNAS_FAST_KERNELS"
+
+
+def kernels_enabled(environ=os.environ) -> bool:
+    """False when the user set MMNAS_FAST_KERNELS to 0 / false / off (read at every call, so a
+    test or a notebook can flip it without reloading anything)."""
+    return environ.get(FAST_KERNELS_ENV, "1").strip().lower() not in ("0", "false", "off", "no")
+
+
 def use_fast(x) -> bool:
-    """True where the forms below apply: eager mode, CPU, float32, not empty."""
-    return (paddle.in_dynamic_mode() and x.place.is_cpu_place() and x.dtype == paddle.float32
-            and int(np.prod(x.shape)) > 0)
+    """True where the forms below apply: switched on, eager mode, CPU, float32, not empty."""
+    return (kernels_enabled() and paddle.in_dynamic_mode() and x.place.is_cpu_place()
+            and x.dtype == paddle.float32 and int(np.prod(x.shape)) > 0)
 
 
 def _needs_grad(*tensors):
