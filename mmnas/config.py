@@ -451,6 +451,8 @@ def read_yaml(path: str) -> Dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping with model/data/train/search sections, "
                           f"not {type(raw).__name__}.")
+    if isinstance(raw.get("model"), dict):  # one spelling per file, so a file's model.enc overrides its base's genotype
+        raw["model"] = _apply_genotype(raw["model"], f"config file {path}")
     base = raw.pop("base", None)
     if base is None:
         return raw
