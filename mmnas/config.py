@@ -453,6 +453,7 @@ def read_yaml(path: str) -> Dict[str, Any]:
                           f"not {type(raw).__name__}.")
     if isinstance(raw.get("model"), dict):  # one spelling per file, so a file's model.enc overrides its base's genotype
         raw["model"] = _apply_genotype(raw["model"], f"config file {path}")
+    _check_values(raw, f"config file {path}")  # a bad value is reported in the file that holds it
     base = raw.pop("base", None)
     if base is None:
         return raw
@@ -465,6 +466,16 @@ def read_yaml(path: str) -> Dict[str, Any]:
         else:
             merged[key] = value
     return merged
+
+
+def _check_values(raw: Dict[str, Any], where: str) -> None:
+    """Each known key of one file, alone (checks across fields wait for the merged config)."""
+    for section, values in raw.items():
+        if section in _SECTIONS and isinstance(values, dict):
+            names = {f.name for f in dataclasses.fields(_SECTIONS[section])}
+            for key, value in values.items():
+                if key in names:
+                    checked_value(f"{section}.{key}", value, where)
 
 
 def _build_section(cls, values: Dict[str, Any], where: str):
