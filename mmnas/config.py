@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import math
 import os
 import re
@@ -451,10 +452,8 @@ def read_yaml(path: str) -> Dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping with model/data/train/search sections, "
                           f"not {type(raw).__name__}.")
-    if isinstance(raw.get("model"), dict):  # one spelling per file, so a file's model.enc overrides its base's genotype
-        raw["model"] = _apply_genotype(raw["model"], f"config file {path}")
-    _check_values(raw, f"config file {path}")  # a bad value is reported in the file that holds it
     base = raw.pop("base", None)
+    _check_raw(raw, f"config file {path}")  # a bad value is reported in the file that holds it
     if base is None:
         return raw
     if not isinstance(base, str):
@@ -468,27 +467,29 @@ def read_yaml(path: str) -> Dict[str, Any]:
     return merged
 
 
-def _check_values(raw: Dict[str, Any], where: str) -> None:
-    """Each known key of one file, alone (checks across fields wait for the merged config)."""
-    for section, values in raw.items():
-        if section in _SECTIONS and isinstance(values, dict):
-            names = {f.name for f in dataclasses.fields(_SECTIONS[section])}
-            for key, value in values.items():
-                if key in names:
-                    checked_value(f"{section}.{key}", value, where)
-
-
-def _build_section(cls, values: Dict[str, Any], where: str):
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
+def _check_raw(raw: Dict[str, Any], where: str) -> None:
+    """Sections and keys are known and each value alone is right (checked_value), in place:
+    values are coerced and `model.genotype` becomes model.enc / model.dec (so a file's own
+    model.enc overrides the genotype of its base). Checks across fields wait for the merged config."""
+    unknown = [str(s) for s in raw if s not in _SECTIONS]
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(f'{cls.SECTION}.{k}' for k in unknown)}; "
-                          f"known: {', '.join(sorted(known))}.")
-    obj = cls()
-    for key, value in values.items():
-        setattr(obj, key, copy.deepcopy(value))
-    obj.validate(where)
-    return obj
+        raise ConfigError(f"{where}: unknown section(s) {', '.join(unknown)}; expected model, data, train, search.")
+    for section, values in raw.items():
+        if values is not None and not isinstance(values, dict):
+            raise ConfigError(f"{where}: section {section} is {_shown(values)}; expected a mapping of keys to values.")
+    if raw.get("model"):
+        raw["model"] = _apply_genotype(raw["model"], where)
+    for section, values in raw.items():
+        cls = _SECTIONS[section]
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = [str(k) for k in values or {} if k not in known]
+        if unknown:
+            named = ", ".join(f"{section}.{k}" + "".join(f" (did you mean {m}?)"
+                                                         for m in difflib.get_close_matches(k, known, n=1))
+                              for k in unknown)
+            raise ConfigError(f"{where}: unknown key(s) {named}; known: {', '.join(sorted(known))}.")
+        for key, value in (values or {}).items():
+            values[key] = checked_value(f"{section}.{key}", value, where)
 
 
 def _checked_genotype(genotype, where: str, name: str = "") -> Dict[str, List[str]]:
@@ -518,18 +519,13 @@ def _apply_genotype(model: Dict[str, Any], where: str) -> Dict[str, Any]:
 
 
 def config_from_dict(raw: Dict[str, Any], where: str = "config") -> RunConfig:
-    unknown = sorted(set(raw) - set(_SECTIONS))
-    if unknown:
-        raise ConfigError(f"{where}: unknown section(s) {', '.join(map(str, unknown))}; "
-                          f"expected model, data, train, search.")
-    for section, values in raw.items():
-        if values is not None and not isinstance(values, dict):
-            raise ConfigError(f"{where}: section {section} is {_shown(values)}; expected a mapping of keys to values.")
+    raw = copy.deepcopy(raw)
+    _check_raw(raw, where)
     cfg = RunConfig()
-    cfg.model = _build_section(ModelConfig, _apply_genotype(raw.get("model") or {}, where), where)
-    cfg.data = _build_section(DataConfig, raw.get("data") or {}, where)
-    cfg.train = _build_section(TrainConfig, raw.get("train") or {}, where)
-    cfg.search = _build_section(SearchConfig, raw.get("search") or {}, where)
+    for section, cls in _SECTIONS.items():
+        obj = cls(**(raw.get(section) or {}))
+        obj.validate(where)  # checks across fields
+        setattr(cfg, section, obj)
     return cfg
 
 
