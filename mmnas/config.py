@@ -495,7 +495,7 @@ def _check_raw(raw: Dict[str, Any], where: str) -> None:
 def _checked_genotype(genotype, where: str, name: str = "") -> Dict[str, List[str]]:
     """{"enc": [...], "dec": [...]} from the genotype mapping `name` (e.g. "model.genotype"; ""
     for a whole genotype file), each list checked as model.enc / model.dec."""
-    expected = "expected a mapping with `enc` and `dec` lists of op names"
+    expected = "expected a mapping with enc and dec lists of op names"
     if genotype is None and not name:
         raise ConfigError(f"{where} is empty; {expected}.")
     if not isinstance(genotype, dict):
