@@ -22,13 +22,13 @@ import numpy as np
 import paddle
 from tqdm import tqdm
 
+from mmnas.config import LOSSES, TRAIN_SPLITS
 from mmnas.data.features import (ANNOTATION_FILES, FEAT_DIM, FEATURE_DIRS, QUESTION_FILES, README_DATA,
                                   DataError, check_raw_files, feature_index, load_npz, read_box_count,
                                   read_json)
 from mmnas.data.packed import PackedFeatures, is_store, store_dir_for
 from mmnas.data.vocab import MAX_TOKEN, Vocab, answer_scores, encode_question
 
-TRAIN_SPLITS = ("train", "train+val", "train+val+vg")
 EVAL_SPLITS = ("val", "test")
 _PARTS = ("train", "val", "vg", "test")
 
@@ -49,8 +49,8 @@ class VQADataset(paddle.io.Dataset):
                  preload_workers: int = 8, drop_missing_images: bool = False, loss: str = "bce",
                  progress: bool = True, packed_feats: Optional[str] = None):
         super().__init__()
-        if loss not in ("bce", "kld"):
-            raise ValueError(f"loss must be 'bce' or 'kld', got {loss!r}")
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
         self.data_root, self.split, self.vocab, self.loss, self.progress = data_root, split, vocab, loss, progress
         parts = split_parts(split)
         self.has_answers = "test" not in parts
