@@ -14,6 +14,7 @@ beside each folder (`feats/train2014.packed`), a path = `<path>/train2014.packed
 from __future__ import annotations
 
 import os
+import traceback
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -268,3 +269,88 @@ def collate_batch(items):
     scores = np.stack([item[3] for item in items]).astype(np.float32)
     index = np.array([item[4] for item in items], dtype=np.int64)
     return region_feats, boxes, question_ids, scores, index
+
+
+# ----------------------------------------------------------------------------- loading errors
+# paddle.io.DataLoader does not carry an exception raised while reading a batch back to the
+# training loop: without workers the reader thread dies and the loop waits forever; with workers
+# the loop gets "SystemError: Blocking queue is killed" and the message is lost in a worker's
+# traceback. So an error is caught where the batch is read and travels as an ordinary batch:
+# a 1-tuple (uint8 [len] message) instead of the 5 arrays of collate_batch; FailureCheckedLoader
+# turns it back into the exception in the training process and shuts the workers down.
+
+_DATA_FAILURE, _OTHER_FAILURE = 1, 2  # first byte of a failure batch: a DataError, anything else
+
+
+class LoadFailure:
+    """Stands in for an item whose reading raised: `kind` (_DATA_FAILURE/_OTHER_FAILURE), `message`."""
+
+    def __init__(self, kind: int, message: str):
+        self.kind, self.message = kind, message
+
+
+class FailureReportingDataset(paddle.io.Dataset):
+    """`dataset`'s items, or a LoadFailure for an item whose reading raised."""
+
+    def __init__(self, dataset):
+        super().__init__()
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        try:
+            return self.dataset[i]
+        except DataError as e:
+            return LoadFailure(_DATA_FAILURE, str(e))
+        except Exception:  # a bug or an unexpected I/O error: keep the traceback, name the file
+            where = self.dataset.image_path(int(i)) if hasattr(self.dataset, "image_path") else "?"
+            return LoadFailure(_OTHER_FAILURE, f"reading item {int(i)} (feature file {where}) failed:\n"
+                                               f"{traceback.format_exc()}")
+
+
+def collate_or_failure(items):
+    """collate_batch, or a failure batch (uint8 [len] message,) when an item could not be read."""
+    failure = next((item for item in items if isinstance(item, LoadFailure)), None)
+    if failure is None:
+        try:
+            return collate_batch(items)
+        except Exception:
+            failure = LoadFailure(_OTHER_FAILURE, f"collating a batch failed:\n{traceback.format_exc()}")
+    payload = bytes([failure.kind]) + failure.message.encode("utf-8", "replace")
+    return (np.frombuffer(payload, dtype=np.uint8).copy(),)
+
+
+def raise_if_failure(batch) -> None:
+    """Raise the error a failure batch carries (DataError for bad data, RuntimeError otherwise)."""
+    if len(batch) != 1:
+        return
+    payload = bytes(np.asarray(batch[0].numpy() if hasattr(batch[0], "numpy") else batch[0], dtype=np.uint8))
+    message = payload[1:].decode("utf-8", "replace")
+    if payload[0] == _DATA_FAILURE:
+        raise DataError(f"{message.rstrip('.')}; --CHECK_FEATS=True finds every bad feature file before step 1.")
+    raise RuntimeError(f"a data loader worker failed: {message}")
+
+
+class FailureCheckedLoader:
+    """Iterates a DataLoader over FailureReportingDataset / collate_or_failure, raising a read
+    error in this process, and shutting the loader's thread and worker processes down on the
+    way out (on an error, and when the caller stops early)."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        iterator = iter(self.loader)
+        try:
+            for batch in iterator:
+                raise_if_failure(batch)
+                yield batch
+        finally:
+            shutdown = getattr(iterator, "_try_shutdown_all", None)  # paddle's own clean-up
+            if shutdown is not None:
+                shutdown()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import zipfile
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -96,7 +96,37 @@ def read_json(path: str, key: str, fields: Sequence[str] = ()):
             have = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
             raise DataError(f"{path}: {key}[{i}] lacks some of the fields {list(fields)} (has {have}); "
                             f"the file is not a VQA-v2 {key} file or is damaged. See {README_DATA}.")
+        for name in fields:
+            problem = _field_problem(name, entry[name])
+            if problem:
+                qid = f" (question_id {entry['question_id']!r})" if name != "question_id" and "question_id" in entry else ""
+                raise DataError(f"{path}: {key}[{i}]{qid} has {name} = {_short(entry[name])}, {problem}; "
+                                f"fix or remove that entry, or download the file again ({README_DATA}).")
     return entries
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _field_problem(name: str, value) -> Optional[str]:
+    """Why `value` cannot be the VQA-v2 field `name` (None if it can): the types the dataset,
+    the vocabularies and the metric rely on."""
+    if name in ("image_id", "question_id"):
+        return None if _is_int(value) else "expected an integer"
+    if name in ("question", "multiple_choice_answer"):
+        return None if isinstance(value, str) else "expected a string"
+    if name == "answers":
+        if not isinstance(value, list):
+            return "expected a list of {\"answer\": text} entries"
+        bad = [j for j, a in enumerate(value) if not (isinstance(a, dict) and isinstance(a.get("answer"), str))]
+        return f"answers[{bad[0]}] is not an {{\"answer\": text}} entry" if bad else None
+    return None
+
+
+def _short(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 # ----------------------------------------------------------------------------- features

@@ -15,7 +15,7 @@ import numpy as np
 import paddle
 from tqdm import tqdm
 
-from ..data import collate_batch
+from ..data.dataset import FailureCheckedLoader, FailureReportingDataset, collate_or_failure
 from ..metrics import evaluate as vqa_accuracy
 
 
@@ -33,8 +33,12 @@ class IndexBatches(paddle.io.BatchSampler):
 
 
 def make_loader(dataset, batches: List[List[int]], num_workers: int):
-    return paddle.io.DataLoader(dataset, batch_sampler=IndexBatches(batches), collate_fn=collate_batch,
-                                num_workers=num_workers, use_shared_memory=num_workers > 0)
+    """Batches of `dataset` (collate_batch arrays) in the order of `batches`; an error while
+    reading one stops the iteration with that error, with or without worker processes."""
+    loader = paddle.io.DataLoader(FailureReportingDataset(dataset), batch_sampler=IndexBatches(batches),
+                                  collate_fn=collate_or_failure, num_workers=num_workers,
+                                  use_shared_memory=num_workers > 0)
+    return FailureCheckedLoader(loader)
 
 
 def predict(model, dataset, batch_size: int, num_workers: int = 0, progress: bool = True,
