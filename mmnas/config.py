@@ -19,6 +19,8 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
+from .data.features import MAX_REGIONS
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO_ROOT, "configs")
 
@@ -54,7 +56,7 @@ class ModelConfig:
     word_embed: int = 300
     feat_size: int = 2048
     max_token: int = 14
-    max_regions: int = 100
+    max_regions: int = MAX_REGIONS  # images with more regions are refused (mmnas/data/features.py)
     dropout: float = 0.1
     enc: List[str] = field(default_factory=lambda: ["SA"] * 4 + ["FFN"] * 4 + ["SA"] + ["FFN"] * 3)
     dec: List[str] = field(default_factory=lambda: [

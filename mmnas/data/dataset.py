@@ -13,6 +13,7 @@ beside each folder (`feats/train2014.packed`), a path = `<path>/train2014.packed
 """
 from __future__ import annotations
 
+import functools
 import os
 import traceback
 import warnings
@@ -23,9 +24,9 @@ import numpy as np
 import paddle
 from tqdm import tqdm
 
-from mmnas.data.features import (ANNOTATION_FILES, FEAT_DIM, FEATURE_DIRS, QUESTION_FILES, README_DATA,
-                                  DataError, check_raw_files, feature_index, load_npz, read_box_count,
-                                  read_json)
+from mmnas.data.features import (ANNOTATION_FILES, FEAT_DIM, FEATURE_DIRS, MAX_REGIONS, QUESTION_FILES,
+                                  README_DATA, DataError, check_box_count, check_raw_files, feature_index,
+                                  load_npz, read_box_count, read_json)
 from mmnas.data.packed import PackedFeatures, is_store, store_dir_for
 from mmnas.data.vocab import MAX_TOKEN, Vocab, answer_scores, encode_question
 
@@ -48,8 +49,9 @@ class VQADataset(paddle.io.Dataset):
 
     def __init__(self, data_root: str, split: str, vocab: Vocab, *, preload: bool = False,
                  preload_workers: int = 8, drop_missing_images: bool = False, loss: str = "bce",
-                 progress: bool = True, packed_feats: Optional[str] = None):
+                 progress: bool = True, packed_feats: Optional[str] = None, max_regions: int = MAX_REGIONS):
         super().__init__()
+        self.max_regions = max_regions  # images with more regions are refused (features.check_box_count)
         if loss not in ("bce", "kld"):
             raise ValueError(f"loss must be 'bce' or 'kld', got {loss!r}")
         self.data_root, self.split, self.vocab, self.loss, self.progress = data_root, split, vocab, loss, progress
@@ -143,6 +145,7 @@ class VQADataset(paddle.io.Dataset):
             for i in images:
                 row = store.position.get(os.path.basename(self._image_paths[i]))
                 if row is not None:
+                    check_box_count(self._image_paths[i], int(store.counts[row]), self.max_regions)
                     self._image_store[i], self._image_row[i] = k, row
 
     @property
@@ -154,7 +157,7 @@ class VQADataset(paddle.io.Dataset):
         store = self._image_store[image]
         if store >= 0:
             return self._stores[store].get(int(self._image_row[image]))
-        return load_npz(self._image_paths[image])
+        return load_npz(self._image_paths[image], self.max_regions)
 
     def _preload(self, workers: int):
         """Read every needed image once, in parallel threads (np.load releases the GIL on I/O).
@@ -166,7 +169,8 @@ class VQADataset(paddle.io.Dataset):
         images: List[Optional[Tuple[np.ndarray, np.ndarray]]] = [None] * len(self._image_paths)
         pool = ThreadPoolExecutor(max_workers=max(1, workers))
         try:
-            results = pool.map(load_npz, [self._image_paths[i] for i in unpacked])
+            results = pool.map(functools.partial(load_npz, max_regions=self.max_regions),
+                               [self._image_paths[i] for i in unpacked])
             for i, region_feats_and_boxes in zip(unpacked, tqdm(results, total=len(unpacked), desc=f"preload {self.split}",
                                                                 disable=not self.progress or not unpacked,
                                                                 mininterval=1.0)):
@@ -203,7 +207,8 @@ class VQADataset(paddle.io.Dataset):
                 else:
                     unpacked.append(i)
             with ThreadPoolExecutor(max_workers=8) as pool:
-                read = list(tqdm(pool.map(read_box_count, [self._image_paths[i] for i in unpacked]),
+                read = list(tqdm(pool.map(functools.partial(read_box_count, max_regions=self.max_regions),
+                                          [self._image_paths[i] for i in unpacked]),
                                  total=len(unpacked), desc="box counts", disable=not self.progress or not unpacked,
                                  mininterval=1.0))
             counts[unpacked] = np.array(read, dtype=np.int32)
@@ -216,7 +221,7 @@ class VQADataset(paddle.io.Dataset):
             return int(self._image_box_counts[image])
         if self._image_store[image] >= 0:
             return int(self._stores[self._image_store[image]].counts[self._image_row[image]])
-        return read_box_count(self._image_paths[image])
+        return read_box_count(self._image_paths[image], self.max_regions)
 
     def image_path(self, i: int) -> str:
         return self._image_paths[self._item_image[i]]
