@@ -94,6 +94,7 @@ class DataConfig:
     num_workers: int = 2
     drop_missing_images: bool = False
     packed_feats: Optional[str] = None  # None: a store beside each feature folder if any; a path; "off"
+    check_feats: bool = False  # validate every feature file the split needs before step 1 (--CHECK_FEATS)
 
 
 @dataclass

@@ -25,7 +25,7 @@ import paddle
 from tqdm import tqdm
 
 from mmnas.data.features import (ANNOTATION_FILES, FEAT_DIM, FEATURE_DIRS, MAX_REGIONS, QUESTION_FILES,
-                                  README_DATA, DataError, check_box_count, check_raw_files, feature_index,
+                                  README_DATA, BadFeatureFile, DataError, check_box_count, check_raw_files, feature_index,
                                   load_npz, read_box_count, read_json)
 from mmnas.data.packed import PackedFeatures, is_store, store_dir_for
 from mmnas.data.vocab import MAX_TOKEN, Vocab, answer_scores, encode_question
@@ -49,7 +49,8 @@ class VQADataset(paddle.io.Dataset):
 
     def __init__(self, data_root: str, split: str, vocab: Vocab, *, preload: bool = False,
                  preload_workers: int = 8, drop_missing_images: bool = False, loss: str = "bce",
-                 progress: bool = True, packed_feats: Optional[str] = None, max_regions: int = MAX_REGIONS):
+                 progress: bool = True, packed_feats: Optional[str] = None, max_regions: int = MAX_REGIONS,
+                 check_feats: bool = False):
         super().__init__()
         self.max_regions = max_regions  # images with more regions are refused (features.check_box_count)
         if loss not in ("bce", "kld"):
@@ -106,6 +107,8 @@ class VQADataset(paddle.io.Dataset):
         self._image_store = np.full(len(self._image_paths), -1, dtype=np.int32)  # store per image, -1: .npz
         self._image_row = np.zeros(len(self._image_paths), dtype=np.int64)  # image's index in its store
         self._open_packed(packed_feats)
+        if check_feats:
+            self.check_features(preload_workers)
         if preload:
             self._preload(preload_workers)
 
@@ -158,6 +161,31 @@ class VQADataset(paddle.io.Dataset):
         if store >= 0:
             return self._stores[store].get(int(self._image_row[image]))
         return load_npz(self._image_paths[image], self.max_regions)
+
+    def check_features(self, workers: int = 8) -> None:
+        """Read and validate every .npz file this split needs, exactly as the loader will (load_npz),
+        in parallel threads with a progress bar; one DataError listing the bad files. (Images in a
+        packed store were validated by tools/pack_feats.py.) Fills the box counts on the way."""
+        unpacked = [i for i in range(len(self._image_paths)) if self._image_store[i] < 0]
+        check = functools.partial(_feature_problem, max_regions=self.max_regions)
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            checked = list(tqdm(pool.map(check, [self._image_paths[i] for i in unpacked]), total=len(unpacked),
+                                desc=f"check feats {self.split}", disable=not self.progress or not unpacked,
+                                mininterval=1.0))
+        bad = [problem for _, problem in checked if problem is not None]
+        if bad:
+            shown = "\n  ".join(bad[:CHECK_LISTED])
+            more = f"\n  ... and {len(bad) - CHECK_LISTED} more" if len(bad) > CHECK_LISTED else ""
+            folders = sorted({os.path.dirname(self._image_paths[i]) for i in unpacked})
+            raise DataError(f"{len(bad)} of {len(unpacked)} feature files of split {self.split!r} cannot be used:\n"
+                            f"  {shown}{more}\nFix: re-extract or re-download these files (see {README_DATA}); "
+                            f"python tools/check_feats.py {' '.join(folders)} writes a full report.")
+        counts = np.zeros(len(self._image_paths), dtype=np.int32)
+        for i in range(len(self._image_paths)):
+            if self._image_store[i] >= 0:
+                counts[i] = self._stores[self._image_store[i]].counts[self._image_row[i]]
+        counts[unpacked] = [n for n, _ in checked]
+        self._image_box_counts = counts
 
     def _preload(self, workers: int):
         """Read every needed image once, in parallel threads (np.load releases the GIL on I/O).
@@ -242,6 +270,19 @@ class VQADataset(paddle.io.Dataset):
         else:
             scores = np.zeros(self.vocab.answer_size, dtype=np.float32)
         return region_feats, boxes, question_ids, scores, np.int64(i)
+
+
+CHECK_LISTED = 5  # bad feature files named in check_features' error
+
+
+def _feature_problem(path: str, max_regions: int) -> Tuple[int, Optional[str]]:
+    """(regions n, None) for a usable feature file, (0, "path: what is wrong") otherwise."""
+    try:
+        return len(load_npz(path, max_regions)[0]), None
+    except BadFeatureFile as e:
+        return 0, f"{path}: {e.detail}"
+    except DataError as e:
+        return 0, str(e)
 
 
 def _check_aligned(questions: Sequence[dict], ann_by_qid: Dict[int, dict], q_path: str, a_path: str):

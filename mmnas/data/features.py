@@ -224,7 +224,7 @@ def validate_features(path: str, arrays, max_regions: int = MAX_REGIONS) -> Tupl
     if inverted.any():
         row = int(np.flatnonzero(inverted)[0])
         raise BadFeatureFile(path, "bad_boxes", f"{int(inverted.sum())} box(es) have x2 < x1 or y2 < y1 "
-                                                f"(first: row {row} = {boxes[row].tolist()}, expected x1, y1, x2, y2)")
+                                                f"(first: row {row} = {np.round(boxes[row], 1).tolist()}, expected x1, y1, x2, y2)")
     return region_feats, boxes
 
 
