@@ -25,8 +25,8 @@ import paddle
 from tqdm import tqdm
 
 from mmnas.data.features import (ANNOTATION_FILES, FEAT_DIM, FEATURE_DIRS, MAX_REGIONS, QUESTION_FILES,
-                                  README_DATA, BadFeatureFile, DataError, check_box_count, check_raw_files, feature_index,
-                                  load_npz, read_box_count, read_json)
+                                  README_DATA, BadFeatureFile, DataError, check_box_count, check_raw_files,
+                                  feature_index, load_npz, read_box_count, read_json)
 from mmnas.data.packed import PackedFeatures, is_store, store_dir_for
 from mmnas.data.vocab import MAX_TOKEN, Vocab, answer_scores, encode_question
 
@@ -375,7 +375,8 @@ def raise_if_failure(batch) -> None:
     payload = bytes(np.asarray(batch[0].numpy() if hasattr(batch[0], "numpy") else batch[0], dtype=np.uint8))
     message = payload[1:].decode("utf-8", "replace")
     if payload[0] == _DATA_FAILURE:
-        raise DataError(f"{message.rstrip('.')}; --CHECK_FEATS=True finds every bad feature file before step 1.")
+        raise DataError(f"{message.rstrip('.')}; --CHECK_FEATS=True finds every bad feature file "
+                        f"before the first batch.")
     raise RuntimeError(f"a data loader worker failed: {message}")
 
 

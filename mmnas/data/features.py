@@ -99,7 +99,8 @@ def read_json(path: str, key: str, fields: Sequence[str] = ()):
         for name in fields:
             problem = _field_problem(name, entry[name])
             if problem:
-                qid = f" (question_id {entry['question_id']!r})" if name != "question_id" and "question_id" in entry else ""
+                qid = (f" (question_id {entry['question_id']!r})"
+                       if name != "question_id" and "question_id" in entry else "")
                 raise DataError(f"{path}: {key}[{i}]{qid} has {name} = {_short(entry[name])}, {problem}; "
                                 f"fix or remove that entry, or download the file again ({README_DATA}).")
     return entries
@@ -223,8 +224,9 @@ def validate_features(path: str, arrays, max_regions: int = MAX_REGIONS) -> Tupl
     inverted = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
     if inverted.any():
         row = int(np.flatnonzero(inverted)[0])
+        first = [round(float(v), 1) for v in boxes[row]]
         raise BadFeatureFile(path, "bad_boxes", f"{int(inverted.sum())} box(es) have x2 < x1 or y2 < y1 "
-                                                f"(first: row {row} = {np.round(boxes[row], 1).tolist()}, expected x1, y1, x2, y2)")
+                                                f"(first: row {row} = {first}, expected x1, y1, x2, y2)")
     return region_feats, boxes
 
 
@@ -268,6 +270,7 @@ def read_box_count(path: str, max_regions: int = MAX_REGIONS) -> int:
     if shape is None:
         return len(load_npz(path, max_regions)[0])
     if len(shape) != 2 or shape[0] != FEAT_DIM:
-        raise BadFeatureFile(path, "bad_shape", f"'x' has shape {list(shape)}, expected [{FEAT_DIM}, n] (channels first)")
+        raise BadFeatureFile(path, "bad_shape",
+                             f"'x' has shape {list(shape)}, expected [{FEAT_DIM}, n] (channels first)")
     check_box_count(path, int(shape[1]), max_regions)
     return int(shape[1])
