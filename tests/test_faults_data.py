@@ -414,4 +414,24 @@ def test_val_run_with_empty_answers_scores(clean_root, root, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     n = len(data["annotations"])
     assert f"1 of {n} annotations have no usable answers" in proc.stderr
-    assert f"on {n - 1} questions" in proc.stdout
+    assert f"on {n - 1} questions (1 without answers not scored)" in proc.stdout
+
+
+def test_val_with_no_answers_at_all_is_a_named_error(clean_root, root, tmp_path):
+    from mmnas.config import load_config
+    from mmnas.engine.evaluate import evaluate
+    from mmnas.models import build_model
+    path = os.path.join(root, "vqa/raw/v2_mscoco_val2014_annotations.json")
+    with open(path) as f:
+        data = json.load(f)
+    for ann in data["annotations"]:
+        ann["answers"] = []
+    with open(path, "w") as f:
+        json.dump(data, f)
+    vocab = build_vocab(root, str(tmp_path / "cache"), progress=False)
+    dataset = VQADataset(root, "val", vocab, progress=False)
+    model = build_model(load_config("tiny").model, vocab.token_size, vocab.answer_size)
+    with pytest.raises(DataError, match=r"cannot score .*result_run_x.json \(written\): none of the 80 annotations "
+                                        r"has answers to score against .*; check the annotation file\(s\) of split 'val'"):
+        evaluate(model, dataset, name="x", results_dir=str(tmp_path / "results"), batch_size=64, progress=False)
+    assert os.path.isfile(tmp_path / "results" / "cache" / "result_run_x.json")
