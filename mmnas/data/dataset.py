@@ -392,7 +392,10 @@ class FailureCheckedLoader:
         return len(self.loader)
 
     def __iter__(self):
-        iterator = iter(self.loader)
+        return self._checked(iter(self.loader))  # paddle's iterator starts prefetching now, as before
+
+    @staticmethod
+    def _checked(iterator):
         try:
             for batch in iterator:
                 raise_if_failure(batch)
