@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mixed precision (paddle.amp O1) for training on a GPU; off by default")
     p.add_argument("--TO_STATIC", type=str2bool, default=None,
                    help="train through paddle.jit.to_static (off by default: slower on CPU)")
+    p.add_argument("--CHECK_FEATS", type=str2bool, default=None,
+                   help="validate every feature file the split needs before step 1 (parallel, progress bar)")
     p.add_argument("--CKPT_DIR", default="ckpt", help="where checkpoints are written")
     p.add_argument("--RESULTS_DIR", default="results", help="where logs and results are written")
     return p
@@ -95,7 +97,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     cfg.data.cache_dir = os.path.join(args.RESULTS_DIR, "cache")
     overrides = [("data", "split", args.SPLIT), ("data", "num_workers", args.NW),
                  ("data", "preload", args.PRELOAD), ("data", "data_root", args.DATA_ROOT),
-                 ("data", "drop_missing_images", args.DROP_MISSING),
+                 ("data", "drop_missing_images", args.DROP_MISSING), ("data", "check_feats", args.CHECK_FEATS),
                  ("train", "max_epoch", args.MAX_EPOCH), ("train", "accu", args.ACCU),
                  ("train", "batch_size", args.BS), ("train", "seed", args.SEED),
                  ("train", "eval_every_epoch", args.EVAL_EE), ("train", "save_pred", args.SAVE_PRED),

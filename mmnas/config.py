@@ -29,6 +29,13 @@ import yaml
 
 from .runtime import AMP_MODES
 
+# The accepted number of regions (boxes) per image, for the dataset, check_feats and the config:
+# MIN_REGIONS..max_regions, where max_regions is model.max_regions (default MAX_REGIONS, the most
+# the bottom-up-attention features have). Files with more are refused, not cut, so that no image
+# silently loses regions; the model itself takes any n (raise model.max_regions to allow more).
+MIN_REGIONS = 1
+MAX_REGIONS = 100
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO_ROOT, "configs")
 
@@ -84,7 +91,7 @@ class ModelConfig(_Section):
     word_embed: int = 300
     feat_size: int = 2048
     max_token: int = 14
-    max_regions: int = 100
+    max_regions: int = MAX_REGIONS  # images with more regions are refused (MIN_REGIONS above)
     dropout: float = 0.1
     enc: List[str] = field(default_factory=lambda: ["SA"] * 4 + ["FFN"] * 4 + ["SA"] + ["FFN"] * 3)
     dec: List[str] = field(default_factory=lambda: [
@@ -116,6 +123,7 @@ class DataConfig(_Section):
     num_workers: int = 2
     drop_missing_images: bool = False
     packed_feats: Optional[str] = None  # None: a store beside each feature folder if any; a path; "off"
+    check_feats: bool = False  # validate every feature file the split needs before step 1 (--CHECK_FEATS)
 
 
 @dataclass
