@@ -13,7 +13,6 @@ import paddle.nn.functional as F
 from ..config import LOSSES  # the names train.loss accepts
 
 
-
 def answer_loss(logits, targets, kind: str = "bce"):
     """Summed loss of logits [B, A] against targets [B, A] (float32)."""
     if kind == "bce":
