@@ -9,9 +9,12 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -125,31 +128,58 @@ FAULT_MESSAGES = {
 
 # ----------------------------------------------------------------------------- subprocess runs
 
+class Run(NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
+    sid: int  # run.py's session: everything it started
+
+
 def run_cli(cwd, *args):
-    """run.py in a subprocess; a run that does not stop within RUN_TIMEOUT fails the test."""
+    """run.py in a subprocess and session of its own; a run that does not stop within RUN_TIMEOUT
+    fails the test (and is killed with everything it started)."""
     cmd = [sys.executable, os.path.join(REPO, "run.py"), *args]
+    proc = subprocess.Popen(cmd, cwd=str(cwd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     try:
-        proc = subprocess.run(cmd, cwd=str(cwd), capture_output=True, text=True, timeout=RUN_TIMEOUT)
-    except subprocess.TimeoutExpired as e:
+        stdout, stderr = proc.communicate(timeout=RUN_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        kill_session(proc.pid)
+        _, stderr = proc.communicate()
         pytest.fail(f"run.py {' '.join(args)} did not stop within {RUN_TIMEOUT}s (hang); "
-                    f"stderr tail: {(e.stderr or b'')[-2000:]!r}")
-    return proc
+                    f"stderr tail: {stderr[-2000:]!r}")
+    return Run(proc.returncode, stdout, stderr, proc.pid)
 
 
-def leftover_processes(marker):
-    """Processes (e.g. data loader workers) whose command line mentions `marker`."""
+def session_processes(sid):
+    """Processes alive in session `sid` (loader workers, spawned ranks, their helpers)."""
     found = []
     for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if marker in cmdline:
-            found.append((pid, cmdline))
+        if pid.isdigit():
+            try:
+                if os.getsid(int(pid)) == sid:
+                    found.append(int(pid))
+            except OSError:
+                continue
     return found
+
+
+def kill_session(sid):
+    for pid in session_processes(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def assert_nothing_left(run, grace=10.0):
+    """Nothing run.py started outlives it by more than `grace` seconds."""
+    deadline = time.time() + grace
+    while session_processes(run.sid) and time.time() < deadline:
+        time.sleep(0.5)
+    left = session_processes(run.sid)
+    kill_session(run.sid)
+    assert left == [], f"processes left behind: {left}"
 
 
 def error_line(proc):
@@ -158,7 +188,7 @@ def error_line(proc):
     return lines[0]
 
 
-def assert_stopped_on(proc, root, pattern, files):
+def assert_stopped_on(proc, pattern, files):
     """Exit 2, one error line naming one of `files` with the fault and the fix; no traceback,
     no 'Blocking queue is killed', and no worker process left behind."""
     assert proc.returncode == 2, proc.stderr[-3000:]
@@ -167,7 +197,7 @@ def assert_stopped_on(proc, root, pattern, files):
     assert re.search(pattern, line), line
     assert ". Fix: " in line
     assert "Traceback" not in proc.stderr and "Blocking queue" not in proc.stderr
-    assert leftover_processes(root) == []
+    assert_nothing_left(proc)
 
 
 TRAIN = ["--RUN=train", "--MODEL=tiny", "--SPLIT=train", "--MAX_EPOCH=1", "--BS=16", "--EVAL_EE=False",
@@ -186,7 +216,7 @@ def test_train_stops_on_bad_feature_file(root, tmp_path, num_workers, fault, how
     for path in victims:
         rewrite(path, fault)
     proc = run_cli(tmp_path, *TRAIN, f"--NW={num_workers}", f"--DATA_ROOT={root}", "--VERSION=bad")
-    assert_stopped_on(proc, root, FAULT_MESSAGES[fault], victims)
+    assert_stopped_on(proc, FAULT_MESSAGES[fault], victims)
     assert "--CHECK_FEATS=True finds every bad feature file" in error_line(proc)
     assert not os.path.exists(tmp_path / "ckpt" / "ckpt_bad" / "epoch1.pdparams")
 
@@ -197,7 +227,7 @@ def test_train_stops_on_box_count_before_training(root, tmp_path, fault):
     victim = feature_files(root, "train2014")[5]
     rewrite(victim, fault)
     proc = run_cli(tmp_path, *TRAIN, "--NW=2", f"--DATA_ROOT={root}", "--VERSION=bad")
-    assert_stopped_on(proc, root, FAULT_MESSAGES[fault], [victim])
+    assert_stopped_on(proc, FAULT_MESSAGES[fault], [victim])
     assert "epoch 1/1:" not in proc.stderr  # no training step was started
 
 
@@ -213,7 +243,7 @@ def test_eval_stops_on_bad_feature_file(clean_root, root, tmp_path, run, num_wor
         rewrite(path, fault)
     proc = run_cli(tmp_path, f"--RUN={run}", "--MODEL=tiny", f"--CKPT_PATH={weights_of(clean_root)}",
                    f"--NW={num_workers}", f"--DATA_ROOT={root}")
-    assert_stopped_on(proc, root, FAULT_MESSAGES[fault], files)
+    assert_stopped_on(proc, FAULT_MESSAGES[fault], files)
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
@@ -223,7 +253,19 @@ def test_search_stops_on_bad_feature_file(root, tmp_path, num_workers):
         rewrite(path, "nan")
     proc = run_cli(tmp_path, "--RUN=search", "--MODEL=search_tiny", "--SPLIT=train", "--MAX_EPOCH=1", "--BS=16",
                    f"--NW={num_workers}", f"--DATA_ROOT={root}", "--VERSION=s")
-    assert_stopped_on(proc, root, FAULT_MESSAGES["nan"], files)
+    assert_stopped_on(proc, FAULT_MESSAGES["nan"], files)
+
+
+def test_data_parallel_stops_on_bad_feature_file(root, tmp_path):
+    """2 processes (gloo), 2 loader workers each: the rank that reads the bad file stops, the other
+    rank is stopped at once (not after gloo's timeout), and no loader worker is left behind."""
+    victim = feature_files(root, "train2014")[17]
+    rewrite(victim, "nan")
+    proc = run_cli(tmp_path, *TRAIN, "--NW=2", "--NPROCS=2", f"--DATA_ROOT={root}", "--VERSION=dp")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"error: feature file {victim}: 'x' holds 1 NaN" in proc.stderr
+    assert "error: a training process stopped with the error printed above" in proc.stderr
+    assert_nothing_left(proc)
 
 
 def test_check_feats_flag_lists_every_bad_file_before_training(root, tmp_path):
@@ -431,7 +473,8 @@ def test_val_with_no_answers_at_all_is_a_named_error(clean_root, root, tmp_path)
     vocab = build_vocab(root, str(tmp_path / "cache"), progress=False)
     dataset = VQADataset(root, "val", vocab, progress=False)
     model = build_model(load_config("tiny").model, vocab.token_size, vocab.answer_size)
-    with pytest.raises(DataError, match=r"cannot score .*result_run_x.json \(written\): none of the 80 annotations "
-                                        r"has answers to score against .*; check the annotation file\(s\) of split 'val'"):
+    expected = (r"cannot score .*result_run_x.json \(written\): none of the 80 annotations has answers to "
+                r"score against .*; check the annotation file\(s\) of split 'val'")
+    with pytest.raises(DataError, match=expected):
         evaluate(model, dataset, name="x", results_dir=str(tmp_path / "results"), batch_size=64, progress=False)
     assert os.path.isfile(tmp_path / "results" / "cache" / "result_run_x.json")

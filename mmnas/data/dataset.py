@@ -380,6 +380,19 @@ def raise_if_failure(batch) -> None:
     raise RuntimeError(f"a data loader worker failed: {message}")
 
 
+def die_with_parent(worker_id: int = 0) -> None:
+    """DataLoader worker_init_fn: the worker ends when the process that started it dies, even
+    by SIGKILL or abort (a data-parallel peer stopped by spawn's SIGTERM never cleans up its
+    workers, which then wait forever on their index queue). Linux only; elsewhere a no-op."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG = 1, SIGKILL = 9
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(0)
+
+
 class FailureCheckedLoader:
     """Iterates a DataLoader over FailureReportingDataset / collate_or_failure, raising a read
     error in this process, and shutting the loader's thread and worker processes down on the

@@ -35,9 +35,12 @@ def _worker(fn, cfg, use_gpu, expected=(), spawned=False):
     except expected as e:
         if not spawned:
             raise
-        # the message the single-process run would print, then a plain exit the parent recognises
+        # the message the single-process run would print, then a plain exit the parent recognises;
+        # os._exit skips Paddle's exit handlers, which wait for the other processes (still blocked
+        # in a collective) until gloo times out, so the parent can stop them at once
         print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(_EXPECTED_EXIT)
+        sys.stdout.flush()
+        os._exit(_EXPECTED_EXIT)
 
 
 def run_parallel(fn, cfg, nprocs: int, gpus: str = "", expected=()):

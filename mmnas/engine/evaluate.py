@@ -16,7 +16,7 @@ import paddle
 from tqdm import tqdm
 
 from ..data import DataError
-from ..data.dataset import FailureCheckedLoader, FailureReportingDataset, collate_or_failure
+from ..data.dataset import FailureCheckedLoader, FailureReportingDataset, collate_or_failure, die_with_parent
 from ..metrics import evaluate as vqa_accuracy
 
 
@@ -38,7 +38,7 @@ def make_loader(dataset, batches: List[List[int]], num_workers: int):
     reading one stops the iteration with that error, with or without worker processes."""
     loader = paddle.io.DataLoader(FailureReportingDataset(dataset), batch_sampler=IndexBatches(batches),
                                   collate_fn=collate_or_failure, num_workers=num_workers,
-                                  use_shared_memory=num_workers > 0)
+                                  use_shared_memory=num_workers > 0, worker_init_fn=die_with_parent)
     return FailureCheckedLoader(loader)
 
 
