@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from contextlib import nullcontext
 import sys
 import time
 from typing import List, Optional
@@ -85,6 +86,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             setattr(getattr(cfg, section), key, value)
     cfg.resume, cfg.ckpt_version, cfg.ckpt_epoch, cfg.ckpt_path = args.RESUME, args.CKPT_V, args.CKPT_E, args.CKPT_PATH
     cfg.version = args.VERSION or (args.CKPT_V if args.RESUME else None) or time.strftime("%Y%m%d_%H%M%S")
+    if cfg.resume and cfg.run in ("train", "search") and cfg.ckpt_version is not None and cfg.ckpt_epoch is not None:
+        from .engine.resume import restore_settings  # the checkpoint's seed, batch setup, ... (or a refusal)
+        for note in restore_settings(cfg, args):
+            print(note, file=sys.stderr)
     validate_args(cfg, args)
     return cfg
 
@@ -187,10 +192,13 @@ def _search_entry(cfg, rank, world):
 def expected_errors():
     """Errors that mean "change the command or the files", reported as one sentence, exit 2."""
     from .data.features import DataError
-    from .engine.checkpoint import CheckpointError
+    from .engine.checkpoint import CheckpointError, WriteError
     from .engine.distributed import WorkerStopped
+    from .engine.resume import ResumeError
+    from .engine.runlock import RunBusyError
     from .engine.train import TrainingError
-    return (UsageError, ConfigError, DataError, CheckpointError, TrainingError, WorkerStopped)
+    return (UsageError, ConfigError, DataError, CheckpointError, TrainingError, WorkerStopped, WriteError,
+            ResumeError, RunBusyError)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -203,16 +211,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         cfg = config_from_args(args)
         if cfg.run in ("train", "search"):
-            from .engine.distributed import run_parallel
+            from .engine.distributed import owns_run_folder, run_parallel
+            from .engine.runlock import RunOwnership
             nprocs = args.NPROCS or (len(cfg.gpu.split(",")) if cfg.gpu else 1)
-            run_parallel(_train_entry if cfg.run == "train" else _search_entry, cfg, nprocs, cfg.gpu,
-                         expected=expected_errors())
+            # the run folder and log belong to this run until it ends (taken here, never in the
+            # processes it spawns)
+            owner = RunOwnership(cfg.ckpt_dir, cfg.results_dir, cfg.version) if owns_run_folder() else nullcontext()
+            with owner:
+                run_parallel(_train_entry if cfg.run == "train" else _search_entry, cfg, nprocs, cfg.gpu,
+                             expected=expected_errors())
         else:
             run_eval(cfg)
     except expected_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        from .engine.interrupt import RunInterrupted
+        message = str(e) if isinstance(e, RunInterrupted) else "interrupted before the run started; nothing was saved"
+        if message:
+            print(message, file=sys.stderr)
         return 130
     return 0
 
