@@ -227,7 +227,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     except KeyboardInterrupt as e:
         from .engine.interrupt import RunInterrupted
-        message = str(e) if isinstance(e, RunInterrupted) else "interrupted before the run started; nothing was saved"
+        message = str(e) if isinstance(e, RunInterrupted) else (
+            "interrupted before the first epoch started; nothing was saved; run the same command again to start")
         if message:
             print(message, file=sys.stderr)
         return 130

@@ -11,6 +11,7 @@ import io
 import os
 import re
 import pickle
+import pickletools
 import socket
 import tempfile
 from typing import Any, Dict, Mapping
@@ -78,15 +79,29 @@ def safe_load(path: str) -> Any:
             f"{path} is a zip archive (a PyTorch checkpoint?). Convert it first with "
             f"`python tools/convert_openvqa_ckpt.py {path} out.pdparams`")
     try:
+        _check_opcodes(data)
         return _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path}: {e}") from None
+        raise CheckpointError(f"{path}: {_one_line(e)}") from None
     except (Exception, RecursionError) as e:
         # a damaged file can make the unpickler fail in many ways: a length field read as a
         # huge size (MemoryError, OverflowError), bad arguments to numpy's reconstruction
         # (ValueError, TypeError), deep nesting (RecursionError), a stray opcode (KeyError ...)
         raise CheckpointError(f"{path} is not a readable weights file (truncated, damaged or not a "
-                              f"pickle): {type(e).__name__}: {str(e)[:200]}") from None
+                              f"pickle): {type(e).__name__}: {_one_line(e)[:200]}") from None
+
+
+def _check_opcodes(data: bytes) -> None:
+    """Walk the pickle's opcodes once before unpickling: a damaged length field then fails here,
+    and a memo index far beyond the opcodes seen so far (which would make the unpickler allocate
+    and zero a memo table of that size: gigabytes, tens of seconds) is refused."""
+    for count, (opcode, arg, _) in enumerate(pickletools.genops(io.BytesIO(data))):
+        if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT") and not 0 <= int(arg) <= count:
+            raise pickle.UnpicklingError(f"memo index {arg} at opcode {count}: the file is damaged")
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
 
 
 def extract_state_dict(obj: Any, path: str = "<checkpoint>") -> Dict[str, np.ndarray]:

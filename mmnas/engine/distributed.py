@@ -103,4 +103,4 @@ def _wait_interrupted(processes) -> None:
                 pass
     if processes[0].exitcode == _INTERRUPTED_EXIT:
         raise RunInterrupted("")  # rank 0 printed where it stopped
-    raise RunInterrupted("interrupted before the first epoch started; nothing was saved")
+    raise RunInterrupted("interrupted before the first epoch started; nothing was saved; run the same command again to start")

@@ -273,7 +273,7 @@ def run_logged(body, cfg: RunConfig, rank: int, world: int, progress: Optional[b
 def interrupt_message(cfg: RunConfig, run: str, world: int, position: RunPosition) -> str:
     """The one line printed after Ctrl-C."""
     if position.last_ckpt is None:
-        return f"interrupted {position.where()}; nothing partial was saved; nothing to resume from"
+        return f"interrupted {position.where()}; nothing partial was saved; nothing to resume from"  # yet
     return (f"interrupted {position.where()}; nothing partial was saved; resume with: "
             f"{resume_command(cfg, run, world, *position.last_ckpt)}")
 
