@@ -21,9 +21,14 @@ class RunInterrupted(KeyboardInterrupt):
 
 
 class InterruptGuard:
-    """SIGINT handler of a run (main thread only; a SIGINT ignored by the parent stays ignored)."""
+    """SIGINT handler of a run (main thread only; a SIGINT ignored by the parent stays ignored).
 
-    def __init__(self):
+    Data parallel (`world` > 1): a process that stopped alone would leave the others waiting in
+    a gradient all-reduce, so Ctrl-C only records, and `stop_together` (called by every process
+    before every step) stops all processes at the same step once any of them saw it."""
+
+    def __init__(self, world: int = 1):
+        self.world = world
         self.requested = False
         self._deferred = 0
         self._previous = None
@@ -46,7 +51,7 @@ class InterruptGuard:
         if self.requested:  # a second Ctrl-C while the first is being handled
             return
         self.requested = True
-        if not self._deferred:
+        if not self._deferred and self.world == 1:
             raise KeyboardInterrupt
 
     @contextlib.contextmanager
@@ -57,7 +62,20 @@ class InterruptGuard:
             yield
         finally:
             self._deferred -= 1
-        if self.requested and not self._deferred:
+        if self.requested and not self._deferred and self.world == 1:
+            raise KeyboardInterrupt
+
+    def stop_together(self) -> None:
+        """Data parallel: raise KeyboardInterrupt in every process once any process saw Ctrl-C
+        (one small all-reduce per step); nothing to do in a single process."""
+        if self.world == 1:
+            return
+        import paddle
+        import paddle.distributed as dist
+        flag = paddle.to_tensor([1 if self.requested else 0], dtype="int32")
+        dist.all_reduce(flag)
+        if int(flag.numpy().reshape(-1)[0]):
+            self.requested = True
             raise KeyboardInterrupt
 
     def caused(self, error: BaseException) -> bool:

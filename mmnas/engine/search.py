@@ -214,6 +214,7 @@ def search_one_epoch(net, model: SuperNet, weight_opt, arch_opt, dataset, parts:
               dynamic_ncols=True, mininterval=1.0) as bar:  # closed on any exit (Ctrl-C message on its own line)
         for step_in_epoch, batch in enumerate(bar):
             position.step = step_in_epoch + 1
+            position.guard.stop_together()  # data parallel: every process stops at the same step
             step = epoch * steps + step_in_epoch + 1
             lr = learning_rate(step, epoch, steps, lr_base, tcfg.warmup_epochs, tcfg.lr_decay_epochs,
                                tcfg.lr_decay_rate)

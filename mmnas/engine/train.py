@@ -29,7 +29,7 @@ from ..models import build_model
 from ..runtime import amp_context, clip_and_step, make_grad_scaler, maybe_to_static
 from .checkpoint import load_weights, safe_load, save_checkpoint, to_numpy_state, CheckpointError
 from .evaluate import evaluate, format_scores, make_loader
-from .interrupt import RunInterrupted, RunPosition
+from .interrupt import InterruptGuard, RunInterrupted, RunPosition
 from .logger import RunLogger
 from .resume import mismatched_setting, resume_command
 from .schedule import base_learning_rate, learning_rate
@@ -125,6 +125,7 @@ def train_one_epoch(model, optimizer, dataset, cfg: RunConfig, epoch: int, steps
               mininterval=1.0) as bar:  # closed on any exit, so a Ctrl-C message starts on its own line
         for step_in_epoch, (region_feats, boxes, question_ids, answer_scores, _) in enumerate(bar):
             position.step = step_in_epoch + 1
+            position.guard.stop_together()  # data parallel: every process stops at the same step
             step = epoch * steps_per_epoch + step_in_epoch + 1  # counted from 1 over the whole run
             lr = learning_rate(step, epoch, steps_per_epoch, lr_base, tcfg.warmup_epochs,
                                tcfg.lr_decay_epochs, tcfg.lr_decay_rate)
@@ -254,7 +255,8 @@ def run_logged(body, cfg: RunConfig, rank: int, world: int, progress: Optional[b
     progress = (rank == 0) if progress is None else (progress and rank == 0)
     check_batch_split(cfg, world)
     logger = RunLogger(cfg.results_dir, cfg.version, enabled=rank == 0)
-    position = RunPosition(last_ckpt=(cfg.ckpt_version, cfg.ckpt_epoch) if cfg.resume else None)
+    position = RunPosition(guard=InterruptGuard(world),
+                           last_ckpt=(cfg.ckpt_version, cfg.ckpt_epoch) if cfg.resume else None)
     try:
         with position.guard:
             try:
