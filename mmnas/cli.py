@@ -228,7 +228,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt as e:
         from .engine.interrupt import RunInterrupted
         message = str(e) if isinstance(e, RunInterrupted) else (
-            "interrupted before the first epoch started; nothing was saved; run the same command again to start")
+            "interrupted before the first epoch started; nothing was saved; run the same command again to start"
+            if args.RUN in ("train", "search") else f"--RUN={args.RUN} interrupted; no result file was written")
         if message:
             print(message, file=sys.stderr)
         return 130

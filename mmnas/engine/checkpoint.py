@@ -14,6 +14,7 @@ import pickle
 import pickletools
 import socket
 import tempfile
+import warnings
 from typing import Any, Dict, Mapping
 
 import numpy as np
@@ -95,9 +96,11 @@ def _check_opcodes(data: bytes) -> None:
     """Walk the pickle's opcodes once before unpickling: a damaged length field then fails here,
     and a memo index far beyond the opcodes seen so far (which would make the unpickler allocate
     and zero a memo table of that size: gigabytes, tens of seconds) is refused."""
-    for count, (opcode, arg, _) in enumerate(pickletools.genops(io.BytesIO(data))):
-        if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT") and not 0 <= int(arg) <= count:
-            raise pickle.UnpicklingError(f"memo index {arg} at opcode {count}: the file is damaged")
+    with warnings.catch_warnings():  # a damaged text opcode can make codecs warn about escapes
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for count, (opcode, arg, _) in enumerate(pickletools.genops(io.BytesIO(data))):
+            if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT") and not 0 <= int(arg) <= count:
+                raise pickle.UnpicklingError(f"memo index {arg} at opcode {count}: the file is damaged")
 
 
 def _one_line(error: BaseException) -> str:
