@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import argparse
 import os
-from contextlib import nullcontext
 import sys
 import time
+from contextlib import nullcontext
 from typing import List, Optional
 
 from .config import ConfigError, RunConfig, load_config
