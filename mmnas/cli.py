@@ -210,6 +210,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     runtime.configure(processes=cpu_processes)
     try:
         cfg = config_from_args(args)
+        if args.RUN in ("train", "search") and not args.GPU and (args.NPROCS or 1) != cpu_processes:
+            runtime.configure(processes=args.NPROCS)  # --NPROCS restored from a checkpoint (--RESUME)
         if cfg.run in ("train", "search"):
             from .engine.distributed import owns_run_folder, run_parallel
             from .engine.runlock import RunOwnership

@@ -654,3 +654,26 @@ def test_ctrl_c_to_the_parent_of_data_parallel_processes(world, tmp_path):
     code, out, err = run_to_end([sys.executable] + shlex.split(match.group("cmd"))[1:], tmp_path)
     assert code == 0, err[-3000:]
     assert checkpoint_epochs(tmp_path, "dp") == [1, 2, 3]
+
+
+def test_resume_restores_the_process_count(world, tmp_path, capsys):
+    """A checkpoint written by 2 processes resumes with 2 when --NPROCS is not given, and with
+    a note when another count is."""
+    from mmnas import cli
+    cfg = _small_cfg(world, tmp_path, "np", max_epoch=1)
+    train(cfg, progress=False)
+    params, opt = ckpt_paths(cfg.ckpt_dir, "np", 1)
+    saved = safe_load(opt)
+    assert saved["processes"] == 1
+    atomic_save({**saved, "processes": 2}, opt)
+    argv = ["--RUN=train", f"--MODEL={world.yml}", "--RESUME=True", "--CKPT_V=np", "--CKPT_E=1", "--MAX_EPOCH=2",
+            f"--CKPT_DIR={cfg.ckpt_dir}", f"--RESULTS_DIR={cfg.results_dir}"]
+    args = cli.build_parser().parse_args(argv)
+    cli.config_from_args(args)
+    assert args.NPROCS == 2
+    assert "note: resuming with 2 processes (--NPROCS=2), as the checkpoint was trained" in capsys.readouterr().err
+    args = cli.build_parser().parse_args(argv + ["--NPROCS=1"])
+    cli.config_from_args(args)
+    assert args.NPROCS == 1
+    assert "was trained with 2 process(es), this run uses 1: the update is the same up to float rounding" \
+        in capsys.readouterr().err
