@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 import time
+from contextlib import nullcontext
 from typing import List, Optional
 
 from .config import BOOL_WORDS, TRAIN_SPLITS, ConfigError, RunConfig, checked_value, flag_error, load_config
@@ -108,6 +109,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     cfg.resume, cfg.ckpt_version, cfg.ckpt_path = args.RESUME, args.CKPT_V, args.CKPT_PATH
     cfg.ckpt_epoch = _from_flag("ckpt_epoch", args.CKPT_E)
     cfg.version = args.VERSION or (args.CKPT_V if args.RESUME else None) or time.strftime("%Y%m%d_%H%M%S")
+    if cfg.resume and cfg.run in ("train", "search") and cfg.ckpt_version is not None and cfg.ckpt_epoch is not None:
+        from .engine.resume import restore_settings  # the checkpoint's seed, batch setup, ... (or a refusal)
+        for note in restore_settings(cfg, args):
+            print(note, file=sys.stderr)
     validate_args(cfg, args)
     return cfg
 
@@ -217,10 +222,13 @@ def _search_entry(cfg, rank, world):
 def expected_errors():
     """Errors that mean "change the command or the files", reported as one sentence, exit 2."""
     from .data.features import DataError
-    from .engine.checkpoint import CheckpointError
+    from .engine.checkpoint import CheckpointError, WriteError
     from .engine.distributed import WorkerStopped
+    from .engine.resume import ResumeError
+    from .engine.runlock import RunBusyError
     from .engine.train import TrainingError
-    return (UsageError, ConfigError, DataError, CheckpointError, TrainingError, WorkerStopped)
+    return (UsageError, ConfigError, DataError, CheckpointError, TrainingError, WorkerStopped, WriteError,
+            ResumeError, RunBusyError)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -233,17 +241,30 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         cfg = config_from_args(args)
         check_paths(cfg, args)
+        if args.RUN in ("train", "search") and not args.GPU and (args.NPROCS or 1) != cpu_processes:
+            runtime.configure(processes=args.NPROCS)  # --NPROCS restored from a checkpoint (--RESUME)
         if cfg.run in ("train", "search"):
-            from .engine.distributed import run_parallel
+            from .engine.distributed import owns_run_folder, run_parallel
+            from .engine.runlock import RunOwnership
             nprocs = args.NPROCS or (len(cfg.gpu.split(",")) if cfg.gpu else 1)
-            run_parallel(_train_entry if cfg.run == "train" else _search_entry, cfg, nprocs, cfg.gpu,
-                         expected=expected_errors())
+            # the run folder and log belong to this run until it ends (taken here, never in the
+            # processes it spawns)
+            owner = RunOwnership(cfg.ckpt_dir, cfg.results_dir, cfg.version) if owns_run_folder() else nullcontext()
+            with owner:
+                run_parallel(_train_entry if cfg.run == "train" else _search_entry, cfg, nprocs, cfg.gpu,
+                             expected=expected_errors())
         else:
             run_eval(cfg)
     except expected_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        from .engine.interrupt import RunInterrupted
+        message = str(e) if isinstance(e, RunInterrupted) else (
+            "interrupted before the first epoch started; nothing was saved; run the same command again to start"
+            if args.RUN in ("train", "search") else f"--RUN={args.RUN} interrupted; no result file was written")
+        if message:
+            print(message, file=sys.stderr)
         return 130
     return 0
 

@@ -250,11 +250,11 @@ def test_resume_replays_the_uninterrupted_run(world, tmp_path, monkeypatch, caps
 
     monkeypatch.setattr(train_mod, "train_one_epoch", interrupted)
     cfg_b = make_cfg(world, tmp_path, "B", yml=world.yml_dropout, max_epoch=3)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as info:
         train(cfg_b, progress=False)
     monkeypatch.undo()
-    err = capsys.readouterr().err
-    assert "interrupted during epoch 2" in err and "--RESUME=True --CKPT_V=B --CKPT_E=1" in err
+    assert "interrupted at epoch 2 step 1" in str(info.value)
+    assert "--RESUME=True --CKPT_V=B --CKPT_E=1" in str(info.value)
     folder_b = os.path.dirname(ckpt_paths(cfg_b.ckpt_dir, "B", 1)[0])
     assert sorted(os.listdir(folder_b)) == ["epoch1.pdopt", "epoch1.pdparams"]
 
@@ -298,15 +298,15 @@ def test_resume_refuses_a_different_batch_setup(world, base_run, tmp_path):
 
 
 def test_error_inside_data_parallel_processes_is_one_sentence(world, base_run, tmp_path):
-    """The same refusal raised inside 2 spawned processes: each prints the one-sentence error,
-    run.py exits 2 naming it, with no Python traceback of ours."""
+    """A refusal raised inside 2 spawned processes (resuming epoch 1 with --MAX_EPOCH=1): each
+    prints the one-sentence error, run.py exits 2 naming it, with no Python traceback of ours."""
     proc = subprocess.run(
         [sys.executable, os.path.join(REPO, "run.py"), "--RUN=train", f"--MODEL={world.yml}", "--NPROCS=2",
-         f"--BS={BATCH // 2}", "--MAX_EPOCH=2", "--RESUME=True", "--CKPT_V=base", "--CKPT_E=1", "--VERSION=R3",
+         "--MAX_EPOCH=1", "--RESUME=True", "--CKPT_V=base", "--CKPT_E=1", "--VERSION=R3",
          f"--CKPT_DIR={base_run.ckpt_dir}", f"--RESULTS_DIR={tmp_path / 'results'}"],
         cwd=str(tmp_path), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert f"error: {base_run.opt} was trained with {STEPS} steps per epoch" in proc.stderr
+    assert "error: --CKPT_E=1 is already >= --MAX_EPOCH=1; nothing to train." in proc.stderr
     assert "error: a training process stopped with the error printed above" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not os.path.exists(ckpt_paths(base_run.ckpt_dir, "R3", 2)[0])

@@ -7,10 +7,13 @@ process then finds its rank in the environment and `run_parallel` does not spawn
 """
 import os
 import re
+import signal
 import sys
 
 import paddle
 import paddle.distributed as dist
+
+from .interrupt import RunInterrupted
 
 
 class WorkerStopped(RuntimeError):
@@ -22,7 +25,14 @@ def launched_externally() -> bool:
     return int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) > 1
 
 
+def owns_run_folder() -> bool:
+    """True in the process that holds the run folder's lock: the one run.py was started as,
+    or rank 0 of paddle.distributed.launch."""
+    return not launched_externally() or os.environ.get("PADDLE_TRAINER_ID", "0") == "0"
+
+
 _EXPECTED_EXIT = 2  # a spawned process that stopped on one of the `expected` errors
+_INTERRUPTED_EXIT = 130  # a spawned process stopped by Ctrl-C (rank 0 printed the message)
 
 
 def _worker(fn, cfg, use_gpu, expected=(), spawned=False):
@@ -41,6 +51,12 @@ def _worker(fn, cfg, use_gpu, expected=(), spawned=False):
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.stdout.flush()
         os._exit(_EXPECTED_EXIT)
+    except RunInterrupted as e:
+        if not spawned:
+            raise
+        if str(e):
+            print(str(e), file=sys.stderr, flush=True)
+        sys.exit(_INTERRUPTED_EXIT)
 
 
 def run_parallel(fn, cfg, nprocs: int, gpus: str = "", expected=()):
@@ -55,10 +71,39 @@ def run_parallel(fn, cfg, nprocs: int, gpus: str = "", expected=()):
             paddle.set_device(f"gpu:{gpus.split(',')[0]}")
         return fn(cfg, 0, 1)
     options = {"gpus": gpus} if use_gpu else {"backend": "gloo"}
+    context = dist.spawn(_worker, args=(fn, cfg, use_gpu, tuple(expected), True), nprocs=nprocs, join=False,
+                         **options)
     try:
-        dist.spawn(_worker, args=(fn, cfg, use_gpu, tuple(expected), True), nprocs=nprocs, **options)
+        while not context.join():
+            pass
+    except KeyboardInterrupt:
+        _wait_interrupted(context.processes)
     except Exception as e:
         if re.fullmatch(rf"Process \d+ terminated with exit code {_EXPECTED_EXIT}\.", str(e).strip()):
             raise WorkerStopped("a training process stopped with the error printed above") from None
+        if re.fullmatch(rf"Process \d+ terminated with exit code {_INTERRUPTED_EXIT}\.", str(e).strip()):
+            raise RunInterrupted("") from None  # rank 0 printed where it stopped
         raise
     return None
+
+
+def _wait_interrupted(processes) -> None:
+    """Ctrl-C in the parent: pass it on (a terminal sends it to every process already; a
+    `kill -INT` reaches the parent only), let every process stop on its own so rank 0 can
+    print where it stopped, then raise RunInterrupted."""
+    for process in processes:
+        if process.is_alive():
+            try:
+                os.kill(process.pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+    for process in processes:
+        while True:
+            try:
+                process.join()
+                break
+            except KeyboardInterrupt:  # a second Ctrl-C: keep waiting (the processes stop on the first)
+                pass
+    if processes[0].exitcode == _INTERRUPTED_EXIT:
+        raise RunInterrupted("")  # rank 0 printed where it stopped
+    raise RunInterrupted("interrupted before the first epoch started; nothing was saved; run the same command again to start")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
@@ -18,6 +19,7 @@ from tqdm import tqdm
 from ..data import DataError
 from ..data.dataset import FailureCheckedLoader, FailureReportingDataset, collate_or_failure, die_with_parent
 from ..metrics import evaluate as vqa_accuracy
+from .checkpoint import write_error
 
 
 class IndexBatches(paddle.io.BatchSampler):
@@ -33,12 +35,20 @@ class IndexBatches(paddle.io.BatchSampler):
         return len(self.batches)
 
 
+def init_loader_worker(worker_id: int) -> None:
+    """Loader workers leave Ctrl-C to the main process, which stops them (no traceback per
+    worker), and end when that process dies (dataset.die_with_parent)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(worker_id)
+
+
 def make_loader(dataset, batches: List[List[int]], num_workers: int):
     """Batches of `dataset` (collate_batch arrays) in the order of `batches`; an error while
     reading one stops the iteration with that error, with or without worker processes."""
     loader = paddle.io.DataLoader(FailureReportingDataset(dataset), batch_sampler=IndexBatches(batches),
                                   collate_fn=collate_or_failure, num_workers=num_workers,
-                                  use_shared_memory=num_workers > 0, worker_init_fn=die_with_parent)
+                                  use_shared_memory=num_workers > 0,
+                                  worker_init_fn=init_loader_worker if num_workers > 0 else None)
     return FailureCheckedLoader(loader)
 
 
@@ -74,11 +84,18 @@ class EvalResult:
 
 
 def write_json_atomic(obj, path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    """Write JSON through a temporary of this process; an OSError (disk full, read-only folder)
+    becomes a WriteError naming `path`, with the temporary removed."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f)
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise write_error(path, e, "--RESULTS_DIR") from None
 
 
 def evaluate(model, dataset, *, name: str, results_dir: str, batch_size: int, num_workers: int = 0,
@@ -98,8 +115,11 @@ def evaluate(model, dataset, *, name: str, results_dir: str, batch_size: int, nu
     pred_path = None
     if save_pred:
         pred_path = os.path.join(results_dir, "pred", f"result_run_{name}.npz")
-        os.makedirs(os.path.dirname(pred_path), exist_ok=True)
-        np.savez(pred_path, question_ids=np.asarray(dataset.question_ids, dtype=np.int64), logits=logits)
+        try:
+            os.makedirs(os.path.dirname(pred_path), exist_ok=True)
+            np.savez(pred_path, question_ids=np.asarray(dataset.question_ids, dtype=np.int64), logits=logits)
+        except OSError as e:
+            raise write_error(pred_path, e, "--RESULTS_DIR") from None
     scores = None
     if dataset.has_answers:
         try:

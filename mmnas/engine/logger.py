@@ -3,6 +3,8 @@ import json
 import os
 import time
 
+from .checkpoint import write_error
+
 
 class RunLogger:
     """Writes `results/log/log_run_<VERSION>.txt` and VisualDL scalars under
@@ -14,19 +16,29 @@ class RunLogger:
         self.log_path = os.path.join(results_dir, "log", f"log_run_{version}.txt")
         if not enabled:
             return
-        os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
+        try:
+            os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
+        except OSError as e:
+            raise write_error(self.log_path, e, "--RESULTS_DIR") from None
         if use_vdl:
             try:
                 from visualdl import LogWriter
             except ImportError:
                 print("VisualDL is not installed (pip install visualdl); logging to text only.")
             else:
-                self.writer = LogWriter(logdir=os.path.join(results_dir, "vdl", version))
+                logdir = os.path.join(results_dir, "vdl", version)
+                try:
+                    self.writer = LogWriter(logdir=logdir)
+                except OSError as e:
+                    raise write_error(logdir, e, "--RESULTS_DIR") from None
 
     def text(self, message: str) -> None:
         if self.enabled:
-            with open(self.log_path, "a", encoding="utf-8") as f:
-                f.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {message}\n")
+            try:
+                with open(self.log_path, "a", encoding="utf-8") as f:
+                    f.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {message}\n")
+            except OSError as e:
+                raise write_error(self.log_path, e, "--RESULTS_DIR") from None
 
     def config(self, cfg_dict) -> None:
         self.text("config:\n" + json.dumps(cfg_dict, indent=2, sort_keys=True, default=str))

@@ -40,12 +40,13 @@ from ..config import RunConfig
 from ..data import build_vocab
 from ..models.supernet import SuperNet
 from ..runtime import clip_grad_norm_
-from .checkpoint import atomic_save, load_weights, safe_load, to_numpy_state
+from .checkpoint import load_weights, safe_load, save_checkpoint, to_numpy_state, write_error
 from .evaluate import make_loader, write_json_atomic
+from .interrupt import RunPosition
 from .logger import RunLogger
 from .schedule import base_learning_rate, learning_rate
-from .train import (TrainingError, checkpoint_to_resume, ckpt_paths, epoch_seed, initial_word_vectors,
-                    open_dataset, optimizer_state_to_load, optimizer_state_to_save, report_interrupt,
+from .train import (TrainingError, check_resume, checkpoint_to_resume, ckpt_paths, epoch_seed,
+                    initial_word_vectors, open_dataset, optimizer_state_to_load, optimizer_state_to_save,
                     run_logged, _all_reduce_sum)
 
 
@@ -195,8 +196,10 @@ def epoch_batches(parts: Partition, cfg: RunConfig, epoch: int, steps: int, rank
 
 def search_one_epoch(net, model: SuperNet, weight_opt, arch_opt, dataset, parts: Partition, cfg: RunConfig,
                      epoch: int, steps: int, lr_base: float, rank: int, world: int, logger: RunLogger,
-                     progress: bool) -> EpochStats:
+                     progress: bool, position: Optional[RunPosition] = None) -> EpochStats:
     tcfg, scfg = cfg.train, cfg.search
+    position = position or RunPosition()
+    position.epoch, position.step, position.phase = epoch, 1, ""
     paddle.seed(epoch_seed(tcfg.seed, epoch))  # dropout masks of this epoch
     rng = np.random.default_rng([tcfg.seed, epoch, 1])  # the sampled paths of this epoch
     weight_batches, arch_batches = epoch_batches(parts, cfg, epoch, steps, rank, world)
@@ -206,28 +209,32 @@ def search_one_epoch(net, model: SuperNet, weight_opt, arch_opt, dataset, parts:
     net.train()
     w_loss, a_loss, n_arch, lr, start = 0.0, 0.0, 0, 0.0, time.time()
     phase = "search" if arch_batches else "warm-up"
-    bar = tqdm(make_loader(dataset, weight_batches, cfg.data.num_workers), total=steps,
-               desc=f"search epoch {epoch + 1}/{tcfg.max_epoch} ({phase})", disable=not progress,
-               dynamic_ncols=True, mininterval=1.0)
-    for step_in_epoch, batch in enumerate(bar):
-        step = epoch * steps + step_in_epoch + 1
-        lr = learning_rate(step, epoch, steps, lr_base, tcfg.warmup_epochs, tcfg.lr_decay_epochs,
-                           tcfg.lr_decay_rate)
-        loss, grad_norm = weight_step(net, model, weight_opt, batch, lr, cfg, rng, world)
-        _check_finite(loss, "weight-step", epoch, step_in_epoch)
-        w_loss += loss
-        scalars = {"search/weight_loss": loss / per_rank, "search/lr": lr, "search/grad_norm": grad_norm}
-        if arch_iter is not None and (step_in_epoch + 1) % scfg.arch_every == 0 and n_arch < len(arch_batches):
-            loss = arch_step(net, model, arch_opt, weight_opt, next(arch_iter), cfg, rng, world)
-            _check_finite(loss, "architecture-step", epoch, step_in_epoch)
-            a_loss += loss
-            n_arch += 1
-            scalars["search/arch_loss"] = loss / per_rank
-        if progress:
-            bar.set_postfix(loss=f"{scalars['search/weight_loss']:.4f}", lr=f"{lr:.2e}")
-        if rank == 0:
-            logger.scalars(scalars, step)
-    bar.close()
+    with tqdm(make_loader(dataset, weight_batches, cfg.data.num_workers), total=steps,
+              desc=f"search epoch {epoch + 1}/{tcfg.max_epoch} ({phase})", disable=not progress,
+              dynamic_ncols=True, mininterval=1.0) as bar:  # closed on any exit (Ctrl-C message on its own line)
+        for step_in_epoch, batch in enumerate(bar):
+            position.step = step_in_epoch + 1
+            position.guard.stop_together()  # data parallel: every process stops at the same step
+            step = epoch * steps + step_in_epoch + 1
+            lr = learning_rate(step, epoch, steps, lr_base, tcfg.warmup_epochs, tcfg.lr_decay_epochs,
+                               tcfg.lr_decay_rate)
+            with position.guard.deferred():  # Ctrl-C waits for the end of backward (see train.py)
+                loss, grad_norm = weight_step(net, model, weight_opt, batch, lr, cfg, rng, world)
+            _check_finite(loss, "weight-step", epoch, step_in_epoch)
+            w_loss += loss
+            scalars = {"search/weight_loss": loss / per_rank, "search/lr": lr, "search/grad_norm": grad_norm}
+            if arch_iter is not None and (step_in_epoch + 1) % scfg.arch_every == 0 and n_arch < len(arch_batches):
+                arch_batch = next(arch_iter)
+                with position.guard.deferred():
+                    loss = arch_step(net, model, arch_opt, weight_opt, arch_batch, cfg, rng, world)
+                _check_finite(loss, "architecture-step", epoch, step_in_epoch)
+                a_loss += loss
+                n_arch += 1
+                scalars["search/arch_loss"] = loss / per_rank
+            if progress:
+                bar.set_postfix(loss=f"{scalars['search/weight_loss']:.4f}", lr=f"{lr:.2e}")
+            if rank == 0:
+                logger.scalars(scalars, step)
     return EpochStats(w_loss, steps * per_rank, a_loss, n_arch * per_rank, n_arch, time.time() - start, lr)
 
 
@@ -334,8 +341,11 @@ def _save_png(image: np.ndarray, path: str) -> None:
     import matplotlib.pyplot as plt
     buf = io.BytesIO()
     plt.imsave(buf, image, format="png")
-    with open(path, "wb") as f:
-        f.write(buf.getvalue())
+    try:
+        with open(path, "wb") as f:
+            f.write(buf.getvalue())
+    except OSError as e:
+        raise write_error(path, e, "--RESULTS_DIR") from None
 
 
 # ---- the whole search --------------------------------------------------------------------------
@@ -343,10 +353,10 @@ def _save_png(image: np.ndarray, path: str) -> None:
 def search(cfg: RunConfig, rank: int = 0, world: int = 1, progress: Optional[bool] = None) -> dict:
     """Search per cfg; returns a summary (per-epoch reports, last checkpoint, last genotype file)."""
     cfg.search.validate()
-    return run_logged(_search, cfg, rank, world, progress)
+    return run_logged(_search, cfg, rank, world, progress, "search")
 
 
-def _search(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLogger) -> dict:
+def _search(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLogger, position: RunPosition) -> dict:
     tcfg, dcfg, scfg = cfg.train, cfg.data, cfg.search
     vocab = build_vocab(dcfg.data_root, dcfg.cache_dir, dcfg.answer_dict, progress=progress)
     dataset = open_dataset(cfg, dcfg.split, vocab, progress)
@@ -373,6 +383,7 @@ def _search(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLo
         if saved.get("split") != split_info:
             raise TrainingError(f"{opt_path} was searched on a different split partition ({saved.get('split')}); "
                                 f"this run has {split_info}. Resume with the same data and search config.")
+        check_resume(saved, opt_path, cfg, steps)
         weight_opt.set_state_dict(optimizer_state_to_load(saved["optimizer"], model))
         arch_opt.set_state_dict(optimizer_state_to_load(saved["arch_optimizer"], model))
         if rank == 0:
@@ -392,43 +403,43 @@ def _search(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLo
     history = []
     last_ckpt = ckpt_paths(cfg.ckpt_dir, cfg.ckpt_version, start_epoch)[0] if cfg.resume else None
     last_json = None
-    epoch = start_epoch
-    try:
-        for epoch in range(start_epoch, tcfg.max_epoch):
-            stats = search_one_epoch(net, model, weight_opt, arch_opt, dataset, parts, cfg, epoch, steps,
-                                     lr_base, rank, world, logger, progress)
-            weight_loss = _all_reduce_sum(stats.weight_loss, world) / (stats.weight_samples * world)
-            arch_loss = (_all_reduce_sum(stats.arch_loss, world) / (stats.arch_samples * world)
-                         if stats.arch_steps else None)
-            if rank == 0:
-                summary = {"weight_loss": weight_loss, "arch_loss": arch_loss, "arch_steps": stats.arch_steps,
-                           "lr": stats.lr, "seconds": round(stats.seconds, 2)}
-                if scfg.eval_top_path:
-                    summary["top_path_loss"], summary["top_path_score"] = score_top_path(
-                        model, dataset, parts.arch, tcfg.eval_batch_size, dcfg.num_workers)
-                params_path, opt_path = ckpt_paths(cfg.ckpt_dir, cfg.version, epoch + 1)
-                atomic_save(to_numpy_state(model.state_dict()), params_path)
-                atomic_save({"optimizer": optimizer_state_to_save(weight_opt, model),
-                             "arch_optimizer": optimizer_state_to_save(arch_opt, model),
-                             "epoch": epoch + 1, "seed": tcfg.seed, "split": split_info,
-                             "steps_per_epoch": steps, "lr_base": lr_base, "lr": stats.lr,
-                             "config": cfg.to_dict()}, opt_path)
-                last_ckpt = params_path
-                report = epoch_report(model, cfg, epoch + 1, {**summary, "checkpoint": params_path})
-                last_json = publish_report(report, cfg.results_dir, cfg.version, logger)
-                arch_text = f", arch loss {arch_loss:.5f} ({stats.arch_steps} steps)" if arch_loss is not None else ""
-                score_text = (f", top path score {summary['top_path_score']:.4f}" if scfg.eval_top_path else "")
-                line = (f"search epoch {epoch + 1}/{tcfg.max_epoch}: weight loss {weight_loss:.5f}{arch_text}"
-                        f"{score_text}, lr {stats.lr:.3e}, {stats.seconds:.1f}s, saved {params_path}, {last_json}")
-                print(line)
-                print(f"  enc: {' '.join(report['genotype']['enc'])}\n  dec: {' '.join(report['genotype']['dec'])}")
-                logger.text(line)
-                logger.scalars({k: v for k, v in summary.items() if isinstance(v, float)}, epoch + 1)
-                history.append(report)
-            if world > 1:
-                dist.barrier()
-    except KeyboardInterrupt:
+    for epoch in range(start_epoch, tcfg.max_epoch):
+        position.epoch, position.step, position.phase = epoch, 0, ""
+        stats = search_one_epoch(net, model, weight_opt, arch_opt, dataset, parts, cfg, epoch, steps,
+                                 lr_base, rank, world, logger, progress, position)
+        position.phase = "after its last step"
+        weight_loss = _all_reduce_sum(stats.weight_loss, world) / (stats.weight_samples * world)
+        arch_loss = (_all_reduce_sum(stats.arch_loss, world) / (stats.arch_samples * world)
+                     if stats.arch_steps else None)
         if rank == 0:
-            report_interrupt(cfg, "search", epoch, last_ckpt, logger)
-        raise
+            summary = {"weight_loss": weight_loss, "arch_loss": arch_loss, "arch_steps": stats.arch_steps,
+                       "lr": stats.lr, "seconds": round(stats.seconds, 2)}
+            if scfg.eval_top_path:
+                position.phase = "scoring the top path"
+                summary["top_path_loss"], summary["top_path_score"] = score_top_path(
+                    model, dataset, parts.arch, tcfg.eval_batch_size, dcfg.num_workers)
+            params_path, opt_path = ckpt_paths(cfg.ckpt_dir, cfg.version, epoch + 1)
+            position.phase = "saving its checkpoint"
+            with position.guard.deferred():  # Ctrl-C waits until both files are complete
+                save_checkpoint(to_numpy_state(model.state_dict()), params_path,
+                                {"optimizer": optimizer_state_to_save(weight_opt, model),
+                                 "arch_optimizer": optimizer_state_to_save(arch_opt, model),
+                                 "epoch": epoch + 1, "seed": tcfg.seed, "split": split_info,
+                                 "steps_per_epoch": steps, "lr_base": lr_base, "lr": stats.lr,
+                                 "processes": world, "config": cfg.to_dict()}, opt_path, "--CKPT_DIR")
+                last_ckpt = params_path
+                position.last_ckpt, position.phase = (cfg.version, epoch + 1), "after saving its checkpoint"
+            report = epoch_report(model, cfg, epoch + 1, {**summary, "checkpoint": params_path})
+            last_json = publish_report(report, cfg.results_dir, cfg.version, logger)
+            arch_text = f", arch loss {arch_loss:.5f} ({stats.arch_steps} steps)" if arch_loss is not None else ""
+            score_text = (f", top path score {summary['top_path_score']:.4f}" if scfg.eval_top_path else "")
+            line = (f"search epoch {epoch + 1}/{tcfg.max_epoch}: weight loss {weight_loss:.5f}{arch_text}"
+                    f"{score_text}, lr {stats.lr:.3e}, {stats.seconds:.1f}s, saved {params_path}, {last_json}")
+            print(line)
+            print(f"  enc: {' '.join(report['genotype']['enc'])}\n  dec: {' '.join(report['genotype']['dec'])}")
+            logger.text(line)
+            logger.scalars({k: v for k, v in summary.items() if isinstance(v, float)}, epoch + 1)
+            history.append(report)
+        if world > 1:
+            dist.barrier()
     return {"history": history, "last_checkpoint": last_ckpt, "genotype_path": last_json, "version": cfg.version}

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
@@ -27,10 +26,12 @@ from ..config import RunConfig
 from ..data import VQADataset, build_vocab, load_word_vectors
 from ..models import build_model
 from ..runtime import amp_context, clip_and_step, make_grad_scaler, maybe_to_static
-from .checkpoint import atomic_save, load_weights, safe_load, to_numpy_state, CheckpointError
+from .checkpoint import load_weights, safe_load, save_checkpoint, to_numpy_state, CheckpointError
 from .evaluate import evaluate, format_scores, make_loader
+from .interrupt import InterruptGuard, RunInterrupted, RunPosition
 from .logger import RunLogger
 from .loss import answer_loss
+from .resume import mismatched_setting, resume_command
 from .schedule import base_learning_rate, learning_rate
 
 
@@ -96,8 +97,9 @@ class EpochStats:
 
 def train_one_epoch(model, optimizer, dataset, cfg: RunConfig, epoch: int, steps_per_epoch: int,
                     lr_base: float, rank: int, world: int, logger: RunLogger, progress: bool,
-                    scaler=None) -> EpochStats:
-    """One epoch of steps; `scaler` is the fp16 loss scaler (runtime.make_grad_scaler) or None."""
+                    scaler=None, position: Optional[RunPosition] = None) -> EpochStats:
+    """One epoch of steps; `scaler` is the fp16 loss scaler (runtime.make_grad_scaler) or None;
+    `position` is kept at the step in progress (for the Ctrl-C message)."""
     tcfg = cfg.train
     paddle.seed(epoch_seed(tcfg.seed, epoch))  # dropout masks of this epoch
     order = np.random.RandomState(epoch_seed(tcfg.seed, epoch)).permutation(len(dataset))
@@ -112,38 +114,43 @@ def train_one_epoch(model, optimizer, dataset, cfg: RunConfig, epoch: int, steps
     params = [p for p in model.parameters() if not p.stop_gradient]
 
     model.train()
-    loss_sum, start, lr = 0.0, time.time(), 0.0
+    start = time.time()
+    position = position or RunPosition()
+    position.epoch, position.step, position.phase = epoch, 1, ""
     # per-step losses and gradient norms stay on the device and are read every log_every steps
     # (and at the end): one host synchronisation per read instead of one per step on a GPU
-    pending = []
-    bar = tqdm(make_loader(dataset, [ordered for ordered, _ in plans], cfg.data.num_workers), total=steps_per_epoch,
-               desc=f"epoch {epoch + 1}/{tcfg.max_epoch}", disable=not progress, dynamic_ncols=True,
-               mininterval=1.0)
-    for step_in_epoch, (region_feats, boxes, question_ids, answer_scores, _) in enumerate(bar):
-        step = epoch * steps_per_epoch + step_in_epoch + 1  # counted from 1 over the whole run
-        lr = learning_rate(step, epoch, steps_per_epoch, lr_base, tcfg.warmup_epochs,
-                           tcfg.lr_decay_epochs, tcfg.lr_decay_rate)
-        optimizer.set_lr(lr)
-        step_loss = 0.0
-        pieces = plans[step_in_epoch][1]
-        for i, (lo, hi, n) in enumerate(pieces):
-            # gradients are all-reduced only on the last piece's backward
-            sync = model.no_sync() if (world > 1 and i < len(pieces) - 1) else contextlib.nullcontext()
-            with sync:
-                with amp_context(cfg):
-                    logits = model(region_feats[lo:hi, :n], None, boxes[lo:hi, :n], question_ids[lo:hi])
-                loss = answer_loss(logits.astype("float32"), answer_scores[lo:hi], tcfg.loss)
-                scaled = loss * world
-                (scaler.scale(scaled) if scaler is not None else scaled).backward()
-            step_loss = step_loss + loss.detach()
-        grad_norm = clip_and_step(optimizer, scaler, params, tcfg.grad_clip)
-        pending.append(PendingStep(step_in_epoch, step, lr, step_loss, grad_norm))
-        if len(pending) >= tcfg.log_every or step_in_epoch == steps_per_epoch - 1:
-            loss_sum += _read_pending(pending, epoch, rank, per_rank, tcfg.batch_size, start, logger)
-            if progress:
-                bar.set_postfix(loss=f"{float(pending[-1].loss) / per_rank:.4f}", lr=f"{lr:.2e}", refresh=False)
-            pending = []
-    bar.close()
+    loss_sum, lr, pending = 0.0, 0.0, []
+    with tqdm(make_loader(dataset, [ordered for ordered, _ in plans], cfg.data.num_workers), total=steps_per_epoch,
+              desc=f"epoch {epoch + 1}/{tcfg.max_epoch}", disable=not progress, dynamic_ncols=True,
+              mininterval=1.0) as bar:  # closed on any exit, so a Ctrl-C message starts on its own line
+        for step_in_epoch, (region_feats, boxes, question_ids, answer_scores, _) in enumerate(bar):
+            position.step = step_in_epoch + 1
+            position.guard.stop_together()  # data parallel: every process stops at the same step
+            step = epoch * steps_per_epoch + step_in_epoch + 1  # counted from 1 over the whole run
+            lr = learning_rate(step, epoch, steps_per_epoch, lr_base, tcfg.warmup_epochs,
+                               tcfg.lr_decay_epochs, tcfg.lr_decay_rate)
+            optimizer.set_lr(lr)
+            step_loss = 0.0
+            pieces = plans[step_in_epoch][1]
+            for i, (lo, hi, n) in enumerate(pieces):
+                # gradients are all-reduced only on the last piece's backward
+                sync = model.no_sync() if (world > 1 and i < len(pieces) - 1) else contextlib.nullcontext()
+                # Ctrl-C waits for the end of backward: raised inside it, Paddle would report it at length
+                with position.guard.deferred(), sync:
+                    with amp_context(cfg):
+                        logits = model(region_feats[lo:hi, :n], None, boxes[lo:hi, :n], question_ids[lo:hi])
+                    loss = answer_loss(logits.astype("float32"), answer_scores[lo:hi], tcfg.loss)
+                    scaled = loss * world
+                    (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                step_loss = step_loss + loss.detach()
+            grad_norm = clip_and_step(optimizer, scaler, params, tcfg.grad_clip)
+            pending.append(PendingStep(step_in_epoch, step, lr, step_loss, grad_norm))
+            if len(pending) >= tcfg.log_every or step_in_epoch == steps_per_epoch - 1:
+                loss_sum += _read_pending(pending, epoch, rank, per_rank, tcfg.batch_size, start, logger)
+                if progress:
+                    bar.set_postfix(loss=f"{float(pending[-1].loss) / per_rank:.4f}", lr=f"{lr:.2e}", refresh=False)
+                pending = []
+            position.step = min(step_in_epoch + 2, steps_per_epoch)  # the next one (the loader may be reading it)
     return EpochStats(loss_sum, steps_per_epoch * per_rank, time.time() - start, lr)
 
 
@@ -240,24 +247,57 @@ def initial_word_vectors(cfg: RunConfig, vocab):
     return load_word_vectors(vocab.token_to_ix, dcfg.word_vectors, dcfg.spacy_model, dcfg.glove_path, dcfg.data_root)
 
 
-def run_logged(body, cfg: RunConfig, rank: int, world: int, progress: Optional[bool]):
-    """body(cfg, rank, world, progress, logger) after the checks --RUN=train and --RUN=search
-    share: the progress bar only on rank 0, the batch split, and a run logger closed at the end."""
+def run_logged(body, cfg: RunConfig, rank: int, world: int, progress: Optional[bool], run: str = "train"):
+    """body(cfg, rank, world, progress, logger, position) after the checks --RUN=train and
+    --RUN=search share: the progress bar only on rank 0, the batch split, a run logger closed at
+    the end, and Ctrl-C handling: any exception after a Ctrl-C becomes RunInterrupted, whose
+    message says where the run stopped and the command that resumes it."""
     progress = (rank == 0) if progress is None else (progress and rank == 0)
     check_batch_split(cfg, world)
     logger = RunLogger(cfg.results_dir, cfg.version, enabled=rank == 0)
+    position = RunPosition(guard=InterruptGuard(world),
+                           last_ckpt=(cfg.ckpt_version, cfg.ckpt_epoch) if cfg.resume else None)
     try:
-        return body(cfg, rank, world, progress, logger)
+        with position.guard:
+            try:
+                return body(cfg, rank, world, progress, logger, position)
+            except BaseException as e:
+                if not position.guard.caused(e):
+                    raise
+                message = interrupt_message(cfg, run, world, position) if rank == 0 else ""
+                if message:
+                    logger.text(message)
+                raise RunInterrupted(message) from None
     finally:
         logger.close()
 
 
+def interrupt_message(cfg: RunConfig, run: str, world: int, position: RunPosition) -> str:
+    """The one line printed after Ctrl-C."""
+    if position.last_ckpt is None:
+        return f"interrupted {position.where()}; nothing partial was saved; nothing to resume from"  # yet
+    return (f"interrupted {position.where()}; nothing partial was saved; resume with: "
+            f"{resume_command(cfg, run, world, *position.last_ckpt)}")
+
+
 def train(cfg: RunConfig, rank: int = 0, world: int = 1, progress: Optional[bool] = None) -> dict:
     """Train per cfg; returns a summary (last epoch, checkpoint path, val scores per epoch)."""
-    return run_logged(_train, cfg, rank, world, progress)
+    return run_logged(_train, cfg, rank, world, progress, "train")
 
 
-def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLogger) -> dict:
+def check_resume(saved, opt_path: str, cfg: RunConfig, steps_per_epoch: int) -> None:
+    """Refuse to resume a checkpoint whose run differs from this one in what decides the result."""
+    if saved.get("steps_per_epoch") != steps_per_epoch:
+        raise TrainingError(f"{opt_path} was trained with {saved.get('steps_per_epoch')} steps per epoch, this "
+                            f"run has {steps_per_epoch}: resume with the same --SPLIT and --BS, or the data "
+                            f"order and LR schedule would differ from the interrupted run.")
+    differs = mismatched_setting(saved, cfg)
+    if differs:
+        raise TrainingError(f"{opt_path} was trained with other settings ({differs}); resume through run.py "
+                            f"--RESUME=True, which takes them from the checkpoint.")
+
+
+def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLogger, position: RunPosition) -> dict:
     tcfg, dcfg = cfg.train, cfg.data
     vocab = build_vocab(dcfg.data_root, dcfg.cache_dir, dcfg.answer_dict, progress=progress)
     train_set = open_dataset(cfg, dcfg.split, vocab, progress)
@@ -281,10 +321,7 @@ def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLog
     if cfg.resume:
         load_weights(model, params_path)
         saved = safe_load(opt_path)
-        if saved.get("steps_per_epoch") != steps_per_epoch:
-            raise TrainingError(f"{opt_path} was trained with {saved.get('steps_per_epoch')} steps per epoch, this "
-                                f"run has {steps_per_epoch}: resume with the same --SPLIT and --BS, or the data "
-                                f"order and LR schedule would differ from the interrupted run.")
+        check_resume(saved, opt_path, cfg, steps_per_epoch)
         optimizer.set_state_dict(optimizer_state_to_load(saved["optimizer"], model))
         if rank == 0:
             print(f"resumed from {params_path} (epoch {start_epoch} done)")
@@ -300,65 +337,50 @@ def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLog
                     f"{world} process(es), vocab T={vocab.token_size} A={vocab.answer_size}")
     history = []
     last_ckpt = ckpt_paths(cfg.ckpt_dir, cfg.ckpt_version, start_epoch)[0] if cfg.resume else None
-    epoch = start_epoch
-    try:
-        for epoch in range(start_epoch, tcfg.max_epoch):
-            try:
-                stats = train_one_epoch(net, optimizer, train_set, cfg, epoch, steps_per_epoch, lr_base,
-                                        rank, world, logger, progress, scaler)
-            except TrainingError as e:
-                where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
-                raise TrainingError(f"{e}; {where}. Lower the learning rate or check the features with "
-                                    f"tools/check_feats.py.") from None
-            mean_loss = _all_reduce_sum(stats.loss_sum, world) / (stats.samples * world)
-            if rank == 0:
-                params_path, opt_path = ckpt_paths(cfg.ckpt_dir, cfg.version, epoch + 1)
-                atomic_save(to_numpy_state(model.state_dict()), params_path)
-                atomic_save({"optimizer": optimizer_state_to_save(optimizer, model), "epoch": epoch + 1,
-                             "seed": tcfg.seed, "data_order": "permutation(seed, epoch) per epoch",
-                             "steps_per_epoch": steps_per_epoch, "lr_base": lr_base, "lr": stats.lr,
-                             "config": cfg.to_dict()}, opt_path)
+    for epoch in range(start_epoch, tcfg.max_epoch):
+        position.epoch, position.step, position.phase = epoch, 0, ""
+        try:
+            stats = train_one_epoch(net, optimizer, train_set, cfg, epoch, steps_per_epoch, lr_base,
+                                    rank, world, logger, progress, scaler, position)
+        except TrainingError as e:
+            where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+            raise TrainingError(f"{e}; {where}. Lower the learning rate or check the features with "
+                                f"tools/check_feats.py.") from None
+        position.phase = "after its last step"
+        mean_loss = _all_reduce_sum(stats.loss_sum, world) / (stats.samples * world)
+        if rank == 0:
+            params_path, opt_path = ckpt_paths(cfg.ckpt_dir, cfg.version, epoch + 1)
+            position.phase = "saving its checkpoint"
+            with position.guard.deferred():  # Ctrl-C waits until both files are complete
+                save_checkpoint(to_numpy_state(model.state_dict()), params_path,
+                                {"optimizer": optimizer_state_to_save(optimizer, model), "epoch": epoch + 1,
+                                 "seed": tcfg.seed, "data_order": "permutation(seed, epoch) per epoch",
+                                 "steps_per_epoch": steps_per_epoch, "lr_base": lr_base, "lr": stats.lr,
+                                 "processes": world, "config": cfg.to_dict()}, opt_path, "--CKPT_DIR")
                 last_ckpt = params_path
-                line = (f"epoch {epoch + 1}/{tcfg.max_epoch}: loss {mean_loss:.5f}, lr {stats.lr:.3e}, "
-                        f"{stats.seconds:.1f}s, saved {params_path}")
+                position.last_ckpt, position.phase = (cfg.version, epoch + 1), "after saving its checkpoint"
+            line = (f"epoch {epoch + 1}/{tcfg.max_epoch}: loss {mean_loss:.5f}, lr {stats.lr:.3e}, "
+                    f"{stats.seconds:.1f}s, saved {params_path}")
+            print(line)
+            logger.text(line)
+            logger.scalars({"epoch/loss": mean_loss, "epoch/lr": stats.lr}, epoch + 1)
+            record = {"epoch": epoch + 1, "loss": mean_loss, "lr": stats.lr, "checkpoint": params_path}
+            if val_set is not None:
+                position.phase = "evaluating on val after its checkpoint"
+                result = evaluate(model, val_set, name=f"{cfg.version}_epoch{epoch + 1}",
+                                  results_dir=cfg.results_dir, batch_size=tcfg.eval_batch_size,
+                                  num_workers=dcfg.num_workers, save_pred=tcfg.save_pred, progress=progress)
+                line = f"epoch {epoch + 1} val: {format_scores(result.scores)}"
                 print(line)
                 logger.text(line)
-                logger.scalars({"epoch/loss": mean_loss, "epoch/lr": stats.lr}, epoch + 1)
-                record = {"epoch": epoch + 1, "loss": mean_loss, "lr": stats.lr, "checkpoint": params_path}
-                if val_set is not None:
-                    result = evaluate(model, val_set, name=f"{cfg.version}_epoch{epoch + 1}",
-                                      results_dir=cfg.results_dir, batch_size=tcfg.eval_batch_size,
-                                      num_workers=dcfg.num_workers, save_pred=tcfg.save_pred, progress=progress)
-                    line = f"epoch {epoch + 1} val: {format_scores(result.scores)}"
-                    print(line)
-                    logger.text(line)
-                    logger.scalars({"val/overall": result.scores["overall"],
-                                    **{f"val/{t}": v for t, v in result.scores["per_answer_type"].items()}},
-                                   epoch + 1)
-                    record["val"] = result.scores
-                history.append(record)
-            if world > 1:
-                dist.barrier()
-    except KeyboardInterrupt:
-        if rank == 0:
-            report_interrupt(cfg, "train", epoch, last_ckpt, logger)
-        raise
+                logger.scalars({"val/overall": result.scores["overall"],
+                                **{f"val/{t}": v for t, v in result.scores["per_answer_type"].items()}},
+                               epoch + 1)
+                record["val"] = result.scores
+            history.append(record)
+        if world > 1:
+            dist.barrier()
     return {"history": history, "last_checkpoint": last_ckpt, "version": cfg.version}
-
-
-def report_interrupt(cfg: RunConfig, run: str, epoch: int, last_ckpt: Optional[str], logger: RunLogger) -> None:
-    """After Ctrl-C: say that nothing partial was saved and print the command that resumes."""
-    if last_ckpt:
-        folder = os.path.basename(os.path.dirname(last_ckpt))[len("ckpt_"):]
-        done_epoch = os.path.basename(last_ckpt)[len("epoch"):-len(".pdparams")]
-        how = (f"the last complete checkpoint is {last_ckpt}. Resume with: python run.py --RUN={run} "
-               f"--MODEL={cfg.config_path} --SPLIT={cfg.data.split} --RESUME=True --CKPT_V={folder} "
-               f"--CKPT_E={done_epoch}")
-    else:
-        how = "no epoch had finished, so there is nothing to resume from"
-    msg = f"{run} interrupted during epoch {epoch + 1}; nothing partial was saved; {how}"
-    print("\n" + msg, file=sys.stderr)
-    logger.text(msg)
 
 
 def _all_reduce_sum(value: float, world: int) -> float:

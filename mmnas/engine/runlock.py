@@ -1,0 +1,122 @@
+"""One run at a time per run folder: `ckpt/ckpt_<VERSION>/` and its log belong to the run
+that holds their lock.
+
+The lock is `fcntl.flock` on a small file beside what it guards; the file holds the owner's
+pid, host, start time and command, so a refused run can say who is running. The kernel drops
+a flock when its process dies, so a killed run (even SIGKILL) leaves no stuck lock. Only the
+process that starts the run takes it (the parent of data-parallel processes, or rank 0 under
+paddle.distributed.launch); the processes it spawns never touch it.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shlex
+import socket
+import sys
+import time
+from typing import List, Optional
+
+from .checkpoint import write_error
+
+
+class RunBusyError(RuntimeError):
+    """Another live run owns the run folder; the message names it."""
+
+
+def current_command() -> str:
+    return shlex.join([os.path.basename(sys.executable)] + sys.argv)
+
+
+class RunFolderLock:
+    """An exclusive, non-blocking lock on `lock_path`, guarding `what` (for messages)."""
+
+    def __init__(self, lock_path: str, what: str, flag: str):
+        self.lock_path, self.what, self.flag = lock_path, what, flag
+        self.fd: Optional[int] = None
+
+    def acquire(self) -> "RunFolderLock":
+        folder = os.path.dirname(os.path.abspath(self.lock_path))
+        while True:
+            try:
+                os.makedirs(folder, exist_ok=True)
+                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise write_error(self.lock_path, e, self.flag) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = _read_owner(fd)
+                os.close(fd)
+                raise RunBusyError(f"{self.what} is in use by another run ({owner}); wait for it to "
+                                   f"finish or stop it, or choose another --VERSION") from None
+            # the holder before us may have removed the file on release: lock the file at the path
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.lock_path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        self.fd = fd
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": current_command()}
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode("utf-8"), 0)
+        except OSError as e:
+            self.release()
+            raise write_error(self.lock_path, e, self.flag) from None
+        return self
+
+    def release(self) -> None:
+        """Remove the file while still holding the lock, then drop it (acquire re-checks the path)."""
+        if self.fd is None:
+            return
+        try:
+            os.remove(self.lock_path)
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+
+def _read_owner(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 65536, 0).decode("utf-8"))
+        return f"pid {info['pid']} on {info['host']}, started {info['started']}, command: {info['command']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "owner unknown"
+
+
+def run_folder_locks(ckpt_dir: str, results_dir: str, version: str) -> List[RunFolderLock]:
+    """The locks of one run: its checkpoint folder and its log (both named by VERSION)."""
+    return [RunFolderLock(os.path.join(ckpt_dir, f"ckpt_{version}", ".run.lock"),
+                          f"the run folder {os.path.join(ckpt_dir, f'ckpt_{version}')}", "--CKPT_DIR"),
+            RunFolderLock(os.path.join(results_dir, "log", f".log_run_{version}.lock"),
+                          f"the log {os.path.join(results_dir, 'log', f'log_run_{version}.txt')}",
+                          "--RESULTS_DIR")]
+
+
+class RunOwnership:
+    """Context manager holding every lock of a run (all or none)."""
+
+    def __init__(self, ckpt_dir: str, results_dir: str, version: str):
+        self.locks = run_folder_locks(ckpt_dir, results_dir, version)
+
+    def __enter__(self):
+        taken = []
+        try:
+            for lock in self.locks:
+                taken.append(lock.acquire())
+        except BaseException:
+            for lock in reversed(taken):
+                lock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        for lock in reversed(self.locks):
+            lock.release()
+        return False

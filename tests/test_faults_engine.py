@@ -1,0 +1,679 @@
+"""Faults injected for real into the engine: Ctrl-C (SIGINT to a real run.py, at random points),
+SIGKILL, two runs of one VERSION at once, a full or read-only filesystem, and damaged checkpoint
+files. Each subprocess run trains a very small model on a few dozen synthetic questions, and
+every wait has a timeout, so a hang fails the test instead of stalling it.
+"""
+import errno
+import os
+import pickle
+import random
+import re
+import shlex
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections import OrderedDict
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from mmnas.config import load_config
+from mmnas.data.synthetic import make_synthetic_vqa
+from mmnas.engine import train as train_mod
+from mmnas.engine.checkpoint import (CheckpointError, WriteError, atomic_save, extract_state_dict,
+                                     match_state_dict, safe_load)
+from mmnas.engine.evaluate import write_json_atomic
+from mmnas.engine.interrupt import InterruptGuard
+from mmnas.engine.logger import RunLogger
+from mmnas.engine.train import ckpt_paths, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN_PY = os.path.join(REPO, "run.py")
+TINY_YML = os.path.join(REPO, "configs", "vqa", "mmnasnet_tiny.yml")
+BATCH = 8
+EPOCHS = 3
+SEED = 7  # not the config's default: a resume that forgot it would diverge
+TIMEOUT = 300  # seconds any single run may take before the test fails
+
+INTERRUPT_LINE = re.compile(r"interrupted (at epoch \d+ (step \d+|\([a-z ]+\))|before the first epoch started); "
+                            r"nothing (partial )?was saved; (resume with: (?P<cmd>.+)|nothing to resume from|"
+                            r"run the same command again to start)")
+
+
+# ----------------------------------------------------------------------------- fixtures, helpers
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Synthetic data (60 train questions: 7 steps of 8 per epoch) and a very small model with dropout."""
+    root = tmp_path_factory.mktemp("faults")
+    data_root = root / "data"
+    make_synthetic_vqa(str(data_root), n_train_images=20, n_val_images=6, n_test_images=4, n_vg_images=4,
+                       questions_per_image=3, seed=1, min_boxes=10, max_boxes=20)
+    yml = root / "tiny_faults.yml"
+    yml.write_text(
+        f"base: {TINY_YML}\n"
+        "model:\n"
+        "  hidden_size: 32\n  heads: 4\n  rel_head_width: 16\n  rel_size: 16\n"
+        "  flat_mlp: 32\n  flat_out: 64\n  dropout: 0.1\n"
+        "  genotype: {enc: [SA, FFN], dec: [GA, RSA, FFN]}\n"
+        "data:\n  split: train\n  num_workers: 0\n"
+        "train:\n  max_epoch: 1\n  eval_every_epoch: false\n  eval_batch_size: 16\n")
+    return SimpleNamespace(root=root, data_root=str(data_root), yml=str(yml))
+
+
+def run_args(world, folder, version, *extra):
+    """A complete run.py command line; the flags that used to be missing from the printed resume
+    command (--SEED, --BS, --DATA_ROOT, --CKPT_DIR, --RESULTS_DIR) all differ from the defaults."""
+    return [sys.executable, RUN_PY, "--RUN=train", f"--MODEL={world.yml}", f"--VERSION={version}",
+            f"--DATA_ROOT={world.data_root}", f"--CKPT_DIR={folder / 'ckpt'}", f"--RESULTS_DIR={folder / 'results'}",
+            f"--SEED={SEED}", f"--BS={BATCH}", f"--MAX_EPOCH={EPOCHS}", *extra]
+
+
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # as in a terminal, even if pytest runs in the background
+
+
+class Run:
+    """A run.py subprocess in its own process group (so a signal can go to it and its loader
+    workers, as Ctrl-C in a terminal does), with its output collected as it comes."""
+
+    def __init__(self, argv, cwd):
+        env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.proc = subprocess.Popen(argv, cwd=str(cwd), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, start_new_session=True, preexec_fn=_default_sigint)
+        self.out, self.err = [], []
+        self.readers = [threading.Thread(target=self._read, args=(s, b), daemon=True)
+                        for s, b in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))]
+        for r in self.readers:
+            r.start()
+
+    @staticmethod
+    def _read(stream, buf):
+        for chunk in iter(lambda: stream.read(1), ""):
+            buf.append(chunk)
+
+    @property
+    def stdout(self):
+        return "".join(self.out)
+
+    @property
+    def stderr(self):
+        return "".join(self.err)
+
+    def wait_for(self, pattern, timeout=TIMEOUT):
+        deadline = time.time() + timeout
+        while not re.search(pattern, self.stderr + self.stdout):
+            if self.proc.poll() is not None:
+                time.sleep(0.2)
+                if re.search(pattern, self.stderr + self.stdout):
+                    return
+                pytest.fail(f"run ended ({self.proc.returncode}) before {pattern!r}:\n{self.stderr[-3000:]}")
+            if time.time() > deadline:
+                self.kill()
+                pytest.fail(f"no {pattern!r} within {timeout}s:\n{self.stderr[-3000:]}")
+            time.sleep(0.02)
+
+    def interrupt(self):
+        os.killpg(self.proc.pid, signal.SIGINT)  # the main process and its loader workers
+
+    def finish(self, timeout=TIMEOUT):
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"run did not end within {timeout}s:\n{self.stderr[-3000:]}")
+        for r in self.readers:
+            r.join(timeout=10)
+        return self.proc.returncode
+
+    def kill(self):
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=30)
+
+
+def run_to_end(argv, cwd):
+    run = Run(argv, cwd)
+    code = run.finish()
+    return code, run.stdout, run.stderr
+
+
+def checkpoint_epochs(folder, version):
+    """Epochs with a complete pair of files; fails on a half pair or a left-over temporary."""
+    ckpt = os.path.join(folder, "ckpt", f"ckpt_{version}")
+    names = [n for n in os.listdir(ckpt) if n != ".run.lock"] if os.path.isdir(ckpt) else []
+    assert not [n for n in names if n.startswith(".tmp")], names
+    params = {int(n[5:-9]) for n in names if n.endswith(".pdparams")}
+    opts = {int(n[5:-6]) for n in names if n.endswith(".pdopt")}
+    assert params == opts, f"half a checkpoint in {ckpt}: {sorted(names)}"
+    return sorted(params)
+
+
+def assert_same_state(a, b, what):
+    assert sorted(a) == sorted(b), what
+    for key in a:
+        np.testing.assert_allclose(np.asarray(b[key]), np.asarray(a[key]), rtol=0, atol=1e-6,
+                                   err_msg=f"{what}: {key}")
+
+
+@pytest.fixture(scope="module")
+def reference(world, tmp_path_factory):
+    """The uninterrupted run every interrupted-and-resumed run must end equal to."""
+    folder = tmp_path_factory.mktemp("reference")
+    code, out, err = run_to_end(run_args(world, folder, "ref"), folder)
+    assert code == 0, err[-3000:]
+    params, opt = ckpt_paths(str(folder / "ckpt"), "ref", EPOCHS)
+    return SimpleNamespace(params=safe_load(params), opt=safe_load(opt)["optimizer"])
+
+
+# ----------------------------------------------------------------------------- Ctrl-C
+
+def the_interrupt_line(stderr):
+    lines = [line for line in stderr.splitlines() if "interrupted" in line]
+    assert len(lines) == 1, stderr[-3000:]
+    match = INTERRUPT_LINE.fullmatch(lines[0].strip())
+    assert match, lines[0]
+    assert "Traceback" not in stderr and "EnforceNotMet" not in stderr and "Error" not in stderr, stderr[-3000:]
+    return match
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_ctrl_c_at_a_random_moment_then_the_printed_command_resumes_exactly(world, reference, tmp_path, case):
+    """SIGINT to the whole process group at a random moment after a random step's progress
+    output (most of a step is backward; case 3 reads batches with 2 loader workers): exit 130,
+    one line, no traceback, only complete checkpoints. Pasting the printed command (parsed with
+    shlex, run from another folder) ends with the uninterrupted run's weights and Adam moments."""
+    rng = random.Random(1000 + case)
+    extra = ["--NW=2"] if case == 3 else []
+    run = Run(run_args(world, tmp_path, "cc", *extra), tmp_path)
+    # the start of epoch 1 or 2, then up to about one epoch of this machine: a step, the loader,
+    # a checkpoint write or the next epoch's start (the run has 3 epochs, so it is still going)
+    run.wait_for(rf"epoch {rng.choice([1, 2, 2])}/{EPOCHS}:\s+0%")
+    time.sleep(rng.uniform(0.0, 1.5))
+    run.interrupt()
+    code = run.finish()
+    assert code == 130, run.stderr[-3000:]
+    match = the_interrupt_line(run.stderr)
+    done = checkpoint_epochs(tmp_path, "cc")
+    for e in done:
+        params, opt = ckpt_paths(str(tmp_path / "ckpt"), "cc", e)
+        assert safe_load(opt)["epoch"] == e and safe_load(params)
+    if match.group("cmd") is None:
+        assert done == [], match.group(0)
+        return
+    argv = shlex.split(match.group("cmd"))
+    assert argv[0] == "python" and f"--CKPT_E={max(done)}" in argv and f"--SEED={SEED}" in argv
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    code, out, err = run_to_end([sys.executable] + argv[1:], elsewhere)
+    assert code == 0, err[-3000:]
+    assert "resumed from" in out
+    params, opt = ckpt_paths(str(tmp_path / "ckpt"), "cc", EPOCHS)
+    assert_same_state(reference.params, safe_load(params), "weights")
+    assert_same_state(reference.opt, safe_load(opt)["optimizer"], "optimizer state")
+
+
+def test_ctrl_c_before_the_first_checkpoint_has_nothing_to_resume(world, tmp_path):
+    run = Run(run_args(world, tmp_path, "early"), tmp_path)
+    run.wait_for(rf"epoch 1/{EPOCHS}:\s+\d+%\|[^|]*\| [1-5]/7")
+    run.interrupt()
+    assert run.finish() == 130, run.stderr[-3000:]
+    match = the_interrupt_line(run.stderr)
+    assert match.group(0).startswith("interrupted at epoch 1 step ") and match.group("cmd") is None
+    assert checkpoint_epochs(tmp_path, "early") == []
+
+
+def _small_cfg(world, folder, version, **train_overrides):
+    cfg = load_config(world.yml)
+    cfg.data.data_root = world.data_root
+    cfg.data.cache_dir = str(folder / "results" / "cache")
+    cfg.results_dir, cfg.ckpt_dir, cfg.version = str(folder / "results"), str(folder / "ckpt"), version
+    cfg.train.batch_size, cfg.train.seed = BATCH, SEED
+    for key, value in train_overrides.items():
+        setattr(cfg.train, key, value)
+    return cfg
+
+
+def test_ctrl_c_during_checkpoint_save_completes_the_pair(world, tmp_path, monkeypatch):
+    """A real SIGINT arrives between the weights file and the optimizer file of epoch 2: it waits
+    until both are written, then the run stops and offers to resume from epoch 2."""
+    real = train_mod.save_checkpoint
+    calls = []
+
+    def save_with_sigint_between(params, params_path, extra, extra_path, flag=""):
+        calls.append(params_path)
+        if len(calls) == 2:
+            from mmnas.engine import checkpoint
+            checkpoint.atomic_save(params, params_path, flag)
+            os.kill(os.getpid(), signal.SIGINT)  # handled at the next bytecode: inside the save
+            checkpoint.atomic_save(extra, extra_path, flag)
+            return
+        real(params, params_path, extra, extra_path, flag)
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_with_sigint_between)
+    cfg = _small_cfg(world, tmp_path, "save", max_epoch=3)
+    with pytest.raises(KeyboardInterrupt) as info:
+        train(cfg, progress=False)
+    message = str(info.value)
+    assert message.startswith("interrupted at epoch 2 (after saving its checkpoint); nothing partial was saved; "
+                              "resume with: "), message
+    assert "--CKPT_E=2" in message
+    assert checkpoint_epochs(tmp_path, "save") == [1, 2]
+    assert safe_load(ckpt_paths(cfg.ckpt_dir, "save", 2)[1])["epoch"] == 2
+
+
+def test_ctrl_c_during_validation_keeps_the_new_checkpoint(world, tmp_path, monkeypatch):
+    real = train_mod.evaluate
+
+    def evaluate_interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "evaluate", evaluate_interrupted)
+    cfg = _small_cfg(world, tmp_path, "val", max_epoch=2, eval_every_epoch=True)
+    with pytest.raises(KeyboardInterrupt) as info:
+        train(cfg, progress=False)
+    message = str(info.value)
+    assert message.startswith("interrupted at epoch 1 (evaluating on val after its checkpoint); "), message
+    assert "--CKPT_E=1" in message
+    assert checkpoint_epochs(tmp_path, "val") == [1]
+
+
+def test_interrupt_guard_defers_and_keeps_an_ignored_sigint_ignored():
+    guard = InterruptGuard()
+    with guard:
+        with pytest.raises(KeyboardInterrupt):
+            with guard.deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+                finished = True  # reached: the signal waited for the end of the block
+        assert finished and guard.requested
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with InterruptGuard() as ignored:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+        assert not ignored.requested and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+# ----------------------------------------------------------------------------- resume settings
+
+def test_resume_without_seed_takes_it_from_the_checkpoint_and_refuses_a_conflicting_flag(world, tmp_path):
+    first = run_args(world, tmp_path, "rs")
+    first[first.index(f"--MAX_EPOCH={EPOCHS}")] = "--MAX_EPOCH=1"
+    code, _, err = run_to_end(first, tmp_path)
+    assert code == 0, err[-3000:]
+    base = [sys.executable, RUN_PY, "--RUN=train", f"--MODEL={world.yml}", "--RESUME=True", "--CKPT_V=rs",
+            "--CKPT_E=1", f"--MAX_EPOCH={EPOCHS}", f"--CKPT_DIR={tmp_path / 'ckpt'}",
+            f"--RESULTS_DIR={tmp_path / 'results'}"]
+    for flag, saved in (("--SEED=8", f"train.seed={SEED}"), ("--BS=16", f"train.batch_size={BATCH}"),
+                        ("--ACCU=2", "train.accu=1")):
+        code, _, err = run_to_end(base + [flag], tmp_path)
+        assert code == 2, err[-3000:]
+        assert f"error: {flag} conflicts with {tmp_path / 'ckpt' / 'ckpt_rs' / 'epoch1.pdopt'}, which was " \
+               f"trained with {saved}; drop {flag.split('=')[0]}" in err, err[-3000:]
+        assert "Traceback" not in err
+    # no --SEED, --BS, --DATA_ROOT: all come back from the checkpoint
+    code, out, err = run_to_end(base, tmp_path)
+    assert code == 0, err[-3000:]
+    assert f"train.seed={SEED} (was 888)" in err and f"train.batch_size={BATCH}" in err and "data.data_root=" in err
+    assert f"epoch {EPOCHS}/{EPOCHS}" in out
+    opt = safe_load(ckpt_paths(str(tmp_path / "ckpt"), "rs", EPOCHS)[1])
+    assert opt["seed"] == SEED and opt["config"]["train"]["batch_size"] == BATCH
+
+
+def test_engine_refuses_a_resume_whose_seed_differs(world, tmp_path):
+    """train() called directly (no command line to restore settings) refuses rather than diverges."""
+    cfg = _small_cfg(world, tmp_path, "seed", max_epoch=1)
+    train(cfg, progress=False)
+    again = _small_cfg(world, tmp_path, "seed", max_epoch=2)
+    again.train.seed = SEED + 1
+    again.resume, again.ckpt_version, again.ckpt_epoch = True, "seed", 1
+    with pytest.raises(train_mod.TrainingError, match=r"train\.seed: the checkpoint has 7, this run 8"):
+        train(again, progress=False)
+
+
+# ----------------------------------------------------------------------------- run folder ownership
+
+def test_a_second_run_of_the_same_version_is_refused_and_a_killed_run_leaves_no_stuck_lock(world, tmp_path):
+    long_run = run_args(world, tmp_path, "own")
+    long_run[long_run.index(f"--MAX_EPOCH={EPOCHS}")] = "--MAX_EPOCH=200"
+    owner = Run(long_run, tmp_path)
+    try:
+        owner.wait_for(r"epoch 1/200:\s+\d+%\|[^|]*\| [1-7]/7")
+        # the same VERSION, train or search, same folders or only the same log: refused at once
+        for run, folders in (("train", []), ("search", []),
+                             ("train", [f"--CKPT_DIR={tmp_path / 'other_ckpt'}"])):
+            argv = run_args(world, tmp_path, "own", f"--RUN={run}", *folders)
+            argv.remove("--RUN=train")
+            code, out, err = run_to_end(argv, tmp_path)
+            assert code == 2, err[-3000:]
+            lines = [line for line in err.splitlines() if line.startswith("error:")]
+            assert len(lines) == 1, err[-3000:]
+            what = "the log " if folders else "the run folder "
+            assert lines[0].startswith(f"error: {what}"), lines[0]
+            assert (f"is in use by another run (pid {owner.proc.pid} on {socket.gethostname()}, started "
+                    in lines[0]), lines[0]
+            assert "--VERSION=own" in lines[0] and "--MAX_EPOCH=200" in lines[0]
+            assert "Traceback" not in err and "saved" not in out
+        assert not (tmp_path / "other_ckpt" / "ckpt_own" / "epoch1.pdparams").exists()
+    finally:
+        owner.proc.send_signal(signal.SIGKILL)
+        owner.finish()
+    assert owner.proc.returncode == -signal.SIGKILL
+    # the kernel dropped the lock with its process: the next run of that VERSION starts, and
+    # its data-parallel processes do not wait on the lock their parent holds
+    argv = run_args(world, tmp_path, "own", "--NPROCS=2")
+    argv[argv.index(f"--MAX_EPOCH={EPOCHS}")] = "--MAX_EPOCH=1"
+    code, out, err = run_to_end(argv, tmp_path)
+    assert code == 0, err[-3000:]
+    assert "epoch 1/1: loss" in out and "saved" in out
+
+
+CONCURRENT_WRITER = r"""
+import sys
+import numpy as np
+from mmnas.engine.checkpoint import atomic_save
+value = float(sys.argv[2])
+for _ in range(40):
+    atomic_save({"w": np.full(1 << 19, value, dtype=np.float32)}, sys.argv[1])
+"""
+
+
+def test_concurrent_writers_of_one_file_never_remove_each_others_temporaries(tmp_path):
+    """Two processes save the same path 40 times each: before, one's cleanup deleted the
+    other's temporary mid-write and the other crashed."""
+    path = str(tmp_path / "epoch1.pdparams")
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    procs = [subprocess.Popen([sys.executable, "-c", CONCURRENT_WRITER, path, str(v)], env=env,
+                              stderr=subprocess.PIPE, text=True) for v in (1, 2)]
+    for p in procs:
+        _, err = p.communicate(timeout=TIMEOUT)
+        assert p.returncode == 0, err[-3000:]
+    assert float(safe_load(path)["w"][0]) in (1.0, 2.0)
+    assert [n for n in os.listdir(tmp_path) if n.startswith(".tmp")] == []
+
+
+def test_atomic_save_removes_only_dead_processes_temporaries(tmp_path):
+    from mmnas.engine.checkpoint import _host_tag
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        host = _host_tag()
+        names = {"dead": f".tmp-{host}-{dead.pid}-abcd1234epoch1.pdparams",
+                 "live": f".tmp-{host}-{live.pid}-abcd1234epoch1.pdparams",
+                 "other_host": f".tmp-{host}x-{dead.pid}-abcd1234epoch1.pdparams",
+                 "other_file": f".tmp-{host}-{dead.pid}-abcd1234epoch2.pdparams"}
+        for name in names.values():
+            (tmp_path / name).write_bytes(b"partial")
+        atomic_save({"w": np.ones(3, np.float32)}, str(tmp_path / "epoch1.pdparams"))
+        left = set(os.listdir(tmp_path))
+        assert names["dead"] not in left
+        assert {names["live"], names["other_host"], names["other_file"]} <= left
+    finally:
+        live.kill()
+        live.wait()
+
+
+# ----------------------------------------------------------------------------- full / read-only disk
+
+@pytest.fixture
+def mount_tmpfs():
+    """mount(size, read_only) -> a fresh tmpfs folder; skipped where mounting is not allowed."""
+    mounted = []
+
+    def mount(folder, size, read_only=False):
+        os.makedirs(folder, exist_ok=True)
+        options = f"size={size}" + (",ro" if read_only else "")
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root in a mount namespace): {proc.stderr.strip()}")
+        mounted.append(str(folder))
+        return folder
+
+    yield mount
+    for folder in reversed(mounted):
+        subprocess.run(["umount", "-l", folder], capture_output=True)
+
+
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(world, tmp_path, mount_tmpfs):
+    first = run_args(world, tmp_path, "full")
+    first[first.index(f"--MAX_EPOCH={EPOCHS}")] = "--MAX_EPOCH=1"
+    code, _, err = run_to_end(first, tmp_path)
+    assert code == 0, err[-3000:]
+    src = tmp_path / "ckpt" / "ckpt_full"
+    files = {n: (src / n).read_bytes() for n in ("epoch1.pdparams", "epoch1.pdopt")}
+    # a filesystem with room for epoch 1 and a little more, not for epoch 2's weights
+    full = mount_tmpfs(tmp_path / "full", sum(len(b) for b in files.values()) + 256 * 1024)
+    (full / "ckpt_full").mkdir()
+    for name, data in files.items():
+        (full / "ckpt_full" / name).write_bytes(data)
+    argv = [sys.executable, RUN_PY, "--RUN=train", f"--MODEL={world.yml}", "--RESUME=True", "--CKPT_V=full",
+            "--CKPT_E=1", "--MAX_EPOCH=2", f"--CKPT_DIR={full}", f"--RESULTS_DIR={tmp_path / 'results'}"]
+    code, out, err = run_to_end(argv, tmp_path)
+    assert code == 2, err[-3000:]
+    target = full / "ckpt_full" / "epoch2.pdparams"
+    assert (f"error: cannot write {target}: No space left on device; free some space or choose another "
+            f"--CKPT_DIR") in err, err[-3000:]
+    assert "Traceback" not in err
+    assert sorted(n for n in os.listdir(full / "ckpt_full") if not n.startswith(".run")) == sorted(files)
+    for name, data in files.items():
+        assert (full / "ckpt_full" / name).read_bytes() == data
+
+
+def test_read_only_results_or_checkpoint_folder_is_one_sentence(world, tmp_path, mount_tmpfs):
+    read_only = mount_tmpfs(tmp_path / "ro", "1m", read_only=True)
+    for flag, path in (("--RESULTS_DIR", read_only / "log" / ".log_run_ro.lock"),
+                       ("--CKPT_DIR", read_only / "ckpt_ro" / ".run.lock")):
+        argv = run_args(world, tmp_path, "ro", f"{flag}={read_only}")
+        code, out, err = run_to_end(argv, tmp_path)
+        assert code == 2, err[-3000:]
+        assert f"error: cannot write {path}: Read-only file system; make the folder writable or choose " \
+               f"another {flag}" in err, err[-3000:]
+        assert "Traceback" not in err
+
+
+def _fill(folder):
+    fd = os.open(os.path.join(folder, "filler"), os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError as e:
+        assert e.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+
+
+def test_results_and_log_writers_on_a_full_disk(tmp_path, mount_tmpfs):
+    full = mount_tmpfs(tmp_path / "full", "64k")
+    (full / "cache").mkdir()
+    (full / "log").mkdir()
+    _fill(full)
+    path = full / "cache" / "result_run_x.json"
+    with pytest.raises(WriteError, match=f"cannot write {re.escape(str(path))}: No space left on device; "
+                                         f"free some space or choose another --RESULTS_DIR"):
+        write_json_atomic([{"question_id": i, "answer": "yes" * 50} for i in range(2000)], str(path))
+    assert [n for n in os.listdir(full / "cache")] == []
+    logger = RunLogger(str(full), "x", use_vdl=False)
+    with pytest.raises(WriteError, match="log_run_x.txt: No space left on device"):
+        logger.text("x" * (256 * 1024))
+
+
+# ----------------------------------------------------------------------------- damaged weights files
+
+def _sample_pickles():
+    rng = np.random.RandomState(0)
+    state = OrderedDict([("embedding.weight", rng.randn(20, 8).astype(np.float32)),
+                         ("proj.weight", rng.randn(8, 5).astype(np.float32)),
+                         ("proj.bias", np.zeros(5, np.float32)), ("steps", np.int64(7))])
+    opt = {"optimizer": {"param:proj.weight_moment1_0": rng.randn(8, 5), "LR_Scheduler": {"last_lr": 1e-4}},
+           "epoch": 3, "seed": 7, "config": {"train": {"batch_size": 64, "betas": [0.9, 0.98]}}}
+    return [pickle.dumps(obj, protocol=p) for obj in (state, {"state_dict": state}, opt) for p in (2, 4)]
+
+
+def _mutate(data: bytes, rng: random.Random) -> bytes:
+    kind = rng.randrange(5)
+    if kind == 0:  # truncated
+        return data[:rng.randrange(len(data))]
+    if kind == 1:  # a few bytes flipped
+        out = bytearray(data)
+        for _ in range(rng.randint(1, 8)):
+            out[rng.randrange(len(out))] ^= 1 << rng.randrange(8)
+        return bytes(out)
+    if kind == 2:  # bytes replaced by random ones
+        out = bytearray(data)
+        for _ in range(rng.randint(1, 4)):
+            out[rng.randrange(len(out))] = rng.randrange(256)
+        return bytes(out)
+    if kind == 3:  # random bytes inserted
+        at = rng.randrange(len(data))
+        return data[:at] + bytes(rng.randrange(256) for _ in range(rng.randint(1, 16))) + data[at:]
+    return bytes(rng.randrange(256) for _ in range(rng.randint(0, 2048)))  # noise
+
+
+HUGE_LENGTHS = [
+    b"\x80\x04\x8e" + struct.pack("<Q", 2 ** 63 - 1) + b"ab",  # BINBYTES8 of 2^63 bytes
+    b"\x80\x04\x8d" + struct.pack("<Q", 2 ** 62) + b"ab",  # BINUNICODE8
+    b"\x80\x04\x96" + struct.pack("<Q", 2 ** 62) + b"ab",  # BYTEARRAY8
+    b"\x80\x02\x8b" + struct.pack("<i", 2 ** 31 - 1) + b"\x00" * 8,  # LONG4
+]
+
+
+def test_every_damaged_weights_file_is_a_checkpoint_error(tmp_path):
+    """600 seeded truncated, bit-flipped, spliced and random files, plus length fields read as
+    huge sizes: loading each either gives a state dict or raises CheckpointError, nothing else."""
+    rng = random.Random(0)
+    originals = _sample_pickles()
+    files = [_mutate(rng.choice(originals), rng) for _ in range(600)] + HUGE_LENGTHS
+    outcomes = {"loaded": 0, "refused": 0}
+    for i, data in enumerate(files):
+        path = tmp_path / f"fuzz{i}.pdparams"
+        path.write_bytes(data)
+        try:
+            extract_state_dict(safe_load(str(path)), str(path))
+            outcomes["loaded"] += 1
+        except CheckpointError as e:
+            assert str(path) in str(e) and "\n" not in str(e)
+            outcomes["refused"] += 1
+        # anything else fails the test with its traceback (file i)
+    assert outcomes["refused"] > 400 and outcomes["loaded"] > 0, outcomes
+    for data in HUGE_LENGTHS:
+        (tmp_path / "huge.pdparams").write_bytes(data)
+        with pytest.raises(CheckpointError):
+            safe_load(str(tmp_path / "huge.pdparams"))
+
+
+# ----------------------------------------------------------------------------- mis-shaped weights
+
+def test_proj_weight_hint_names_the_dimension_that_differs(world):
+    from mmnas.models import build_model
+    cfg = load_config(world.yml)
+    model = build_model(cfg.model, 30, 12)
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    flat_out = cfg.model.flat_out
+
+    def message(**shapes):
+        bad = dict(state)
+        for key, shape in shapes.items():
+            bad[key.replace("__", ".")] = np.zeros(shape, np.float32)
+        with pytest.raises(CheckpointError) as info:
+            match_state_dict(model, bad, "w.pdparams")
+        return str(info.value)
+
+    width = message(proj__weight=(flat_out * 2, 12))
+    assert f"proj.weight: model expects [{flat_out}, 12], file has [{flat_out * 2}, 12]" in width
+    assert f"dimension 0 ({flat_out} vs {flat_out * 2}): the fused feature width differs (model.flat_out" in width
+    assert "answer vocabulary" not in width
+    answers = message(proj__weight=(flat_out, 13), proj__bias=(13,))
+    assert "dimension 1 (12 vs 13): the answer vocabulary size differs (A)" in answers
+    assert "fused feature width" not in answers
+    tokens = message(embedding__weight=(31, cfg.model.word_embed))
+    assert "dimension 0 (30 vs 31): the question vocabulary size differs (T)" in tokens
+
+
+def test_ctrl_c_in_a_search_then_the_printed_command_resumes_exactly(world, tmp_path):
+    """--RUN=search: interrupted in epoch 2 (architecture steps), resumed by the printed command:
+    the supernet, both optimizers and the genotype equal those of an uninterrupted search."""
+    yml = tmp_path / "search.yml"
+    yml.write_text(
+        f"base: {os.path.join(REPO, 'configs', 'search', 'search_vqa_tiny.yml')}\n"
+        "model: {hidden_size: 16, heads: 2, rel_head_width: 8, rel_size: 8, flat_mlp: 16, flat_out: 32, "
+        "word_embed: 12}\n"
+        "data: {split: train, num_workers: 0}\n"
+        "train: {batch_size: 8, warmup_epochs: 0}\n"
+        "search: {enc_positions: 2, dec_positions: 3, warmup_epochs: 1, arch_every: 1, eval_top_path: false}\n")
+
+    def argv(version):
+        return [sys.executable, RUN_PY, "--RUN=search", f"--MODEL={yml}", f"--VERSION={version}",
+                f"--DATA_ROOT={world.data_root}", f"--CKPT_DIR={tmp_path / 'ckpt'}",
+                f"--RESULTS_DIR={tmp_path / 'results'}", f"--SEED={SEED}", "--MAX_EPOCH=3"]
+
+    code, _, err = run_to_end(argv("whole"), tmp_path)
+    assert code == 0, err[-3000:]
+    run = Run(argv("cut"), tmp_path)
+    run.wait_for(r"search epoch 2/3 \(search\):\s+0%")
+    time.sleep(random.Random(5).uniform(0.0, 0.5))
+    run.interrupt()
+    assert run.finish() == 130, run.stderr[-3000:]
+    match = the_interrupt_line(run.stderr)
+    assert match.group("cmd"), match.group(0)
+    argv_resume = shlex.split(match.group("cmd"))
+    assert argv_resume[:3] == ["python", RUN_PY, "--RUN=search"]
+    code, out, err = run_to_end([sys.executable] + argv_resume[1:], tmp_path)
+    assert code == 0, err[-3000:]
+    whole = ckpt_paths(str(tmp_path / "ckpt"), "whole", 3)
+    cut = ckpt_paths(str(tmp_path / "ckpt"), "cut", 3)
+    assert_same_state(safe_load(whole[0]), safe_load(cut[0]), "supernet weights")
+    for name in ("optimizer", "arch_optimizer"):
+        assert_same_state(safe_load(whole[1])[name], safe_load(cut[1])[name], name)
+
+
+def test_ctrl_c_to_the_parent_of_data_parallel_processes(world, tmp_path):
+    """`kill -INT` reaching only run.py's parent (not the terminal's process group): it passes
+    the signal on, both processes stop at the same step (none is left waiting in an all-reduce),
+    rank 0 prints the one line, exit 130; the printed command resumes with 2 processes."""
+    run = Run(run_args(world, tmp_path, "dp", "--NPROCS=2"), tmp_path)
+    run.wait_for(rf"epoch 2/{EPOCHS}:\s+0%")
+    time.sleep(random.Random(3).uniform(0.0, 1.0))
+    run.proc.send_signal(signal.SIGINT)
+    assert run.finish() == 130, run.stderr[-3000:]
+    match = the_interrupt_line(run.stderr)
+    assert match.group("cmd") and "--NPROCS=2" in match.group("cmd"), match.group(0)
+    assert checkpoint_epochs(tmp_path, "dp")
+    code, out, err = run_to_end([sys.executable] + shlex.split(match.group("cmd"))[1:], tmp_path)
+    assert code == 0, err[-3000:]
+    assert checkpoint_epochs(tmp_path, "dp") == [1, 2, 3]
+
+
+def test_resume_restores_the_process_count(world, tmp_path, capsys):
+    """A checkpoint written by 2 processes resumes with 2 when --NPROCS is not given, and with
+    a note when another count is."""
+    from mmnas import cli
+    cfg = _small_cfg(world, tmp_path, "np", max_epoch=1)
+    train(cfg, progress=False)
+    params, opt = ckpt_paths(cfg.ckpt_dir, "np", 1)
+    saved = safe_load(opt)
+    assert saved["processes"] == 1
+    atomic_save({**saved, "processes": 2}, opt)
+    argv = ["--RUN=train", f"--MODEL={world.yml}", "--RESUME=True", "--CKPT_V=np", "--CKPT_E=1", "--MAX_EPOCH=2",
+            f"--CKPT_DIR={cfg.ckpt_dir}", f"--RESULTS_DIR={cfg.results_dir}"]
+    args = cli.build_parser().parse_args(argv)
+    cli.config_from_args(args)
+    assert args.NPROCS == 2
+    assert "note: resuming with 2 processes (--NPROCS=2), as the checkpoint was trained" in capsys.readouterr().err
+    args = cli.build_parser().parse_args(argv + ["--NPROCS=1"])
+    cli.config_from_args(args)
+    assert args.NPROCS == 1
+    assert "was trained with 2 process(es), this run uses 1: the update is the same up to float rounding" \
+        in capsys.readouterr().err
