@@ -15,6 +15,7 @@ from .config import ConfigError, RunConfig, load_config
 from .runtime import AMP_MODES
 
 TRAIN_SPLITS = ("train", "train+val", "train+val+vg")
+RUN_MODES = ("train", "val", "test", "search", "predict")
 
 
 def str2bool(value: str) -> bool:
@@ -27,7 +28,7 @@ def str2bool(value: str) -> bool:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="MMNasNet for VQA-v2 in PaddlePaddle: train, val, test.")
-    p.add_argument("--RUN", required=True, choices=["train", "val", "test", "search"], help="what to do")
+    p.add_argument("--RUN", required=True, choices=RUN_MODES, help="what to do")
     p.add_argument("--MODEL", default=None,
                    help="small | large | mmnasnet (= small) | mcan_small | tiny | path to a YAML config "
                         "(default: small; for --RUN=search: search)")
@@ -58,6 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mixed precision (paddle.amp O1) for training on a GPU; off by default")
     p.add_argument("--TO_STATIC", type=str2bool, default=None,
                    help="train through paddle.jit.to_static (off by default: slower on CPU)")
+    predict = p.add_argument_group("--RUN=predict (ask one question about one image; README \"Ask the model\")")
+    predict.add_argument("--FEATS", help="one feature file in the real layout (.npz with x, bbox, image_w, image_h)")
+    predict.add_argument("--QUESTION", help="the question, e.g. \"what colour is the dog?\"")
+    predict.add_argument("--IMAGE", help="the photo the features came from (default: <root>/images/<split>/ "
+                                         "beside feats/<split>/ if there is one, else a blank canvas)")
+    predict.add_argument("--TOPK", type=int, default=5, help="how many answers to print (default 5)")
+    predict.add_argument("--OUT", help="also write the answer, scores and attention as JSON to this file")
+    predict.add_argument("--VOCAB", help="vocabulary JSON (default: vocab.json beside the weights, else "
+                                         "built from the data files)")
+    predict.add_argument("--PICTURE", help="where the attention PNG goes (default results/predict/...)")
     p.add_argument("--CKPT_DIR", default="ckpt", help="where checkpoints are written")
     p.add_argument("--RESULTS_DIR", default="results", help="where logs and results are written")
     return p
@@ -117,6 +128,10 @@ def validate_args(cfg: RunConfig, args: argparse.Namespace) -> None:
             raise UsageError(f"--RESUME is only for --RUN=train, not --RUN={cfg.run}.")
         if not cfg.ckpt_path and (cfg.ckpt_version is None or cfg.ckpt_epoch is None):
             raise UsageError(f"--RUN={cfg.run} needs weights: --CKPT_PATH=file.pdparams, or --CKPT_V and --CKPT_E.")
+    if cfg.run == "predict" and (args.FEATS is None or args.QUESTION is None):
+        raise UsageError("--RUN=predict needs --FEATS=<one .npz feature file> and --QUESTION=\"...\".")
+    if args.TOPK < 1:
+        raise UsageError(f"--TOPK must be at least 1, got {args.TOPK}.")
     if t.amp not in AMP_MODES:
         raise UsageError(f"train.amp must be one of {', '.join(AMP_MODES)}, not {t.amp!r}.")
     if t.amp != "off" and not cfg.gpu:
@@ -189,11 +204,15 @@ def expected_errors():
     from .data.features import DataError
     from .engine.checkpoint import CheckpointError
     from .engine.distributed import WorkerStopped
+    from .engine.predict import PredictError
     from .engine.train import TrainingError
-    return (UsageError, ConfigError, DataError, CheckpointError, TrainingError, WorkerStopped)
+    return (UsageError, ConfigError, DataError, CheckpointError, TrainingError, WorkerStopped, PredictError)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in RUN_MODES:  # `mmnas predict ...` = `mmnas --RUN=predict ...`
+        argv = [f"--RUN={argv[0]}"] + argv[1:]
     args = build_parser().parse_args(argv)
     from . import runtime
     # threads, MKL's AMD path and Paddle flags, set before anything imports paddle; CPU
@@ -207,6 +226,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             nprocs = args.NPROCS or (len(cfg.gpu.split(",")) if cfg.gpu else 1)
             run_parallel(_train_entry if cfg.run == "train" else _search_entry, cfg, nprocs, cfg.gpu,
                          expected=expected_errors())
+        elif cfg.run == "predict":
+            from .engine.predict import run_predict
+            weights, _ = checkpoint_for_eval(cfg)
+            run_predict(cfg, weights, args.FEATS, args.QUESTION, image_path=args.IMAGE, topk=args.TOPK,
+                        out_json=args.OUT, vocab_path=args.VOCAB, picture_path=args.PICTURE)
         else:
             run_eval(cfg)
     except expected_errors() as e:

@@ -22,14 +22,14 @@ import numpy as np
 import paddle
 import paddle.distributed as dist
 import paddle.nn.functional as F
-from tqdm import tqdm
 
 from ..config import RunConfig
-from ..data import VQADataset, build_vocab, load_word_vectors
+from ..data import VOCAB_FILE, VQADataset, build_vocab, load_word_vectors
 from ..models import build_model
+from ..progress import progress_bar
 from ..runtime import amp_context, clip_and_step, make_grad_scaler, maybe_to_static
 from .checkpoint import atomic_save, load_weights, safe_load, to_numpy_state, CheckpointError
-from .evaluate import evaluate, format_scores, make_loader
+from .evaluate import evaluate, format_scores, make_loader, write_json_atomic
 from .logger import RunLogger
 from .schedule import base_learning_rate, learning_rate
 
@@ -116,9 +116,9 @@ def train_one_epoch(model, optimizer, dataset, cfg: RunConfig, epoch: int, steps
     # per-step losses and gradient norms stay on the device and are read every log_every steps
     # (and at the end): one host synchronisation per read instead of one per step on a GPU
     pending = []
-    bar = tqdm(make_loader(dataset, [ordered for ordered, _ in plans], cfg.data.num_workers), total=steps_per_epoch,
-               desc=f"epoch {epoch + 1}/{tcfg.max_epoch}", disable=not progress, dynamic_ncols=True,
-               mininterval=1.0)
+    bar = progress_bar(make_loader(dataset, [ordered for ordered, _ in plans], cfg.data.num_workers),
+                       total=steps_per_epoch, desc=f"epoch {epoch + 1}/{tcfg.max_epoch}", disable=not progress,
+                       dynamic_ncols=True)
     for step_in_epoch, (region_feats, boxes, question_ids, answer_scores, _) in enumerate(bar):
         step = epoch * steps_per_epoch + step_in_epoch + 1  # counted from 1 over the whole run
         lr = learning_rate(step, epoch, steps_per_epoch, lr_base, tcfg.warmup_epochs,
@@ -298,6 +298,8 @@ def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLog
         logger.config(cfg.to_dict())
         logger.text(f"train split {dcfg.split}: {len(train_set)} questions, {steps_per_epoch} steps/epoch, "
                     f"{world} process(es), vocab T={vocab.token_size} A={vocab.answer_size}")
+        # the vocabularies travel with the checkpoints: --RUN=predict reads them from here
+        write_json_atomic(vocab.to_dict(), os.path.join(cfg.ckpt_dir, f"ckpt_{cfg.version}", VOCAB_FILE))
     history = []
     last_ckpt = ckpt_paths(cfg.ckpt_dir, cfg.ckpt_version, start_epoch)[0] if cfg.resume else None
     epoch = start_epoch
