@@ -20,13 +20,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import paddle
-from tqdm import tqdm
 
 from mmnas.data.features import (ANNOTATION_FILES, FEAT_DIM, FEATURE_DIRS, QUESTION_FILES, README_DATA,
                                   DataError, check_raw_files, feature_index, load_npz, read_box_count,
                                   read_json)
 from mmnas.data.packed import PackedFeatures, is_store, store_dir_for
 from mmnas.data.vocab import MAX_TOKEN, Vocab, answer_scores, encode_question
+from mmnas.progress import progress_bar
 
 TRAIN_SPLITS = ("train", "train+val", "train+val+vg")
 EVAL_SPLITS = ("val", "test")
@@ -166,9 +166,9 @@ class VQADataset(paddle.io.Dataset):
         pool = ThreadPoolExecutor(max_workers=max(1, workers))
         try:
             results = pool.map(load_npz, [self._image_paths[i] for i in unpacked])
-            for i, region_feats_and_boxes in zip(unpacked, tqdm(results, total=len(unpacked), desc=f"preload {self.split}",
-                                                                disable=not self.progress or not unpacked,
-                                                                mininterval=1.0)):
+            bar = progress_bar(results, total=len(unpacked), desc=f"preload {self.split}",
+                               disable=not self.progress or not unpacked)
+            for i, region_feats_and_boxes in zip(unpacked, bar):
                 images[i] = region_feats_and_boxes
         finally:
             pool.shutdown(wait=True, cancel_futures=True)  # on error, do not read the rest
@@ -202,9 +202,9 @@ class VQADataset(paddle.io.Dataset):
                 else:
                     unpacked.append(i)
             with ThreadPoolExecutor(max_workers=8) as pool:
-                read = list(tqdm(pool.map(read_box_count, [self._image_paths[i] for i in unpacked]),
-                                 total=len(unpacked), desc="box counts", disable=not self.progress or not unpacked,
-                                 mininterval=1.0))
+                read = list(progress_bar(pool.map(read_box_count, [self._image_paths[i] for i in unpacked]),
+                                         total=len(unpacked), desc="box counts",
+                                         disable=not self.progress or not unpacked))
             counts[unpacked] = np.array(read, dtype=np.int32)
             self._image_box_counts = counts
         return self._image_box_counts[self._item_image]

@@ -34,11 +34,11 @@ import numpy as np
 import paddle
 import paddle.distributed as dist
 import paddle.nn.functional as F
-from tqdm import tqdm
 
 from ..config import RunConfig
 from ..data import build_vocab
 from ..models.supernet import SuperNet
+from ..progress import progress_bar
 from ..runtime import clip_grad_norm_
 from .checkpoint import atomic_save, load_weights, safe_load, to_numpy_state
 from .evaluate import make_loader, write_json_atomic
@@ -206,9 +206,9 @@ def search_one_epoch(net, model: SuperNet, weight_opt, arch_opt, dataset, parts:
     net.train()
     w_loss, a_loss, n_arch, lr, start = 0.0, 0.0, 0, 0.0, time.time()
     phase = "search" if arch_batches else "warm-up"
-    bar = tqdm(make_loader(dataset, weight_batches, cfg.data.num_workers), total=steps,
-               desc=f"search epoch {epoch + 1}/{tcfg.max_epoch} ({phase})", disable=not progress,
-               dynamic_ncols=True, mininterval=1.0)
+    bar = progress_bar(make_loader(dataset, weight_batches, cfg.data.num_workers), total=steps,
+                       desc=f"search epoch {epoch + 1}/{tcfg.max_epoch} ({phase})", disable=not progress,
+                       dynamic_ncols=True, mininterval=1.0)
     for step_in_epoch, batch in enumerate(bar):
         step = epoch * steps + step_in_epoch + 1
         lr = learning_rate(step, epoch, steps, lr_base, tcfg.warmup_epochs, tcfg.lr_decay_epochs,
