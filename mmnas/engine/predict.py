@@ -68,8 +68,9 @@ class Answer:
     answers: List[str]  # top-k, best first
     scores: List[float]  # sigmoid of the logits (the model is trained with BCE), same order
     tokens: List[Token]  # every word of the question; token i is read at position i if used
-    lang_attention: np.ndarray  # [14] AttFlat weights over word positions, 0 past the question's words
-    image_attention: np.ndarray  # [n] AttFlat weights over the regions, 0 on padding rows
+    # AttFlat weights; masked positions get < 1e-20 (masked with -1e9 before Paddle's softmax)
+    lang_attention: np.ndarray  # [14] over word positions, sums to 1 over the question's words
+    image_attention: np.ndarray  # [n] over the regions, sums to 1 over the real (non-zero) rows
     image: ImageFeatures
     blocks: List[BlockMap] = field(default_factory=list)
 
