@@ -220,6 +220,9 @@ class VQADataset(paddle.io.Dataset):
     def image_path(self, i: int) -> str:
         return self._image_paths[self._item_image[i]]
 
+    def question_text(self, i: int) -> str:
+        return self._question_texts[i]
+
     def __len__(self) -> int:
         return len(self.question_ids)
 

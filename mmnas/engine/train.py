@@ -32,6 +32,7 @@ from .checkpoint import atomic_save, load_weights, safe_load, to_numpy_state, Ch
 from .evaluate import evaluate, format_scores, make_loader, write_json_atomic
 from .logger import RunLogger
 from .schedule import base_learning_rate, learning_rate
+from .watch_attention import HPARAM_METRICS, AttentionWatch, hparams_of
 
 
 class TrainingError(RuntimeError):
@@ -296,11 +297,13 @@ def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLog
     scaler = make_grad_scaler(cfg)  # --AMP=fp16 on a GPU; None otherwise
     if rank == 0:
         logger.config(cfg.to_dict())
+        logger.hparams(hparams_of(cfg.to_dict()), HPARAM_METRICS)  # VisualDL's hparams page
         logger.text(f"train split {dcfg.split}: {len(train_set)} questions, {steps_per_epoch} steps/epoch, "
                     f"{world} process(es), vocab T={vocab.token_size} A={vocab.answer_size}")
         # the vocabularies travel with the checkpoints: --RUN=predict reads them from here
         write_json_atomic(vocab.to_dict(), os.path.join(cfg.ckpt_dir, f"ckpt_{cfg.version}", VOCAB_FILE))
     history = []
+    watch = AttentionWatch.for_run(val_set, vocab, logger)  # attention pictures of a few val questions
     last_ckpt = ckpt_paths(cfg.ckpt_dir, cfg.ckpt_version, start_epoch)[0] if cfg.resume else None
     epoch = start_epoch
     try:
@@ -338,6 +341,8 @@ def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLog
                                     **{f"val/{t}": v for t, v in result.scores["per_answer_type"].items()}},
                                    epoch + 1)
                     record["val"] = result.scores
+                    if watch is not None:
+                        watch.log(model, epoch + 1)
                 history.append(record)
             if world > 1:
                 dist.barrier()
