@@ -204,3 +204,35 @@ def test_vocabulary_that_does_not_fit_the_weights_is_refused(trained, capsys, tm
     assert f"{tokens + 1} tokens and {answers} answers" in line and f"{tokens} tokens and {answers} answers" in line
     with pytest.raises(PredictError, match=f"{tokens + 1} tokens"):
         Predictor.from_checkpoint(trained["weights"], "tiny", vocab_path=str(wrong))
+
+
+def test_synthetic_pictures_draw_each_object_at_its_box_in_its_colour(trained, tmp_path):
+    from mmnas.data.synthetic import COLOUR_RGB
+    vqa = trained["data_root"] / "vqa"
+    with open(vqa / TRUTH_FILE) as f:
+        images = json.load(f)["images"]
+    checked = 0
+    for image_id, truth in list(images.items())[:12]:
+        folder = truth["split"]
+        png = vqa / "images" / folder / f"COCO_{folder}_{int(image_id):012d}.png"
+        with Image.open(png) as im:
+            assert im.size == (truth["width"], truth["height"])
+            pixels = np.asarray(im.convert("RGB"))
+        # objects are drawn largest first: the smallest is on top; probe inside its lower edge
+        # (its name is written at the top-left)
+        area = lambda o: (o["box"][2] - o["box"][0]) * (o["box"][3] - o["box"][1])
+        smallest = min(truth["objects"], key=area)
+        x1, y1, x2, y2 = [int(round(v)) for v in smallest["box"]]
+        assert tuple(pixels[y2 - 4, (x1 + x2) // 2]) == COLOUR_RGB[smallest["colour"]], (image_id, smallest)
+        checked += 1
+    assert checked == 12
+    # same bytes again, with or without a pool
+    sizes = dict(n_train_images=3, n_val_images=3, n_test_images=1, n_vg_images=1, seed=2, pictures=True)
+    make_synthetic_vqa(str(tmp_path / "a"), **sizes)
+    make_synthetic_vqa(str(tmp_path / "b"), workers=2, **sizes)
+    for folder in ("train2014", "val2014", "test2015"):
+        names = sorted(os.listdir(tmp_path / "a" / "vqa" / "images" / folder))
+        assert names and names == sorted(os.listdir(tmp_path / "b" / "vqa" / "images" / folder))
+        for name in names:
+            assert (tmp_path / "a" / "vqa" / "images" / folder / name).read_bytes() == \
+                (tmp_path / "b" / "vqa" / "images" / folder / name).read_bytes()

@@ -43,7 +43,7 @@ def find_photo(feature_path: str) -> Optional[str]:
     return None
 
 
-def _read_photo(photo) -> np.ndarray:
+def read_photo(photo) -> np.ndarray:
     """A path or an array -> float RGB [H, W, 3] in 0..1."""
     if isinstance(photo, (str, os.PathLike)):
         from PIL import Image
@@ -134,7 +134,7 @@ def attention_image(answer, photo: Union[str, np.ndarray, None] = None) -> np.nd
     region_weights = np.where(answer.region_is_padding, 0.0, answer.image_attention)
     real = ~answer.region_is_padding
     if photo is not None:
-        ax.imshow(_read_photo(photo), extent=(0, w, h, 0), aspect="auto", interpolation="bilinear")
+        ax.imshow(read_photo(photo), extent=(0, w, h, 0), aspect="auto", interpolation="bilinear")
     else:
         ax.imshow(np.full((2, 2, 3), 0.86, dtype=np.float32), extent=(0, w, h, 0), aspect="auto")
     light = attention_light(image.boxes[real], region_weights[real], w, h,

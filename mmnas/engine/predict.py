@@ -270,17 +270,28 @@ def run_predict(cfg: RunConfig, weights: str, feats: str, question: str, image_p
                 topk: int = 5, out_json: Optional[str] = None, vocab_path: Optional[str] = None,
                 picture_path: Optional[str] = None) -> dict:
     """--RUN=predict: answer, print, draw the attention picture, optionally write JSON."""
-    from .attention_picture import find_photo, save_attention_picture
+    from .attention_picture import find_photo, read_photo, save_attention_picture
     from .evaluate import write_json_atomic
 
-    image = read_image_features(feats)  # layout errors before the (slower) model load
-    predictor = Predictor.from_checkpoint(weights, cfg, vocab_path=vocab_path)
-    answer = predictor.ask(image, question, topk)
+    # the user's files are checked before the (slower) model load
+    image = read_image_features(feats)
     if image_path is not None and not os.path.isfile(image_path):
         raise PredictError(f"--IMAGE={image_path} does not exist; give the photo the features came from, or leave it out.")
     photo = image_path or find_photo(feats)
+    photo_rgb = None
+    if photo is not None:
+        try:
+            photo_rgb = read_photo(photo)
+        except OSError as e:
+            raise PredictError(f"cannot read the photo {photo} ({e}); give a PNG or JPEG with --IMAGE.") from None
+        photo_h, photo_w = photo_rgb.shape[:2]
+        if abs(photo_w / photo_h - image.image_w / image.image_h) > 0.02 * image.image_w / image.image_h:
+            print(f"note: the photo {photo} is {photo_w}x{photo_h} but the features describe a "
+                  f"{image.image_w}x{image.image_h} image; the picture stretches the photo to the features' size.")
+    predictor = Predictor.from_checkpoint(weights, cfg, vocab_path=vocab_path)
+    answer = predictor.ask(image, question, topk)
     picture_path = picture_path or default_picture_path(cfg.results_dir, image, question)
-    picture = save_attention_picture(answer, picture_path, photo)
+    picture = save_attention_picture(answer, picture_path, photo_rgb)
     print(format_answer(answer))
     print(f"picture: {picture_path} ({'on ' + photo if photo else 'on a blank canvas'}, "
           f"{picture['width']}x{picture['height']} px)")
