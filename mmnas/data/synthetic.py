@@ -853,8 +853,8 @@ def _make_all_questions(seed: int, sizes: Dict[str, int], questions_per_image: i
 def _drain(results, total: int, progress: bool) -> List[int]:
     """Collect the box counts of the feature jobs, with a progress bar if asked."""
     if progress:
-        from tqdm import tqdm
-        results = tqdm(results, total=total, desc="features", unit="img")
+        from mmnas.progress import progress_bar
+        results = progress_bar(results, total=total, desc="features", unit="img")
     return list(results)
 
 
