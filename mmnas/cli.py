@@ -11,7 +11,7 @@ import sys
 import time
 from typing import List, Optional
 
-from .config import ConfigError, RunConfig, load_config
+from .config import MODEL_ALIASES, ConfigError, RunConfig, load_config
 from .runtime import AMP_MODES
 
 TRAIN_SPLITS = ("train", "train+val", "train+val+vg")
@@ -26,15 +26,24 @@ def str2bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
 
 
+def model_choices() -> str:
+    """Every --MODEL name of config.MODEL_ALIASES, a second name of the same file as "(= first)"."""
+    first_name = {}
+    for name, path in MODEL_ALIASES.items():
+        first_name.setdefault(path, name)
+    return " | ".join(name if first_name[path] == name else f"{name} (= {first_name[path]})"
+                      for name, path in MODEL_ALIASES.items())
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="MMNasNet for VQA-v2 in PaddlePaddle: train, val, test.")
     p.add_argument("--RUN", required=True, choices=RUN_MODES, help="what to do")
     p.add_argument("--MODEL", default=None,
-                   help="small | large | mmnasnet (= small) | mcan_small | tiny | path to a YAML config "
-                        "(default: small; for --RUN=search: search)")
+                   help=f"{model_choices()} | path to a YAML config (default: small; for --RUN=search: search)")
     p.add_argument("--DATASET", default="vqa", choices=["vqa"], help="dataset (only vqa)")
-    p.add_argument("--VERSION", help="name of this run: checkpoints go to ckpt/ckpt_<VERSION>/ "
-                                     "(default: a timestamp; when resuming, --CKPT_V)")
+    p.add_argument("--VERSION", help="name of this run: checkpoints go to ckpt/ckpt_<VERSION>/, the log to "
+                                     "results/log/log_run_<VERSION>.txt (default: a timestamp; when resuming "
+                                     "or for val/test, --CKPT_V or the --CKPT_PATH file's name)")
     p.add_argument("--GPU", default="", help="GPU ids, e.g. 0 or 0,1 (one process per GPU); empty = CPU")
     p.add_argument("--NPROCS", type=int, default=None,
                    help="number of processes (default: one per --GPU id, else 1); on CPU uses gloo")
@@ -95,9 +104,23 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         if value is not None:
             setattr(getattr(cfg, section), key, value)
     cfg.resume, cfg.ckpt_version, cfg.ckpt_epoch, cfg.ckpt_path = args.RESUME, args.CKPT_V, args.CKPT_E, args.CKPT_PATH
-    cfg.version = args.VERSION or (args.CKPT_V if args.RESUME else None) or time.strftime("%Y%m%d_%H%M%S")
+    cfg.version = args.VERSION or default_version(args)
     validate_args(cfg, args)
     return cfg
+
+
+def default_version(args: argparse.Namespace) -> str:
+    """The run name when --VERSION is not given: the checkpoint's version when resuming or
+    evaluating it (a standalone --RUN=val then logs to log_run_<CKPT_V>.txt beside its training),
+    the weights file's name for --CKPT_PATH, else a timestamp."""
+    if args.RESUME and args.CKPT_V:
+        return args.CKPT_V
+    if args.RUN in ("val", "test"):
+        if args.CKPT_PATH:
+            return os.path.splitext(os.path.basename(args.CKPT_PATH))[0]
+        if args.CKPT_V:
+            return args.CKPT_V
+    return time.strftime("%Y%m%d_%H%M%S")
 
 
 def validate_args(cfg: RunConfig, args: argparse.Namespace) -> None:

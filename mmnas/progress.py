@@ -3,7 +3,8 @@
 In a terminal a bar redraws itself in place ("\\r"). Written to a file or a pipe (nohup, CI,
 `> log.txt 2>&1`), those redraws would pile up into one line thousands of characters long;
 there the bar instead writes a plain line every `LOG_STEP_PERCENT` percent (or every
-`LOG_INTERVAL_S` seconds when the total is unknown), without the bar graphic.
+`LOG_INTERVAL_S` seconds when the total is unknown), without the bar graphic, and at most one
+line per `LOG_MIN_INTERVAL_S` (a bar that finishes within a second writes its first and last line).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from tqdm import tqdm
 
 LOG_STEP_PERCENT = 5  # one line per this much of the total when not writing to a terminal
 LOG_INTERVAL_S = 30.0  # ... or per this many seconds when the total is unknown
+LOG_MIN_INTERVAL_S = 1.0  # and never more often than this
 _LOG_FORMAT = "{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
 _LOG_FORMAT_NO_TOTAL = "{desc}: {n_fmt} [{elapsed}, {rate_fmt}{postfix}]"
 
@@ -47,7 +49,8 @@ def progress_bar(iterable: Optional[Iterable] = None, total: Optional[int] = Non
     """tqdm(iterable, total=..., **kwargs), writing to `file` (default: sys.stderr at call time).
 
     To a terminal: a normal bar (mininterval 1 s unless given). Otherwise: a line per
-    LOG_STEP_PERCENT percent of `total` (per LOG_INTERVAL_S seconds without a total).
+    LOG_STEP_PERCENT percent of `total` (per LOG_INTERVAL_S seconds without a total), at most
+    one per LOG_MIN_INTERVAL_S.
     """
     stream = sys.stderr if file is None else file
     if total is None and iterable is not None:
@@ -62,7 +65,7 @@ def progress_bar(iterable: Optional[Iterable] = None, total: Optional[int] = Non
         kwargs.pop(name, None)
     if total:
         every = max(1, -(-total * LOG_STEP_PERCENT // 100))  # ceil: at most 100 / LOG_STEP_PERCENT lines
-        kwargs.update(miniters=every, mininterval=0.0, bar_format=_LOG_FORMAT)
+        kwargs.update(miniters=every, mininterval=LOG_MIN_INTERVAL_S, bar_format=_LOG_FORMAT)
     else:
         kwargs.update(miniters=1, mininterval=LOG_INTERVAL_S, bar_format=_LOG_FORMAT_NO_TOTAL)
     return tqdm(iterable, total=total, file=_LinePerUpdate(stream), **kwargs)

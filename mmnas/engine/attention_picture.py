@@ -24,7 +24,7 @@ MAX_SIDE = 1280  # the image panel's longer side at most this many pixels
 MIN_WIDTH = 480  # ... and its width at least this many, so the words stay readable
 OUTLINED = 3  # regions outlined and labelled
 DPI = 100
-OUTLINE_COLOURS = ("#ff2d55", "#ff9500", "#ffd60a", "#34c759", "#0a84ff")
+OUTLINE_COLOURS = ("#ff2d95", "#00d7ff", "#ff9f0a", "#bf5af2", "#ffffff")  # on a black halo
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
@@ -149,10 +149,11 @@ def attention_image(answer, photo: Union[str, np.ndarray, None] = None) -> np.nd
     for rank, r in reversed(list(enumerate(ranked, 1))):  # the strongest drawn last, on top
         x1, y1, x2, y2 = image.boxes[r]
         colour = OUTLINE_COLOURS[(rank - 1) % len(OUTLINE_COLOURS)]
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=5.0, ec="black"))  # halo
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=2.5, ec=colour))
         ax.text(x1 + 2 / scale, y1 + 2 / scale, f"#{rank} {region_weights[r]:.2f}", fontsize=11, va="top",
                 ha="left", color="black", fontweight="bold",
-                bbox=dict(boxstyle="square,pad=0.2", fc=colour, ec="none", alpha=0.9))
+                bbox=dict(boxstyle="square,pad=0.2", fc=colour, ec="black", lw=1.0))
     ax.set_xlim(0, w)
     ax.set_ylim(h, 0)
 

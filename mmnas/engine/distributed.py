@@ -12,6 +12,8 @@ import sys
 import paddle
 import paddle.distributed as dist
 
+from ..runtime import set_paddle_threads
+
 
 class WorkerStopped(RuntimeError):
     """A spawned process stopped on an expected error; its one-sentence message is printed above."""
@@ -26,6 +28,7 @@ _EXPECTED_EXIT = 2  # a spawned process that stopped on one of the `expected` er
 
 
 def _worker(fn, cfg, use_gpu, expected=(), spawned=False):
+    set_paddle_threads()  # a spawned process starts with Paddle's single OpenMP thread
     dist.init_parallel_env()
     rank, world = dist.get_rank(), dist.get_world_size()
     if use_gpu:
