@@ -140,7 +140,7 @@ def attention_image(answer, photo: Union[str, np.ndarray, None] = None) -> np.nd
     light = attention_light(image.boxes[real], region_weights[real], w, h,
                             max(1, panel_w // 2), max(1, panel_h // 2))
     veil = np.zeros(light.shape + (4,), dtype=np.float32)
-    veil[..., 3] = 0.78 * (1.0 - light)
+    veil[..., 3] = 0.72 * (1.0 - light)
     ax.imshow(veil, extent=(0, w, h, 0), aspect="auto", interpolation="nearest")
     if photo is None:  # on the blank canvas, show where the regions are
         for x1, y1, x2, y2 in image.boxes[real]:
@@ -151,8 +151,9 @@ def attention_image(answer, photo: Union[str, np.ndarray, None] = None) -> np.nd
         colour = OUTLINE_COLOURS[(rank - 1) % len(OUTLINE_COLOURS)]
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=5.0, ec="black"))  # halo
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=2.5, ec=colour))
-        ax.text(x1 + 2 / scale, y1 + 2 / scale, f"#{rank} {region_weights[r]:.2f}", fontsize=11, va="top",
-                ha="left", color="black", fontweight="bold",
+        above = y1 * scale > 24  # the label sits on the box's top edge, outside it when there is room
+        ax.text(x1, y1 - 3 / scale if above else y1 + 3 / scale, f"#{rank} {region_weights[r]:.2f}", fontsize=11,
+                va="bottom" if above else "top", ha="left", color="black", fontweight="bold",
                 bbox=dict(boxstyle="square,pad=0.2", fc=colour, ec="black", lw=1.0))
     ax.set_xlim(0, w)
     ax.set_ylim(h, 0)
