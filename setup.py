@@ -14,7 +14,9 @@ setup(
         "cpu": ["paddlepaddle>=3.0"],
         "vdl": ["visualdl>=2.5"],
         "convert": ["torch"],
-        "test": ["pytest>=7", "matplotlib>=3.6"],
+        # the web demo (tools/demo_web.py); tested with gradio 6.31, which needs Python >= 3.10
+        "demo": ["gradio>=6; python_version >= '3.10'"],
+        "test": ["pytest>=7", "matplotlib>=3.6", "gradio>=6; python_version >= '3.10'"],
     },
     entry_points={"console_scripts": ["mmnas=mmnas.cli:main"]},
 )

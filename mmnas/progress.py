@@ -63,6 +63,9 @@ def progress_bar(iterable: Optional[Iterable] = None, total: Optional[int] = Non
         return tqdm(iterable, total=total, file=stream, **kwargs)
     for name in ("dynamic_ncols", "ncols", "mininterval", "miniters", "maxinterval"):
         kwargs.pop(name, None)
+    # maxinterval inf: tqdm's monitor thread would otherwise drop miniters to 1 after any 10 s
+    # without a line (slow training steps), and every step would write a line again
+    kwargs["maxinterval"] = float("inf")
     if total:
         every = max(1, -(-total * LOG_STEP_PERCENT // 100))  # ceil: at most 100 / LOG_STEP_PERCENT lines
         kwargs.update(miniters=every, mininterval=LOG_MIN_INTERVAL_S, bar_format=_LOG_FORMAT)
