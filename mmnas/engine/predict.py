@@ -14,15 +14,15 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 import paddle
 
 from ..config import ModelConfig, RunConfig, load_config
-from ..data import VOCAB_FILE, DataError, Vocab, build_vocab, load_npz, read_vocab_file, tokenize
+from ..data import VOCAB_FILE, DataError, Vocab, build_vocab, encode_question, load_npz, read_vocab_file, tokenize
 from ..data.features import FEAT_DIM
-from ..data.vocab import MAX_TOKEN, UNK
+from ..data.vocab import MAX_TOKEN
 from ..models import build_model
 from .checkpoint import extract_state_dict, load_weights, safe_load
 
@@ -136,7 +136,7 @@ def as_image_features(features) -> ImageFeatures:
 
 def read_tokens(question: str, vocab: Vocab, max_token: int = MAX_TOKEN) -> Tuple[List[Token], np.ndarray]:
     """(tokens, ids int64 [max_token]) with the checks a typed question needs: not empty, and at
-    least one known word among those the model reads. Same ids as data.encode_question."""
+    least one known word among those the model reads."""
     words = tokenize(question or "")
     if not words:
         raise PredictError(f"the question {question!r} has no words; type one, e.g. --QUESTION=\"what colour is the dog?\".")
@@ -144,10 +144,7 @@ def read_tokens(question: str, vocab: Vocab, max_token: int = MAX_TOKEN) -> Tupl
     if not any(t.known and t.used for t in tokens):
         raise PredictError(f"none of the words of {question!r} is in the model's vocabulary of "
                            f"{vocab.token_size} tokens; ask with words from its training questions.")
-    ids = np.zeros(max_token, dtype=np.int64)
-    for i, t in enumerate(tokens[:max_token]):
-        ids[i] = vocab.token_to_ix[t.word] if t.known else vocab.token_to_ix[UNK]
-    return tokens, ids
+    return tokens, encode_question(question, vocab.token_to_ix, max_token)
 
 
 # ---- vocabularies ------------------------------------------------------------------------
