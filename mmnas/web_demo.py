@@ -87,8 +87,8 @@ def answer_notes(answer) -> str:
     if cut:
         notes.append(f"Past the 14th word, not read: {' '.join(cut)}.")
     top = answer.top_regions(1)[0]
-    notes.append(f"{len(answer.image.boxes)} regions; the strongest, #{1}, has weight "
-                 f"{answer.image_attention[top]:.3f}.")
+    notes.append(f"{len(answer.image.boxes)} regions; the strongest (#1 in the picture) has weight "
+                 f"{answer.image_attention[top]:.3f} of the image attention.")
     return "  \n".join(notes)
 
 
@@ -119,15 +119,17 @@ def build_demo(backend: DemoBackend, title: str = "MMNasNet: ask the model"):
                 name = gr.Dropdown(choices=backend.names, value=first, label=f"image ({backend.feats_dir})"
                                    if backend.feats_dir else "image", interactive=bool(backend.names))
                 photo = gr.Image(value=backend.photo(first), label="photo", interactive=False, height=260)
-                upload = gr.File(label="or upload a feature file (.npz: x [2048, n], bbox [n, 4], image_w, "
-                                       "image_h)", file_types=[".npz"], type="filepath")
                 question = gr.Textbox(label="question", value=EXAMPLE_QUESTIONS[0], lines=1, max_lines=1)
                 button = gr.Button("Ask", variant="primary")
                 gr.Examples([[q] for q in EXAMPLE_QUESTIONS], inputs=[question], label="questions to try")
+                upload = gr.File(label="or upload a feature file (.npz: x [2048, n], bbox [n, 4], image_w, "
+                                       "image_h); it is used instead of the image above", file_types=[".npz"],
+                                 type="filepath", height=120)
             with gr.Column(scale=2):
-                answers = gr.Label(label="answers", num_top_classes=backend.topk)
-                picture = gr.Image(label="where the model looked", type="numpy", format="png", interactive=False)
-                notes = gr.Markdown()
+                answers = gr.Label(label="answers", num_top_classes=backend.topk, elem_id="answers")
+                picture = gr.Image(label="where the model looked", type="numpy", format="png", interactive=False,
+                                   elem_id="attention")
+                notes = gr.Markdown(elem_id="notes")
         name.change(preview, inputs=name, outputs=photo, api_name=False)
         button.click(ask, inputs=[name, upload, question], outputs=[answers, picture, notes], api_name="ask")
         question.submit(ask, inputs=[name, upload, question], outputs=[answers, picture, notes], api_name=False)
@@ -183,6 +185,8 @@ def main(argv=None) -> int:
     from . import runtime
     runtime.configure()
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no usage reports to gradio.app
+    import logging
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests, one line each
     from .cli import expected_errors
     try:
         try:
