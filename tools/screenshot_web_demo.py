@@ -3,7 +3,7 @@ README's docs/web_demo.png is made).
 
     python tools/demo_web.py --MODEL=tiny --CKPT_V=demo --CKPT_E=6 --FEATS_DIR=data/vqa/feats/val2014 &
     python tools/screenshot_web_demo.py --url http://127.0.0.1:7860/ --out docs/web_demo.png \
-        --image COCO_val2014_000002000007.jpg.npz --question "what is the biggest object?"
+        --image COCO_val2014_000002000027.jpg.npz --question "what is the biggest object?"
 
 Needs the `playwright` Python package (pip install playwright; no browser download: it drives an
 installed Chromium, e.g. Debian's `apt-get install chromium`, given by --chromium).
