@@ -14,9 +14,11 @@ setup(
         "cpu": ["paddlepaddle>=3.0"],
         "vdl": ["visualdl>=2.5"],
         "convert": ["torch"],
+        # the web demo (tools/demo_web.py); tested with gradio 6.31, which needs Python >= 3.10
+        "demo": ["gradio>=6; python_version >= '3.10'"],
         # torch for the conversion tests; 2.13.0 is the CPU build this project's machines carry
         # (an unpinned torch from PyPI is a CUDA build of several GB)
-        "test": ["pytest>=7", "matplotlib>=3.6", "torch==2.13.0"],
+        "test": ["pytest>=7", "matplotlib>=3.6", "torch==2.13.0", "gradio>=6; python_version >= '3.10'"],
     },
     entry_points={"console_scripts": ["mmnas=mmnas.cli:main"]},
 )

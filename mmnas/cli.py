@@ -12,14 +12,26 @@ import time
 from contextlib import nullcontext
 from typing import List, Optional
 
-from .config import BOOL_WORDS, TRAIN_SPLITS, ConfigError, RunConfig, checked_value, flag_error, load_config
+from .config import (BOOL_WORDS, MODEL_ALIASES, TRAIN_SPLITS, ConfigError, RunConfig, checked_value,
+                     flag_error, load_config)
 from .runtime import AMP_MODES
+
+RUN_MODES = ("train", "val", "test", "search", "predict")
 
 
 def str2bool(value: str) -> bool:
     if value.strip().lower() in BOOL_WORDS:
         return BOOL_WORDS[value.strip().lower()]
     raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
+
+
+def model_choices() -> str:
+    """Every --MODEL name of config.MODEL_ALIASES, a second name of the same file as "(= first)"."""
+    first_name = {}
+    for name, path in MODEL_ALIASES.items():
+        first_name.setdefault(path, name)
+    return " | ".join(name if first_name[path] == name else f"{name} (= {first_name[path]})"
+                      for name, path in MODEL_ALIASES.items())
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -32,13 +44,13 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(description="MMNasNet for VQA-v2 in PaddlePaddle: train, val, test.")
-    p.add_argument("--RUN", required=True, choices=["train", "val", "test", "search"], help="what to do")
+    p.add_argument("--RUN", required=True, choices=RUN_MODES, help="what to do")
     p.add_argument("--MODEL", default=None,
-                   help="small | large | mmnasnet (= small) | mcan_small | tiny | path to a YAML config "
-                        "(default: small; for --RUN=search: search)")
+                   help=f"{model_choices()} | path to a YAML config (default: small; for --RUN=search: search)")
     p.add_argument("--DATASET", default="vqa", choices=["vqa"], help="dataset (only vqa)")
-    p.add_argument("--VERSION", help="name of this run: checkpoints go to ckpt/ckpt_<VERSION>/ "
-                                     "(default: a timestamp; when resuming, --CKPT_V)")
+    p.add_argument("--VERSION", help="name of this run: checkpoints go to ckpt/ckpt_<VERSION>/, the log to "
+                                     "results/log/log_run_<VERSION>.txt (default: a timestamp; when resuming "
+                                     "or for val/test, --CKPT_V or the --CKPT_PATH file's name)")
     p.add_argument("--GPU", default="", help="GPU ids, e.g. 0 or 0,1 (one process per GPU); empty = CPU")
     p.add_argument("--NPROCS", type=int, default=None,
                    help="number of processes (default: one per --GPU id, else 1); on CPU uses gloo")
@@ -65,6 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train through paddle.jit.to_static (off by default: slower on CPU)")
     p.add_argument("--CHECK_FEATS", type=str2bool, default=None,
                    help="validate every feature file the split needs before step 1 (parallel, progress bar)")
+    predict = p.add_argument_group("--RUN=predict (ask one question about one image; README \"Ask the model\")")
+    predict.add_argument("--FEATS", help="one feature file in the real layout (.npz with x, bbox, image_w, image_h)")
+    predict.add_argument("--QUESTION", help="the question, e.g. \"what colour is the dog?\"")
+    predict.add_argument("--IMAGE", help="the photo the features came from (default: <root>/images/<split>/ "
+                                         "beside feats/<split>/ if there is one, else a blank canvas)")
+    predict.add_argument("--TOPK", type=int, default=5, help="how many answers to print (default 5)")
+    predict.add_argument("--OUT", help="also write the answer, scores and attention as JSON to this file")
+    predict.add_argument("--VOCAB", help="vocabulary JSON (default: vocab.json beside the weights, else "
+                                         "built from the data files)")
+    predict.add_argument("--PICTURE", help="where the attention PNG goes (default results/predict/...)")
     p.add_argument("--CKPT_DIR", default="ckpt", help="where checkpoints are written")
     p.add_argument("--RESULTS_DIR", default="results", help="where logs and results are written")
     return p
@@ -108,13 +130,27 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             setattr(getattr(cfg, section), key, _from_flag(f"{section}.{key}", value))
     cfg.resume, cfg.ckpt_version, cfg.ckpt_path = args.RESUME, args.CKPT_V, args.CKPT_PATH
     cfg.ckpt_epoch = _from_flag("ckpt_epoch", args.CKPT_E)
-    cfg.version = args.VERSION or (args.CKPT_V if args.RESUME else None) or time.strftime("%Y%m%d_%H%M%S")
+    cfg.version = args.VERSION or default_version(args)
     if cfg.resume and cfg.run in ("train", "search") and cfg.ckpt_version is not None and cfg.ckpt_epoch is not None:
         from .engine.resume import restore_settings  # the checkpoint's seed, batch setup, ... (or a refusal)
         for note in restore_settings(cfg, args):
             print(note, file=sys.stderr)
     validate_args(cfg, args)
     return cfg
+
+
+def default_version(args: argparse.Namespace) -> str:
+    """The run name when --VERSION is not given: the checkpoint's version when resuming or
+    evaluating it (a standalone --RUN=val then logs to log_run_<CKPT_V>.txt beside its training),
+    the weights file's name for --CKPT_PATH, else a timestamp."""
+    if args.RESUME and args.CKPT_V:
+        return args.CKPT_V
+    if args.RUN in ("val", "test"):
+        if args.CKPT_PATH:
+            return os.path.splitext(os.path.basename(args.CKPT_PATH))[0]
+        if args.CKPT_V:
+            return args.CKPT_V
+    return time.strftime("%Y%m%d_%H%M%S")
 
 
 def validate_args(cfg: RunConfig, args: argparse.Namespace) -> None:
@@ -140,6 +176,10 @@ def validate_args(cfg: RunConfig, args: argparse.Namespace) -> None:
             raise UsageError(f"--RESUME is only for --RUN=train, not --RUN={cfg.run}.")
         if not cfg.ckpt_path and (cfg.ckpt_version is None or cfg.ckpt_epoch is None):
             raise UsageError(f"--RUN={cfg.run} needs weights: --CKPT_PATH=file.pdparams, or --CKPT_V and --CKPT_E.")
+    if cfg.run == "predict" and (args.FEATS is None or args.QUESTION is None):
+        raise UsageError("--RUN=predict needs --FEATS=<one .npz feature file> and --QUESTION=\"...\".")
+    if args.TOPK < 1:
+        raise flag_error("--TOPK", args.TOPK, "an integer >= 1")
     if t.amp != "off" and not cfg.gpu:
         print(f"note: --AMP={t.amp} applies on a GPU only (--GPU=...); this CPU run trains in float32.",
               file=sys.stderr)
@@ -224,14 +264,18 @@ def expected_errors():
     from .data.features import DataError
     from .engine.checkpoint import CheckpointError, WriteError
     from .engine.distributed import WorkerStopped
+    from .engine.predict import PredictError
     from .engine.resume import ResumeError
     from .engine.runlock import RunBusyError
     from .engine.train import TrainingError
     return (UsageError, ConfigError, DataError, CheckpointError, TrainingError, WorkerStopped, WriteError,
-            ResumeError, RunBusyError)
+            ResumeError, RunBusyError, PredictError)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in RUN_MODES:  # `mmnas predict ...` = `mmnas --RUN=predict ...`
+        argv = [f"--RUN={argv[0]}"] + argv[1:]
     args = build_parser().parse_args(argv)
     from . import runtime
     # threads, MKL's AMD path and Paddle flags, set before anything imports paddle; CPU
@@ -253,6 +297,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             with owner:
                 run_parallel(_train_entry if cfg.run == "train" else _search_entry, cfg, nprocs, cfg.gpu,
                              expected=expected_errors())
+        elif cfg.run == "predict":
+            from .engine.predict import run_predict
+            weights, _ = checkpoint_for_eval(cfg)
+            run_predict(cfg, weights, args.FEATS, args.QUESTION, image_path=args.IMAGE, topk=args.TOPK,
+                        out_json=args.OUT, vocab_path=args.VOCAB, picture_path=args.PICTURE)
         else:
             run_eval(cfg)
     except expected_errors() as e:

@@ -1,9 +1,8 @@
 """Process-wide speed settings: CPU threads, MKL's fast path on AMD, and helpers for mixed
 precision and `paddle.jit.to_static` training.
 
-Call `configure()` once at start-up, ideally before `import paddle` (Paddle sets
-OMP_NUM_THREADS=1 when it is imported and the variable is unset). Calling it after the import
-still works: the thread count is then applied through Paddle's own `set_num_threads`.
+Call `configure()` once at start-up, ideally before `import paddle`; it imports Paddle itself
+(see "Quiet import" below). Calling it after the import still works.
 
 What it does (measured on a 2-core AMD EPYC with bench/train_step.py, bench/eval.py):
 
@@ -20,6 +19,16 @@ What it does (measured on a 2-core AMD EPYC with bench/train_step.py, bench/eval
 * Memory reuse: glibc malloc is told to keep freed memory (`keep_freed_memory`), so the large
   tensors of each step do not page-fault in anew: element-wise ops over big tensors ~5x faster.
 
+* Quiet import. Paddle prints "WARNING: OMP_NUM_THREADS set to N, not 1 ... PLEASE USE
+  OMP_NUM_THREADS WISELY" when it is imported with OMP_NUM_THREADS > 1 (advice for data
+  parallel with OpenBLAS builds; this CPU build uses MKL, and processes here divide the cores
+  between them). So configure() does not export OMP_NUM_THREADS: MKL reads MKL_NUM_THREADS, and
+  Paddle's OpenMP pool is sized with its own `set_num_threads` right after the import
+  (`set_paddle_threads`, also called in every spawned training process). Importing Paddle also
+  runs `paddle.utils.cpp_extension`, which warns "No ccache found" (a compiler cache for building
+  custom C++ ops, which this project never builds): that one warning is filtered, here and, via
+  PYTHONWARNINGS, in child processes. An OMP_NUM_THREADS the user set is passed on untouched.
+
 Nothing here changes results beyond the float summation order of threaded GEMMs.
 """
 from __future__ import annotations
@@ -27,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import warnings
 from typing import Dict, Optional
 
 # Paddle flags set unless the user set them. FLAGS_use_stride_kernel=0: transpose/reshape make
@@ -35,6 +45,8 @@ from typing import Dict, Optional
 PADDLE_FLAGS = {"FLAGS_use_stride_kernel": "0"}
 _THREAD_VARS = ("MKL_NUM_THREADS", "OMP_NUM_THREADS", "CPU_NUM")
 _MARK = "MMNAS_RUNTIME_SET"  # names configure() set itself; inherited by the processes it starts
+# Paddle's import-time "No ccache found" UserWarning (PYTHONWARNINGS syntax: action:message prefix:category)
+CCACHE_WARNING_FILTER = "ignore:No ccache found:UserWarning"
 _state: Dict[str, object] = {}
 
 
@@ -124,21 +136,18 @@ def configure(processes: int = 1, threads: Optional[int] = None, verbose: bool =
             os.environ[name] = value
             ours.append(name)
 
-    put("OMP_NUM_THREADS", str(n), force=bool(threads))
-    put("MKL_NUM_THREADS", str(n), force=bool(threads))
+    put("MKL_NUM_THREADS", str(n), force=bool(threads))  # OMP_NUM_THREADS: see "Quiet import"
     if cpu_vendor() == "AuthenticAMD":
         put("MKL_DEBUG_CPU_TYPE", "5")  # read by MKL at its first call, so also works after import
     for flag, value in PADDLE_FLAGS.items():
         put(flag, value)  # Paddle reads FLAGS_* from the environment when imported
     os.environ[_MARK] = ",".join(ours)
     malloc = keep_freed_memory() if os.environ.get("MMNAS_MALLOC_KEEP", "1") != "0" else False
-    if "paddle" in sys.modules:  # imported already: tell Paddle (MKL + OpenMP threads, flags) directly
+    quiet_paddle_import()
+    imported_before = "paddle" in sys.modules
+    set_paddle_threads(n)  # imports Paddle if needed, then sizes its MKL + OpenMP threads
+    if imported_before:  # flags are read from the environment at import; after it, set them directly
         import paddle
-        try:
-            from paddle.base import core
-            core.set_num_threads(n)
-        except (ImportError, AttributeError):
-            pass
         for flag in PADDLE_FLAGS:
             try:
                 paddle.set_flags({flag: os.environ[flag].lower() not in ("0", "false")})
@@ -151,6 +160,32 @@ def configure(processes: int = 1, threads: Optional[int] = None, verbose: bool =
     if verbose:
         print(f"mmnas.runtime: {describe()}", file=sys.stderr)
     return dict(_state)
+
+
+def quiet_paddle_import() -> None:
+    """Filter Paddle's import-time "No ccache found" warning in this process and in the processes
+    it starts (PYTHONWARNINGS is read by every new interpreter)."""
+    warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
+    current = [f for f in os.environ.get("PYTHONWARNINGS", "").split(",") if f]
+    if CCACHE_WARNING_FILTER not in current:
+        os.environ["PYTHONWARNINGS"] = ",".join(current + [CCACHE_WARNING_FILTER])
+
+
+def set_paddle_threads(threads: Optional[int] = None) -> None:
+    """Import Paddle without an OMP_NUM_THREADS > 1 of ours in the environment (so it prints no
+    warning), then give its MKL and OpenMP `threads` threads (default: thread_count() read from
+    the environment, i.e. the MKL_NUM_THREADS configure() exported). Spawned training processes
+    call this first: they inherit MKL_NUM_THREADS, and Paddle starts with one OpenMP thread."""
+    n = threads or thread_count(user=dict(os.environ))
+    placeholder = "paddle" not in sys.modules and "OMP_NUM_THREADS" not in os.environ
+    import paddle  # noqa: F401  (sets OMP_NUM_THREADS=1 in os.environ when it is unset)
+    if placeholder:
+        os.environ.pop("OMP_NUM_THREADS", None)  # Paddle's, not the user's: no limit for child processes
+    try:
+        from paddle.base import core
+        core.set_num_threads(n)
+    except (ImportError, AttributeError):
+        pass
 
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3

@@ -256,7 +256,7 @@ def test_resume_replays_the_uninterrupted_run(world, tmp_path, monkeypatch, caps
     assert "interrupted at epoch 2 step 1" in str(info.value)
     assert "--RESUME=True --CKPT_V=B --CKPT_E=1" in str(info.value)
     folder_b = os.path.dirname(ckpt_paths(cfg_b.ckpt_dir, "B", 1)[0])
-    assert sorted(os.listdir(folder_b)) == ["epoch1.pdopt", "epoch1.pdparams"]
+    assert sorted(os.listdir(folder_b)) == ["epoch1.pdopt", "epoch1.pdparams", "vocab.json"]
 
     # resume B through the command line, as the message says
     code, out, err = cli_main(["--RUN=train", f"--MODEL={world.yml_dropout}", "--RESUME=True", "--CKPT_V=B",
@@ -423,7 +423,7 @@ def test_nan_loss_stops_with_last_good_checkpoint(world, tmp_path, monkeypatch):
     good, good_opt = ckpt_paths(cfg.ckpt_dir, "nan", 1)
     assert good in message
     folder = os.path.dirname(good)
-    assert sorted(os.listdir(folder)) == ["epoch1.pdopt", "epoch1.pdparams"]
+    assert sorted(os.listdir(folder)) == ["epoch1.pdopt", "epoch1.pdparams", "vocab.json"]
     model = build_model(cfg.model, *_vocab_sizes(world))
     load_weights(model, good)
     assert safe_load(good_opt)["epoch"] == 1

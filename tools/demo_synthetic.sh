@@ -17,4 +17,4 @@ PY="$VENV/bin/python"
 "$PY" run.py --RUN=val  --MODEL=tiny --CKPT_V=demo --CKPT_E="$EPOCHS" --PRELOAD=True
 "$PY" run.py --RUN=test --MODEL=tiny --CKPT_V=demo --CKPT_E="$EPOCHS" --PRELOAD=True
 echo "done: checkpoints in ckpt/ckpt_demo/, val results in results/cache/, test answers in results/result_test/,"
-echo "logs in results/log/log_run_demo.txt; watch curves with: $VENV/bin/visualdl --logdir results/vdl"
+echo "logs in results/log/log_run_demo.txt; watch curves with: $VENV/bin/visualdl --logdir results/vdl --language en"

@@ -4,7 +4,8 @@
     python tools/make_synthetic_vqa.py --out /tmp/synth --train-images 200 --val-images 50
 
 The world (coloured objects whose size and distance questions need the boxes) is described in
-mmnas/data/synthetic.py. Same arguments, same bytes.
+mmnas/data/synthetic.py. Same arguments, same bytes. Each image is also drawn as a PNG under
+<out>/vqa/images/<split folder>/ (--no-pictures skips them).
 """
 import argparse
 import os
@@ -36,6 +37,8 @@ def parse_args(argv=None):
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing dataset in <out>/vqa/ that is NOT marked synthetic "
                         "(a previous synthetic one is always replaced)")
+    p.add_argument("--no-pictures", action="store_true",
+                   help="skip the PNG picture of each image (<out>/vqa/images/<split>/COCO_<split>_<id>.png)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -48,7 +51,7 @@ def main(argv=None) -> int:
             n_test_images=args.test_images, n_vg_images=args.vg_images,
             questions_per_image=args.questions_per_image, seed=args.seed, min_boxes=args.min_boxes,
             max_boxes=args.max_boxes, workers=args.workers, overwrite=args.overwrite,
-            progress=not args.quiet)
+            pictures=not args.no_pictures, progress=not args.quiet)
     except (FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

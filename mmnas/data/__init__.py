@@ -5,8 +5,8 @@ tools that only check files (`mmnas.data.features`) stay fast.
 """
 from mmnas.data.features import (DataError, check_raw_files, feature_index, load_npz,
                                   read_box_count)
-from mmnas.data.vocab import (Vocab, answer_scores, build_answer_vocab, build_token_vocab,
-                               build_vocab, encode_question, tokenize)
+from mmnas.data.vocab import (VOCAB_FILE, Vocab, answer_scores, build_answer_vocab, build_token_vocab,
+                               build_vocab, encode_question, read_vocab_file, tokenize)
 from mmnas.data.word_vectors import load_word_vectors
 
 _LAZY = {"VQADataset", "collate_batch", "split_parts", "TRAIN_SPLITS", "EVAL_SPLITS"}
@@ -20,5 +20,5 @@ def __getattr__(name):
 
 
 __all__ = ["DataError", "check_raw_files", "feature_index", "load_npz", "read_box_count",
-           "Vocab", "answer_scores", "build_answer_vocab", "build_token_vocab", "build_vocab",
-           "encode_question", "tokenize", "load_word_vectors", *sorted(_LAZY)]
+           "VOCAB_FILE", "Vocab", "answer_scores", "build_answer_vocab", "build_token_vocab", "build_vocab",
+           "encode_question", "read_vocab_file", "tokenize", "load_word_vectors", *sorted(_LAZY)]

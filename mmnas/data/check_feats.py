@@ -201,11 +201,11 @@ def check_feats(feat_dir: Union[str, Sequence[str]], question_files: Optional[Se
 
 
 def _map(fn, paths: List[str], workers: int, progress: bool) -> List[dict]:
-    """fn over paths, in a process pool when workers > 1, with a tqdm bar."""
+    """fn over paths, in a process pool when workers > 1, with a progress bar."""
     bar = None
     if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(paths), desc="check feats", unit="file")
+        from mmnas.progress import progress_bar
+        bar = progress_bar(total=len(paths), desc="check feats", unit="file")
     results = []
     if workers > 1 and len(paths) > 1:
         import multiprocessing as mp

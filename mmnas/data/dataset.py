@@ -22,7 +22,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import paddle
-from tqdm import tqdm
 
 from mmnas.config import LOSSES, TRAIN_SPLITS
 from mmnas.data.features import (ANNOTATION_FILES, FEAT_DIM, FEATURE_DIRS, MAX_REGIONS, QUESTION_FILES,
@@ -30,6 +29,7 @@ from mmnas.data.features import (ANNOTATION_FILES, FEAT_DIM, FEATURE_DIRS, MAX_R
                                   feature_index, load_npz, read_box_count, read_json)
 from mmnas.data.packed import PackedFeatures, is_store, store_dir_for
 from mmnas.data.vocab import MAX_TOKEN, Vocab, answer_scores, encode_question
+from mmnas.progress import progress_bar
 
 EVAL_SPLITS = ("val", "test")
 _PARTS = ("train", "val", "vg", "test")
@@ -169,9 +169,9 @@ class VQADataset(paddle.io.Dataset):
         unpacked = [i for i in range(len(self._image_paths)) if self._image_store[i] < 0]
         check = functools.partial(_feature_problem, max_regions=self.max_regions)
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            checked = list(tqdm(pool.map(check, [self._image_paths[i] for i in unpacked]), total=len(unpacked),
-                                desc=f"check feats {self.split}", disable=not self.progress or not unpacked,
-                                mininterval=1.0))
+            checked = list(progress_bar(pool.map(check, [self._image_paths[i] for i in unpacked]),
+                                        total=len(unpacked), desc=f"check feats {self.split}",
+                                        disable=not self.progress or not unpacked))
         bad = [problem for _, problem in checked if problem is not None]
         if bad:
             shown = "\n  ".join(bad[:CHECK_LISTED])
@@ -199,9 +199,9 @@ class VQADataset(paddle.io.Dataset):
         try:
             results = pool.map(functools.partial(load_npz, max_regions=self.max_regions),
                                [self._image_paths[i] for i in unpacked])
-            for i, region_feats_and_boxes in zip(unpacked, tqdm(results, total=len(unpacked), desc=f"preload {self.split}",
-                                                                disable=not self.progress or not unpacked,
-                                                                mininterval=1.0)):
+            bar = progress_bar(results, total=len(unpacked), desc=f"preload {self.split}",
+                               disable=not self.progress or not unpacked)
+            for i, region_feats_and_boxes in zip(unpacked, bar):
                 images[i] = region_feats_and_boxes
         finally:
             pool.shutdown(wait=True, cancel_futures=True)  # on error, do not read the rest
@@ -235,10 +235,10 @@ class VQADataset(paddle.io.Dataset):
                 else:
                     unpacked.append(i)
             with ThreadPoolExecutor(max_workers=8) as pool:
-                read = list(tqdm(pool.map(functools.partial(read_box_count, max_regions=self.max_regions),
-                                          [self._image_paths[i] for i in unpacked]),
-                                 total=len(unpacked), desc="box counts", disable=not self.progress or not unpacked,
-                                 mininterval=1.0))
+                read = list(progress_bar(pool.map(functools.partial(read_box_count, max_regions=self.max_regions),
+                                                  [self._image_paths[i] for i in unpacked]),
+                                         total=len(unpacked), desc="box counts",
+                                         disable=not self.progress or not unpacked))
             counts[unpacked] = np.array(read, dtype=np.int32)
             self._image_box_counts = counts
         return self._image_box_counts[self._item_image]
@@ -253,6 +253,9 @@ class VQADataset(paddle.io.Dataset):
 
     def image_path(self, i: int) -> str:
         return self._image_paths[self._item_image[i]]
+
+    def question_text(self, i: int) -> str:
+        return self._question_texts[i]
 
     def __len__(self) -> int:
         return len(self.question_ids)

@@ -21,6 +21,10 @@ dominant_object_prob=..., filler_max_scale=..., min_boxes=4, max_boxes=12)` give
 most questions need the boxes (bench/synthetic_ablation.py uses it); the defaults reproduce
 the original world byte for byte.
 
+Each image also gets a picture, `<out>/vqa/images/<split folder>/COCO_<split>_<id>.png` (beside
+`feats/<split folder>/`): its objects drawn at their boxes in their colours and named, on faint
+tinted filler regions, so the attention of `--RUN=predict` can be looked at without COCO.
+
 Everything is a pure function of the seed: each image draws from its own generator seeded by
 (seed, split, index, purpose), and the npz files are written with fixed zip timestamps, so two
 runs with the same arguments produce identical bytes.
@@ -290,13 +294,61 @@ def save_npz_deterministic(path: str, arrays: Dict[str, np.ndarray], compresslev
     os.replace(tmp, path)
 
 
+COLOUR_RGB = {"red": (215, 38, 38), "blue": (36, 88, 216), "green": (42, 160, 60), "yellow": (242, 208, 28),
+              "black": (24, 24, 24), "white": (250, 250, 250)}
+BACKGROUND_RGB = {"grass": (110, 160, 80), "sky": (140, 185, 230), "wall": (190, 176, 160),
+                  "floor": (150, 118, 88), "water": (70, 130, 170)}
+CANVAS_RGB = (205, 205, 200)
+IMAGES_DIR = "images"  # pictures go to <vqa>/images/<split folder>/, beside feats/<split folder>/
+
+
+def picture_file_name(split: str, image_id: int) -> str:
+    return f"{SPLITS[split][1]}{image_id:012d}.png"
+
+
+def render_scene(scene: Scene) -> np.ndarray:
+    """uint8 RGB [height, width, 3]: fillers as faint tints of their texture, then the objects
+    (largest first, so small ones stay visible) filled with their colour, outlined and named."""
+    from PIL import Image, ImageDraw, ImageFont
+    picture = Image.new("RGB", (scene.width, scene.height), CANVAS_RGB)
+    draw = ImageDraw.Draw(picture, "RGBA")  # RGBA fills blend into the picture
+    pixel = lambda box: [int(round(float(v))) for v in box]  # x1, y1, x2, y2 inclusive
+    for r in np.flatnonzero(scene.region_object < 0):
+        draw.rectangle(pixel(scene.boxes[r]), fill=BACKGROUND_RGB[BACKGROUNDS[scene.region_background[r]]] + (64,))
+    try:
+        font = ImageFont.load_default(size=15)
+    except TypeError:  # Pillow < 10.1: one bitmap size
+        font = ImageFont.load_default()
+    objects = [r for r in np.flatnonzero(scene.region_object >= 0)]
+    area = lambda r: float((scene.boxes[r][2] - scene.boxes[r][0]) * (scene.boxes[r][3] - scene.boxes[r][1]))
+    for r in sorted(objects, key=area, reverse=True):
+        obj = scene.region_object[r]
+        colour = COLOURS[scene.colours[obj]]
+        dark = colour in ("black", "blue", "red", "green")
+        draw.rectangle(pixel(scene.boxes[r]), fill=COLOUR_RGB[colour], outline=(90, 90, 90) if dark else (60, 60, 60),
+                       width=2)
+        x1, y1 = pixel(scene.boxes[r])[:2]
+        draw.text((x1 + 4, y1 + 3), CATEGORIES[scene.categories[obj]], font=font,
+                  fill=(255, 255, 255) if dark else (0, 0, 0))
+    return np.asarray(picture)
+
+
+def save_png_deterministic(path: str, rgb: np.ndarray) -> None:
+    """PNG with no timestamp (identical bytes on re-run), written under a temporary name first."""
+    from PIL import Image
+    tmp = path + ".part"
+    Image.fromarray(rgb).save(tmp, format="PNG", compress_level=6)
+    os.replace(tmp, path)
+
+
 _worker_world: Optional[Tuple[int, FeatureWorld]] = None
 
 
-def _write_image_features(job: Tuple[int, str, int, int, int, str, SceneStyle]) -> int:
-    """Pool worker: rebuild one scene from its seed and write its npz. Returns the box count."""
+def _write_image_features(job: Tuple[int, str, int, int, int, str, SceneStyle, Optional[str]]) -> int:
+    """Pool worker: rebuild one scene from its seed and write its npz (and its picture when
+    `pictures` names a folder). Returns the box count."""
     global _worker_world
-    seed, split, index, min_boxes, max_boxes, folder, style = job
+    seed, split, index, min_boxes, max_boxes, folder, style, pictures = job
     if _worker_world is None or _worker_world[0] != seed:
         _worker_world = (seed, FeatureWorld(seed))
     scene = sample_scene(seed, split, index, min_boxes, max_boxes, style)
@@ -308,6 +360,8 @@ def _write_image_features(job: Tuple[int, str, int, int, int, str, SceneStyle]) 
         "image_w": np.int64(scene.width),
         "num_bbox": np.int64(len(scene.boxes)),
     })
+    if pictures is not None:
+        save_png_deterministic(os.path.join(pictures, picture_file_name(split, scene.image_id)), render_scene(scene))
     return len(scene.boxes)
 
 
@@ -646,6 +700,11 @@ def _remove_old_files(vqa_root: str) -> None:
             for name in os.listdir(feat_dir):
                 if name.startswith(prefix) and (name.endswith(".npz") or name.endswith(".npz.part")):
                     os.remove(os.path.join(feat_dir, name))
+        picture_dir = os.path.join(vqa_root, IMAGES_DIR, folder)
+        if os.path.isdir(picture_dir):
+            for name in os.listdir(picture_dir):
+                if name.startswith(prefix) and (name.endswith(".png") or name.endswith(".png.part")):
+                    os.remove(os.path.join(picture_dir, name))
 
 
 def _readme_text(seed: int, sizes: Dict[str, int], questions_per_image: int, min_boxes: int, max_boxes: int,
@@ -667,7 +726,9 @@ def _readme_text(seed: int, sizes: Dict[str, int], questions_per_image: int, min
         "Image ids: train2014 1000001.., val2014 2000001.., test2015 3000001..\n"
         "Question ids: image_id * 1000 + k (COCO files), image_id * 1000 + 500 + k (VG files).\n"
         f"{TRUTH_FILE} holds the objects of every image and the family of every question\n"
-        "(for analysis only; no data loader needs it).\n\n"
+        "(for analysis only; no data loader needs it).\n"
+        f"{IMAGES_DIR}/<split folder>/COCO_<split>_<id>.png: a picture of each image (objects at their\n"
+        "boxes in their colours), found by --RUN=predict (unless generated with --no-pictures).\n\n"
         "Regenerate with:\n"
         f"  python tools/make_synthetic_vqa.py --out <DATA_ROOT> --seed {seed} "
         f"--train-images {sizes['train']} --val-images {sizes['val']} --test-images {sizes['test']} "
@@ -680,14 +741,16 @@ def make_synthetic_vqa(out_root: str, n_train_images: int = 1500, n_val_images: 
                        seed: int = 0, min_boxes: int = 10, max_boxes: int = 36, workers: int = 1,
                        overwrite: bool = False, progress: bool = False,
                        family_weights: Optional[Dict[str, float]] = None, dominant_object_prob: float = 0.0,
-                       filler_max_scale: float = 1.0) -> dict:
+                       filler_max_scale: float = 1.0, pictures: bool = False) -> dict:
     """Write a synthetic VQA-v2 under `<out_root>/vqa/` and return a summary dict.
 
     Refuses (FileExistsError) to replace a dataset that is not marked synthetic unless
     `overwrite`; a previous synthetic dataset is replaced silently. The output does not
     depend on `workers`. `family_weights` (e.g. SPATIAL_FAMILY_WEIGHTS), `dominant_object_prob`
     and `filler_max_scale` change the question mix and the scenes (see SceneStyle); their
-    defaults give the original world.
+    defaults give the original world. `pictures` also draws every image as a PNG under
+    `<out_root>/vqa/images/<split folder>/` (render_scene; on by default in the tool, off here
+    so that callers who never look at them do not pay ~30 ms per image).
     """
     if not 0.0 <= dominant_object_prob <= 1.0:
         raise ValueError(f"dominant_object_prob must be in 0..1, got {dominant_object_prob}")
@@ -726,7 +789,10 @@ def make_synthetic_vqa(out_root: str, n_train_images: int = 1500, n_val_images: 
     for split in ("train", "val", "test"):
         folder = os.path.join(vqa_root, "feats", SPLITS[split][0])
         os.makedirs(folder, exist_ok=True)
-        jobs += [(seed, split, i, min_boxes, max_boxes, folder, style) for i in range(sizes[split])]
+        picture_dir = os.path.join(vqa_root, IMAGES_DIR, SPLITS[split][0]) if pictures else None
+        if picture_dir:
+            os.makedirs(picture_dir, exist_ok=True)
+        jobs += [(seed, split, i, min_boxes, max_boxes, folder, style, picture_dir) for i in range(sizes[split])]
     if workers > 1 and len(jobs) > 1:
         import multiprocessing as mp
         with mp.get_context("fork").Pool(workers) as pool:
@@ -787,8 +853,8 @@ def _make_all_questions(seed: int, sizes: Dict[str, int], questions_per_image: i
 def _drain(results, total: int, progress: bool) -> List[int]:
     """Collect the box counts of the feature jobs, with a progress bar if asked."""
     if progress:
-        from tqdm import tqdm
-        results = tqdm(results, total=total, desc="features", unit="img")
+        from mmnas.progress import progress_bar
+        results = progress_bar(results, total=total, desc="features", unit="img")
     return list(results)
 
 

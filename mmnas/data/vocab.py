@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
-from tqdm import tqdm
 
 from mmnas.config import LOSSES
 from mmnas.data.features import (ANNOTATION_FILES, QUESTION_FILES, README_DATA, DataError,
                                  read_json, vqa_path)
 from mmnas.metrics.normalize import prep_ans
+from mmnas.progress import progress_bar
 
 PAD, UNK, CLS = "PAD", "UNK", "CLS"
 MAX_TOKEN = 14
@@ -45,7 +45,7 @@ def build_token_vocab(question_lists: Iterable[Sequence[dict]], progress: bool =
     """token -> id: PAD=0, UNK=1, CLS=2, then words in order of first appearance."""
     token_to_ix = {PAD: 0, UNK: 1, CLS: 2}
     for questions in question_lists:
-        for q in tqdm(questions, desc="token vocab", disable=not progress, mininterval=1.0):
+        for q in progress_bar(questions, desc="token vocab", disable=not progress, mininterval=1.0):
             for word in tokenize(q["question"]):
                 if word not in token_to_ix:
                     token_to_ix[word] = len(token_to_ix)
@@ -120,6 +120,41 @@ class Vocab:
     def answer_size(self) -> int:
         return len(self.ans_to_ix)
 
+    def to_dict(self) -> dict:
+        """The JSON form: the vocabulary cache and the vocab.json written beside checkpoints."""
+        return {"token_to_ix": self.token_to_ix, "ans_to_ix": self.ans_to_ix,
+                "ix_to_ans": {str(ix): a for ix, a in self.ix_to_ans.items()}, "sources": self.sources}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "Vocab":
+        """Inverse of to_dict; KeyError/ValueError/TypeError/AttributeError on a malformed dict."""
+        return cls(token_to_ix={str(w): int(ix) for w, ix in raw["token_to_ix"].items()},
+                   ans_to_ix={str(a): int(ix) for a, ix in raw["ans_to_ix"].items()},
+                   ix_to_ans={int(ix): str(a) for ix, a in raw["ix_to_ans"].items()},
+                   sources=list(raw.get("sources", [])))
+
+
+VOCAB_FILE = "vocab.json"  # written by training beside its checkpoints (ckpt/ckpt_<VERSION>/)
+
+
+def read_vocab_file(path: str) -> Vocab:
+    """A vocabulary JSON (Vocab.to_dict: training's vocab.json or the cache); DataError if unusable."""
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            vocab = Vocab.from_dict(json.load(f))
+    except OSError as e:
+        raise DataError(f"vocabulary file {path}: cannot read it ({e.strerror}); check the path.") from None
+    except ValueError as e:  # json.JSONDecodeError is a ValueError
+        raise DataError(f"vocabulary file {path} is not valid JSON ({e}); use the vocab.json that "
+                        f"training wrote beside the checkpoint.") from None
+    except (KeyError, TypeError, AttributeError):
+        raise DataError(f"vocabulary file {path} lacks token_to_ix / ans_to_ix / ix_to_ans; use the "
+                        f"vocab.json that training wrote beside the checkpoint.") from None
+    for name, table in (("token_to_ix", vocab.token_to_ix), ("ans_to_ix", vocab.ans_to_ix)):
+        if sorted(table.values()) != list(range(len(table))):
+            raise DataError(f"vocabulary file {path}: the ids of {name} must be 0..{len(table) - 1}, each once.")
+    return vocab
+
 
 def read_answer_dict(path: str) -> Tuple[Dict[str, int], Dict[int, str]]:
     """An explicit answer dictionary: openvqa's [ans_to_ix, ix_to_ans] or {"ans_to_ix": ...}."""
@@ -176,13 +211,9 @@ def build_vocab(data_root: str, cache_dir: str, answer_dict: Optional[str] = Non
     cache_path = os.path.join(cache_dir, f"vocab_{hashlib.sha1(key_src.encode()).hexdigest()[:16]}.json")
     if os.path.isfile(cache_path):
         try:
-            with open(cache_path, "r", encoding="utf-8") as f:
-                cached = json.load(f)
-            return Vocab(token_to_ix=cached["token_to_ix"], ans_to_ix=cached["ans_to_ix"],
-                         ix_to_ans={int(ix): a for ix, a in cached["ix_to_ans"].items()},
-                         sources=cached["sources"])
-        except (OSError, ValueError, KeyError) as e:
-            warnings.warn(f"vocabulary cache {cache_path} is unreadable ({e}); rebuilding it.", stacklevel=2)
+            return read_vocab_file(cache_path)
+        except DataError as e:
+            warnings.warn(f"vocabulary cache unreadable, rebuilding it: {e}", stacklevel=2)
 
     token_to_ix = build_token_vocab((read_json(p, "questions") for p in token_paths), progress=progress)
     if answer_dict:
@@ -194,8 +225,6 @@ def build_vocab(data_root: str, cache_dir: str, answer_dict: Optional[str] = Non
     os.makedirs(cache_dir, exist_ok=True)
     tmp_path = f"{cache_path}.tmp{os.getpid()}"
     with open(tmp_path, "w", encoding="utf-8") as f:
-        json.dump({"token_to_ix": vocab.token_to_ix, "ans_to_ix": vocab.ans_to_ix,
-                   "ix_to_ans": {str(ix): a for ix, a in vocab.ix_to_ans.items()},
-                   "sources": vocab.sources}, f, ensure_ascii=False)
+        json.dump(vocab.to_dict(), f, ensure_ascii=False)
     os.replace(tmp_path, cache_path)  # atomic: a concurrent reader never sees half a file
     return vocab

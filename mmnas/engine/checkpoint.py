@@ -15,7 +15,7 @@ import pickletools
 import socket
 import tempfile
 import warnings
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 
@@ -203,9 +203,12 @@ def match_state_dict(model, state: Dict[str, np.ndarray], path: str = "<checkpoi
     return state
 
 
-def load_weights(model, path: str) -> None:
-    """Load a weights file into `model` safely, with a full report of any mismatch."""
-    state = match_state_dict(model, extract_state_dict(safe_load(path), path), path)
+def load_weights(model, path: str, state: Optional[Dict[str, np.ndarray]] = None) -> None:
+    """Load a weights file into `model` safely, with a full report of any mismatch. `state`: the
+    file's extract_state_dict(safe_load(path)) when the caller has read it already."""
+    if state is None:
+        state = extract_state_dict(safe_load(path), path)
+    state = match_state_dict(model, state, path)
     model.set_state_dict({k: v.astype(np.float32) if v.dtype == np.float64 else v
                           for k, v in state.items()})
 

@@ -13,6 +13,7 @@ import sys
 import paddle
 import paddle.distributed as dist
 
+from ..runtime import set_paddle_threads
 from .interrupt import RunInterrupted
 
 
@@ -36,6 +37,7 @@ _INTERRUPTED_EXIT = 130  # a spawned process stopped by Ctrl-C (rank 0 printed t
 
 
 def _worker(fn, cfg, use_gpu, expected=(), spawned=False):
+    set_paddle_threads()  # a spawned process starts with Paddle's single OpenMP thread
     dist.init_parallel_env()
     rank, world = dist.get_rank(), dist.get_world_size()
     if use_gpu:

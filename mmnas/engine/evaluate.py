@@ -14,11 +14,11 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import paddle
-from tqdm import tqdm
 
 from ..data import DataError
 from ..data.dataset import FailureCheckedLoader, FailureReportingDataset, collate_or_failure, die_with_parent
 from ..metrics import evaluate as vqa_accuracy
+from ..progress import progress_bar
 from .checkpoint import write_error
 
 
@@ -62,7 +62,7 @@ def predict(model, dataset, batch_size: int, num_workers: int = 0, progress: boo
     model.eval()
     try:
         with paddle.no_grad():
-            for region_feats, boxes, question_ids, _, index in tqdm(
+            for region_feats, boxes, question_ids, _, index in progress_bar(
                     make_loader(dataset, batches, num_workers), total=len(batches), desc=desc,
                     disable=not progress, mininterval=1.0, dynamic_ncols=True):
                 logits[index.numpy()] = model(region_feats, None, boxes, question_ids).numpy()

@@ -48,6 +48,17 @@ class RunLogger:
             for tag, value in values.items():
                 self.writer.add_scalar(tag=tag, value=float(value), step=step)
 
+    def hparams(self, values: dict, metric_tags: list) -> None:
+        """The run's hyper-parameters for VisualDL's hparams page; `metric_tags` name scalars
+        (e.g. "val/overall") whose last values the page shows beside them."""
+        if self.enabled and self.writer is not None:
+            self.writer.add_hparams(values, list(metric_tags))
+
+    def image(self, tag: str, rgb, step: int) -> None:
+        """An RGB picture (uint8 [H, W, 3]) for VisualDL's image tab."""
+        if self.enabled and self.writer is not None:
+            self.writer.add_image(tag=tag, img=rgb, step=step, dataformats="HWC")
+
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()

@@ -34,11 +34,11 @@ import numpy as np
 import paddle
 import paddle.distributed as dist
 import paddle.nn.functional as F
-from tqdm import tqdm
 
 from ..config import RunConfig
 from ..data import build_vocab
 from ..models.supernet import SuperNet
+from ..progress import progress_bar
 from ..runtime import clip_grad_norm_
 from .checkpoint import load_weights, safe_load, save_checkpoint, to_numpy_state, write_error
 from .evaluate import make_loader, write_json_atomic
@@ -209,9 +209,9 @@ def search_one_epoch(net, model: SuperNet, weight_opt, arch_opt, dataset, parts:
     net.train()
     w_loss, a_loss, n_arch, lr, start = 0.0, 0.0, 0, 0.0, time.time()
     phase = "search" if arch_batches else "warm-up"
-    with tqdm(make_loader(dataset, weight_batches, cfg.data.num_workers), total=steps,
-              desc=f"search epoch {epoch + 1}/{tcfg.max_epoch} ({phase})", disable=not progress,
-              dynamic_ncols=True, mininterval=1.0) as bar:  # closed on any exit (Ctrl-C message on its own line)
+    with progress_bar(make_loader(dataset, weight_batches, cfg.data.num_workers), total=steps,
+                       desc=f"search epoch {epoch + 1}/{tcfg.max_epoch} ({phase})", disable=not progress,
+                       dynamic_ncols=True, mininterval=1.0) as bar:  # closed on any exit (Ctrl-C message on its own line)
         for step_in_epoch, batch in enumerate(bar):
             position.step = step_in_epoch + 1
             position.guard.stop_together()  # data parallel: every process stops at the same step

@@ -20,19 +20,20 @@ from typing import NamedTuple, Optional
 import numpy as np
 import paddle
 import paddle.distributed as dist
-from tqdm import tqdm
 
 from ..config import RunConfig
-from ..data import VQADataset, build_vocab, load_word_vectors
+from ..data import VOCAB_FILE, VQADataset, build_vocab, load_word_vectors
 from ..models import build_model
+from ..progress import progress_bar
 from ..runtime import amp_context, clip_and_step, make_grad_scaler, maybe_to_static
 from .checkpoint import load_weights, safe_load, save_checkpoint, to_numpy_state, CheckpointError
-from .evaluate import evaluate, format_scores, make_loader
+from .evaluate import evaluate, format_scores, make_loader, write_json_atomic
 from .interrupt import InterruptGuard, RunInterrupted, RunPosition
 from .logger import RunLogger
 from .loss import answer_loss
 from .resume import mismatched_setting, resume_command
 from .schedule import base_learning_rate, learning_rate
+from .watch_attention import HPARAM_METRICS, AttentionWatch, hparams_of
 
 
 class TrainingError(RuntimeError):
@@ -120,9 +121,9 @@ def train_one_epoch(model, optimizer, dataset, cfg: RunConfig, epoch: int, steps
     # per-step losses and gradient norms stay on the device and are read every log_every steps
     # (and at the end): one host synchronisation per read instead of one per step on a GPU
     loss_sum, lr, pending = 0.0, 0.0, []
-    with tqdm(make_loader(dataset, [ordered for ordered, _ in plans], cfg.data.num_workers), total=steps_per_epoch,
-              desc=f"epoch {epoch + 1}/{tcfg.max_epoch}", disable=not progress, dynamic_ncols=True,
-              mininterval=1.0) as bar:  # closed on any exit, so a Ctrl-C message starts on its own line
+    with progress_bar(make_loader(dataset, [ordered for ordered, _ in plans], cfg.data.num_workers), total=steps_per_epoch,
+                      desc=f"epoch {epoch + 1}/{tcfg.max_epoch}", disable=not progress, dynamic_ncols=True,
+                      mininterval=1.0) as bar:  # closed on any exit, so a Ctrl-C message starts on its own line
         for step_in_epoch, (region_feats, boxes, question_ids, answer_scores, _) in enumerate(bar):
             position.step = step_in_epoch + 1
             position.guard.stop_together()  # data parallel: every process stops at the same step
@@ -333,9 +334,13 @@ def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLog
     scaler = make_grad_scaler(cfg)  # --AMP=fp16 on a GPU; None otherwise
     if rank == 0:
         logger.config(cfg.to_dict())
+        logger.hparams(hparams_of(cfg.to_dict()), HPARAM_METRICS)  # VisualDL's hparams page
         logger.text(f"train split {dcfg.split}: {len(train_set)} questions, {steps_per_epoch} steps/epoch, "
                     f"{world} process(es), vocab T={vocab.token_size} A={vocab.answer_size}")
+        # the vocabularies travel with the checkpoints: --RUN=predict reads them from here
+        write_json_atomic(vocab.to_dict(), os.path.join(cfg.ckpt_dir, f"ckpt_{cfg.version}", VOCAB_FILE))
     history = []
+    watch = AttentionWatch.for_run(val_set, vocab, logger)  # attention pictures of a few val questions
     last_ckpt = ckpt_paths(cfg.ckpt_dir, cfg.ckpt_version, start_epoch)[0] if cfg.resume else None
     for epoch in range(start_epoch, tcfg.max_epoch):
         position.epoch, position.step, position.phase = epoch, 0, ""
@@ -377,6 +382,8 @@ def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLog
                                 **{f"val/{t}": v for t, v in result.scores["per_answer_type"].items()}},
                                epoch + 1)
                 record["val"] = result.scores
+                if watch is not None:
+                    watch.log(model, epoch + 1)  # the attention pictures of the watched val questions
             history.append(record)
         if world > 1:
             dist.barrier()

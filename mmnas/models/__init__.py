@@ -1,4 +1,4 @@
 """Networks: MMNasNet built from a genotype."""
-from .mmnasnet import AttFlat, Backbone, MMNasNet, build_model
+from .mmnasnet import AttentionMaps, AttFlat, Backbone, BlockAttention, MMNasNet, build_model
 
-__all__ = ["AttFlat", "Backbone", "MMNasNet", "build_model"]
+__all__ = ["AttentionMaps", "AttFlat", "Backbone", "BlockAttention", "MMNasNet", "build_model"]

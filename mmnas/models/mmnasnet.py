@@ -4,6 +4,8 @@ Parameter names and shapes are exactly those of the released checkpoint
 (`../shared/spec/state_dict_small.txt`), so its state dict loads without renaming.
 """
 import math
+from dataclasses import dataclass
+from typing import List
 
 import numpy as np
 import paddle
@@ -35,11 +37,14 @@ class AttFlat(nn.Layer):
         self.glimpses = cfg.glimpses
         self.mlp = MLP(cfg.hidden_size, cfg.flat_mlp, cfg.glimpses, cfg.dropout)
         self.linear_merge = Linear(cfg.hidden_size * cfg.glimpses, cfg.flat_out)
+        self.attention_record = None  # a list while attention is being recorded (see MMNasNet)
 
     def forward(self, x, x_mask):
         att = self.mlp(x)  # [B, N, G]
         mask = x_mask.squeeze([1, 2]).unsqueeze(2)  # [B,1,1,N] -> [B, N, 1]
         att = F.softmax(paddle.where(mask, paddle.full([1], mask_fill(att.dtype), att.dtype), att), axis=1)
+        if self.attention_record is not None:
+            self.attention_record.append(att)
         # sum_n att[b, n, g] * x[b, n, :] for every glimpse at once -> [B, G, H] -> [B, G*H]
         pooled = paddle.matmul(att, x, transpose_x=True)
         return self.linear_merge(pooled.reshape([0, -1]))
@@ -63,6 +68,25 @@ class Backbone(nn.Layer):
         for op in self.dec_list:
             img = op(img, lang, img_mask, lang_mask, relations)
         return lang, img
+
+
+@dataclass
+class BlockAttention:
+    """The attention map of one SA/GA/RSA block: map [B, heads, Nq, Nk] (softmax over Nk).
+    Encoder SA: tokens x tokens; decoder SA/RSA: regions x regions; GA: regions x tokens."""
+    part: str  # "enc" or "dec"
+    position: int  # index of the block in its genotype list
+    op: str  # "SA", "GA" or "RSA"
+    map: paddle.Tensor
+
+
+@dataclass
+class AttentionMaps:
+    """What MMNasNet.forward_with_attention records: the AttFlat pooling weights over tokens
+    [B, T, G] and regions [B, N, G] (masked positions get exactly 0), and every block's map."""
+    lang: paddle.Tensor
+    img: paddle.Tensor
+    blocks: List[BlockAttention]
 
 
 class MMNasNet(nn.Layer):
@@ -100,6 +124,25 @@ class MMNasNet(nn.Layer):
         lang, img = self.backbone(lang, img, lang_mask, img_mask, relations)
         fused = self.attflat_lang(lang, lang_mask) + self.attflat_img(img, img_mask)
         return self.proj(self.proj_norm(fused))
+
+    def forward_with_attention(self, region_feats, grid_feats, boxes, question_ids):
+        """forward(), returning (logits, AttentionMaps). The layers record only during this call;
+        forward() itself never records, so its logits and speed are those of the plain model."""
+        blocks = [(part, i, op) for part, ops in (("enc", self.backbone.enc_list), ("dec", self.backbone.dec_list))
+                  for i, op in enumerate(ops) if hasattr(op, "mhatt")]
+        recorders = [op.mhatt for _, _, op in blocks] + [self.attflat_lang, self.attflat_img]
+        for layer in recorders:
+            layer.attention_record = []
+        try:
+            logits = self.forward(region_feats, grid_feats, boxes, question_ids)
+            maps = AttentionMaps(
+                lang=self.attflat_lang.attention_record[0], img=self.attflat_img.attention_record[0],
+                blocks=[BlockAttention(part, i, type(op).__name__, op.mhatt.attention_record[0])
+                        for part, i, op in blocks])
+        finally:
+            for layer in recorders:
+                layer.attention_record = None
+        return logits, maps
 
 
 def init_like_reference(model: nn.Layer) -> None:

@@ -3,6 +3,9 @@
 Both project with Linear(H -> H) q, k, v and merge; scores are q.k / sqrt(head width);
 masked keys are *set* to -1e9 (masked_fill, as the reference does) before the softmax, and
 dropout is applied to the attention map.
+
+`attention_record` is off (None) by default; models.mmnasnet.MMNasNet.forward_with_attention
+sets it to a list for one forward pass, and each pass then appends its map (before dropout).
 """
 import math
 
@@ -22,6 +25,7 @@ class MHAtt(nn.Layer):
         self.linear_q = Linear(hidden_size, hidden_size)
         self.linear_merge = Linear(hidden_size, hidden_size)
         self.dropout = Dropout(dropout)
+        self.attention_record = None  # a list while attention is being recorded, else None
 
     def split_heads(self, x):
         """[B, N, H] -> [B, heads, N, head_width]"""
@@ -35,7 +39,10 @@ class MHAtt(nn.Layer):
         scores = paddle.matmul(q, k, transpose_y=True) / math.sqrt(self.head_width)  # [B, h, Nq, Nk]
         if score_bias is not None:
             scores = scores + score_bias
-        att_map = self.dropout(masked_softmax(scores, mask))  # masked keys set to -1e9 first
+        att_map = masked_softmax(scores, mask)  # masked keys set to -1e9 first
+        if self.attention_record is not None:
+            self.attention_record.append(att_map)
+        att_map = self.dropout(att_map)
         atted = paddle.matmul(att_map, v)  # [B, h, Nq, head_width]
         atted = atted.transpose([0, 2, 1, 3]).reshape([0, 0, self.heads * self.head_width])
         return self.linear_merge(atted)
