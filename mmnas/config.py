@@ -33,10 +33,6 @@ MODEL_ALIASES = {
     "search_tiny": "search/search_vqa_tiny.yml",
 }
 
-OPS_ENC = ("SA", "FFN")
-OPS_DEC = ("SA", "GA", "RSA", "FFN")
-
-
 class ConfigError(ValueError):
     """A configuration value or file that cannot be used; the message says which and why."""
 
@@ -71,7 +67,9 @@ class ModelConfig:
         if self.hidden_size % self.rel_head_width:
             raise ConfigError(f"model.hidden_size={self.hidden_size} is not divisible by "
                               f"model.rel_head_width={self.rel_head_width}")
-        for part, ops, allowed in (("enc", self.enc, OPS_ENC), ("dec", self.dec, OPS_DEC)):
+        from .ops.registry import op_names  # imported here: the registry loads the ops (Paddle)
+        for part, ops in (("enc", self.enc), ("dec", self.dec)):
+            allowed = op_names(part)
             if not ops:
                 raise ConfigError(f"model.{part} (the genotype) is empty")
             bad = [op for op in ops if op not in allowed]
@@ -119,30 +117,43 @@ class TrainConfig:
     to_static: bool = False  # paddle.jit.to_static the model (measured slower on CPU)
 
 
-SKIP_OP = "skip"  # the search's "none-style" candidate: identity, dropped from the genotype
-SEARCH_OPS = {"enc": ("SA", "FFN", SKIP_OP), "dec": ("SA", "GA", "RSA", "FFN", SKIP_OP)}
+TAU_ANNEALS = ("constant", "linear", "exponential", "cosine")  # snas temperature schedules
 
 
 @dataclass
 class SearchConfig:
     """The architecture search (--RUN=search). Operator weights use the `train` section
     (batch_size, max_epoch = search epochs, lr_base, warm-up/decay, grad_clip, betas, eps, seed);
-    the search width is `model.hidden_size`; the rest is here."""
+    the search width is `model.hidden_size`; the rest is here. `algorithm` picks the strategy
+    (mmnas/search/): binary_gate (MMnas) or snas; fields marked binary_gate / snas are read by
+    that strategy only."""
+    algorithm: str = "binary_gate"  # a strategy registered in mmnas/search/ (binary_gate | snas)
     enc_positions: int = 12
     dec_positions: int = 18
     # candidate pool of every position: one list for all positions, or one list per position
     enc_ops: List[Any] = field(default_factory=lambda: ["SA", "FFN"])
     dec_ops: List[Any] = field(default_factory=lambda: ["SA", "GA", "RSA", "FFN"])
     weight_fraction: float = 0.8  # share of the split for weight steps; the rest drives arch steps
+    #                               (snas: trains on everything and only scores the rest's share)
     split_seed: int = 888  # seeds the weight/arch partition of the split
-    warmup_epochs: int = 20  # epochs of weight steps only (sampled paths), before arch steps start
-    arch_every: int = 5  # one architecture step after every `arch_every` weight steps
-    arch_mode: str = "full"  # full: gate gradients of every candidate | two: of two sampled ones
+    warmup_epochs: int = 20  # binary_gate: epochs of weight steps only, before arch steps start
+    arch_every: int = 5  # binary_gate: one architecture step after every `arch_every` weight steps
+    arch_mode: str = "full"  # binary_gate: full = gate gradients of every candidate | two = of two sampled
     arch_lr: float = 0.1
     arch_betas: List[float] = field(default_factory=lambda: [0.0, 0.999])
     arch_eps: float = 1e-8
+    arch_weight_decay: float = 0.0  # L2 on the logits (Adam weight_decay; SNAS: 1e-3)
+    arch_grad_clip: float = -1.0  # global-norm clip of the logits' gradient; <= 0: off
     alpha_init_std: float = 1e-3  # architecture logits start ~N(0, std): uniform probabilities
     eval_top_path: bool = True  # after each epoch, score the top path on the arch part
+    tau_start: float = 1.0  # snas: Gumbel-softmax temperature at the start of the search ...
+    tau_end: float = 1.0  # snas: ... and at its end
+    tau_anneal: str = "constant"  # snas: constant | linear | exponential | cosine (per step)
+    hard: bool = True  # snas: straight-through one-hot samples (only the sampled op runs); False: soft
+    budget_gflops: Optional[float] = None  # forward GFLOPs per sample at n = 100 regions of the
+    #                                        target model; the reported genotype fits it
+    flops_weight: float = 0.0  # weight of the penalty flops_weight * E[GFLOPs] added to the loss
+    target_model: str = "small"  # --MODEL name or YAML: the width the genotype will be trained at
 
     def pools(self, part: str) -> List[List[str]]:
         """Candidate op names of every position of `part` ("enc" or "dec")."""
@@ -153,7 +164,9 @@ class SearchConfig:
         return [list(ops) for _ in range(n)]
 
     def validate(self) -> None:
+        from .ops.registry import op_names  # imported here: the registry loads the ops (Paddle)
         for part in ("enc", "dec"):
+            allowed = op_names(part, search=True)
             n = self.enc_positions if part == "enc" else self.dec_positions
             if n < 1:
                 raise ConfigError(f"search.{part}_positions must be at least 1, got {n}")
@@ -162,16 +175,26 @@ class SearchConfig:
                 raise ConfigError(f"search.{part}_ops gives {len(pools)} per-position pools for "
                                   f"search.{part}_positions={n}")
             for i, pool in enumerate(pools):
-                bad = [op for op in pool if op not in SEARCH_OPS[part]]
+                bad = [op for op in pool if op not in allowed]
                 if not pool or bad or len(set(pool)) != len(pool):
                     raise ConfigError(f"search.{part}_ops, position {i}: {pool} must be distinct op names "
-                                      f"from {list(SEARCH_OPS[part])}")
+                                      f"from {list(allowed)}")
         if not 0.0 < self.weight_fraction < 1.0:
             raise ConfigError(f"search.weight_fraction must be in (0, 1), got {self.weight_fraction}")
         if self.arch_every < 1 or self.warmup_epochs < 0:
             raise ConfigError("search.arch_every must be >= 1 and search.warmup_epochs >= 0")
         if self.arch_mode not in ("full", "two"):
             raise ConfigError(f"search.arch_mode must be 'full' or 'two', got {self.arch_mode!r}")
+        if self.tau_anneal not in TAU_ANNEALS:
+            raise ConfigError(f"search.tau_anneal must be one of {', '.join(TAU_ANNEALS)}, got {self.tau_anneal!r}")
+        if not (self.tau_start > 0 and self.tau_end > 0):
+            raise ConfigError(f"search.tau_start and search.tau_end must be positive, got "
+                              f"{self.tau_start} and {self.tau_end}")
+        if self.budget_gflops is not None and not self.budget_gflops > 0:
+            raise ConfigError(f"search.budget_gflops must be a positive number of GFLOPs or null, "
+                              f"got {self.budget_gflops}")
+        if self.flops_weight < 0 or self.arch_weight_decay < 0:
+            raise ConfigError("search.flops_weight and search.arch_weight_decay must be >= 0")
 
 
 @dataclass
