@@ -31,6 +31,8 @@ MODEL_ALIASES = {
     "tiny": "vqa/mmnasnet_tiny.yml",
     "search": "search/search_vqa.yml",
     "search_tiny": "search/search_vqa_tiny.yml",
+    "search_snas": "search/search_vqa_snas.yml",
+    "search_snas_tiny": "search/search_vqa_snas_tiny.yml",
 }
 
 class ConfigError(ValueError):
@@ -149,6 +151,8 @@ class SearchConfig:
     tau_start: float = 1.0  # snas: Gumbel-softmax temperature at the start of the search ...
     tau_end: float = 1.0  # snas: ... and at its end
     tau_anneal: str = "constant"  # snas: constant | linear | exponential | cosine (per step)
+    tau_epochs: int = 0  # snas: anneal over this many epochs, then hold tau_end; 0 = train.max_epoch
+    #                      (set it to resume with a larger --MAX_EPOCH and keep the same schedule)
     hard: bool = True  # snas: straight-through one-hot samples (only the sampled op runs); False: soft
     budget_gflops: Optional[float] = None  # forward GFLOPs per sample at n = 100 regions of the
     #                                        target model; the reported genotype fits it
@@ -187,6 +191,8 @@ class SearchConfig:
             raise ConfigError(f"search.arch_mode must be 'full' or 'two', got {self.arch_mode!r}")
         if self.tau_anneal not in TAU_ANNEALS:
             raise ConfigError(f"search.tau_anneal must be one of {', '.join(TAU_ANNEALS)}, got {self.tau_anneal!r}")
+        if self.tau_epochs < 0:
+            raise ConfigError(f"search.tau_epochs must be >= 0 (0 = all search epochs), got {self.tau_epochs}")
         if not (self.tau_start > 0 and self.tau_end > 0):
             raise ConfigError(f"search.tau_start and search.tau_end must be positive, got "
                               f"{self.tau_start} and {self.tau_end}")

@@ -33,7 +33,7 @@ from ..data import build_vocab
 from ..models.supernet import SuperNet, genotype_from_choices
 from ..ops.registry import op_names
 from ..search import Partition, SearchStrategy, StepAt, strategy_class
-from ..search.budget import check_feasible, genotype_gflops, position_costs, target_model_config
+from ..search.budget import check_feasible, expected_gflops, genotype_gflops, position_costs, target_model_config
 from ..search.strategy import bce_sum
 from .checkpoint import atomic_save, load_weights, safe_load, to_numpy_state
 from .evaluate import make_loader, write_json_atomic
@@ -158,7 +158,10 @@ def epoch_report(strategy: SearchStrategy, cfg: RunConfig, epoch: int, steps: in
     model, scfg = strategy.model, cfg.search
     choices = strategy.choices()
     genotype = genotype_from_choices(choices)
+    with paddle.no_grad():
+        expected = float(expected_gflops(model.arch_parameters(), strategy.costs))
     budget = {"gflops": round(genotype_gflops(strategy.costs.target, genotype), 4),
+              "expected_gflops": round(expected, 4),  # E[GFLOPs] of a path sampled from the logits
               "target_model": scfg.target_model, "budget_gflops": scfg.budget_gflops}
     argmax = model.top_choices()
     if argmax != choices:  # the budget changed the genotype: say what the argmax was

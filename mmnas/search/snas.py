@@ -12,7 +12,8 @@ Facts in ../shared/spec/snas.md. Per training step, on ONE batch:
    arch_weight_decay, optional arch_grad_clip), both from the gradients of that batch.
 No 80/20 split, no warm-up, no alternation: `weight_fraction`, `warmup_epochs`, `arch_every`
 and `arch_mode` are binary_gate settings. The temperature follows `tau_start` -> `tau_end` over
-the run (`tau_anneal`: constant | linear | exponential | cosine, per step); the genotype is the
+`tau_epochs` epochs (0: the whole search), per step (`tau_anneal`: constant | linear |
+exponential | cosine), then stays at tau_end; the genotype is the
 argmax of the logits (within the FLOP budget) after every epoch.
 
 The Gumbel noise comes from the step's numpy generator (seeded by (seed, epoch)), so a resumed
@@ -61,6 +62,15 @@ def relaxed_sample(alpha, noise: np.ndarray, tau: float, hard: bool):
     return paddle.to_tensor(onehot) - y.detach() + y, index
 
 
+def sample_position(m, noise: np.ndarray, tau: float, hard: bool) -> None:
+    """Make MixedOp m output sum_k z_k op_k(x) for the relaxed sample z of its logits: hard,
+    only the sampled op runs (z_k = 0 in value for the others); soft, every op runs and trains."""
+    z, index = relaxed_sample(m.alpha, noise, tau, hard)
+    m.active, m.gate = index, z
+    m.involved = [index] if hard else list(range(len(m.ops)))
+    m.train_all = not hard
+
+
 @register_strategy("snas")
 class SNAS(SearchStrategy):
 
@@ -73,17 +83,15 @@ class SNAS(SearchStrategy):
 
     def temperature(self, at: StepAt) -> float:
         s = self.cfg.search
-        return temperature(s.tau_start, s.tau_end, s.tau_anneal, at.progress)
+        epochs = s.tau_epochs or at.epochs
+        progress = min((at.epoch * at.steps + at.step) / (epochs * at.steps), 1.0)
+        return temperature(s.tau_start, s.tau_end, s.tau_anneal, progress)
 
     def sample(self, noise, tau: float) -> None:
-        """Set every position's coefficients z from its noise (recomputed per sub-batch, so each
+        """Set every position's sample from its noise (recomputed per sub-batch, so each
         backward has its own graph back to alpha)."""
-        hard = self.cfg.search.hard
         for m, g in zip(self.model.mixed_ops(), noise, strict=True):
-            z, index = relaxed_sample(m.alpha, g, tau, hard)
-            m.active, m.gate = index, z
-            m.involved = [index] if hard else list(range(len(m.ops)))
-            m.train_all = not hard
+            sample_position(m, g, tau, self.cfg.search.hard)
 
     def train_step(self, net, weight_opt, arch_opt, batch, lr, rng, at: StepAt, arch_batches=None, world=1):
         model, scfg = self.model, self.cfg.search
