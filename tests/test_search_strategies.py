@@ -438,3 +438,24 @@ def test_binary_gate_reproduces_the_pre_refactor_reference(tmp_path, synthetic_r
     assert outcome["alphas"].keys() == recorded["alphas"].keys()
     for key, values in recorded["alphas"].items():
         np.testing.assert_allclose(outcome["alphas"][key], values, rtol=0, atol=1e-4, err_msg=key)
+
+
+def test_two_process_snas_search_equals_one_process(tmp_path, synthetic_root):
+    """Same Gumbel noise on both processes, weight gradients averaged by DataParallel, logit
+    gradients averaged by hand, the FLOP penalty added once: without dropout, two processes with
+    half batches take the one-process steps."""
+    import subprocess
+    yml = tmp_path / "dp.yml"
+    yml.write_text(f"base: {snas_yaml(tmp_path, ', flops_weight: 0.1')}\nmodel: {{dropout: 0.0}}\n")
+    common = [f"--MODEL={yml}", f"--DATA_ROOT={synthetic_root}", "--MAX_EPOCH=2",
+              f"--CKPT_DIR={tmp_path / 'ckpt'}", f"--RESULTS_DIR={tmp_path / 'results'}"]
+    assert cli_main(["--RUN=search", "--VERSION=one", *common]) == 0
+    proc = subprocess.run([sys.executable, os.path.join(os.path.dirname(CONFIGS), "run.py"), "--RUN=search",
+                           "--VERSION=two", "--NPROCS=2", *common], cwd=str(tmp_path), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = (json.load(open(tmp_path / "results" / "search" / v / "epoch2.json")) for v in ("one", "two"))
+    assert two["weight_loss"] == pytest.approx(one["weight_loss"], abs=1e-5)
+    assert two["genotype"] == one["genotype"]
+    for part in ("enc", "dec"):
+        np.testing.assert_allclose(two["probabilities"][part], one["probabilities"][part], atol=1e-5)
