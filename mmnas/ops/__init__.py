@@ -1,4 +1,5 @@
-"""The operator pool of MMNasNet: attention blocks, masks, relation geometry, LayerNorm."""
+"""The operator pool of MMNasNet: attention blocks, masks, relation geometry, LayerNorm, and
+the op registry (registry.py) through which every op declares itself."""
 from .attention import MHAtt, RelMHAtt
 from .blocks import FFN, GA, MLP, RSA, SA, Skip
 from .layer_norm import LayerNorm

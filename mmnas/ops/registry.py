@@ -7,19 +7,21 @@ An op declares itself once, next to its class (SA, GA, RSA, FFN and skip in bloc
 
 and from then on config validation (model.enc/dec, search.enc_ops/dec_ops), the search
 supernet's candidate pools, the search heat map, and the FLOP counts (models/flops.py, the
-search's FLOP budget, bench/) know it. Adding an op is one file that registers it (imported
-before the config is validated) plus its test (see tests/test_search_strategies.py).
+search's FLOP budget, bench/) know it. Adding an op is one file in mmnas/ops/ that registers it
+(every module of the package is imported the first time the registry is asked) plus its test
+(see tests/test_search_strategies.py, which registers a toy op from the test file itself).
 
 Every op has one call signature, `op(x, y, x_mask, y_mask, relations) -> x'`; `reads` says
 which of the inputs it actually uses (documentation, and where it may stand: an op that reads
 y or relations needs the other stream, which only the decoder has).
 
-This module imports nothing heavy (no Paddle), so config.py can read it; the built-in ops are
-registered by importing mmnas.ops.blocks the first time the registry is asked.
+This module imports nothing heavy (no Paddle) at import time, so config.py can import it before
+the runtime is configured.
 """
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from dataclasses import dataclass
 from typing import Callable, Dict, Tuple
 
@@ -48,7 +50,7 @@ class OpSpec:
 
 
 _REGISTRY: Dict[str, OpSpec] = {}
-_BUILTIN_MODULES = ("mmnas.ops.blocks",)
+_LOADED = []  # becomes [True] once every module of mmnas/ops has been imported
 
 
 def register_op(name: str, *, reads: str, parts, flops: Callable, in_genotype: bool = True):
@@ -73,8 +75,11 @@ def unregister_op(name: str) -> None:
 
 
 def _registry() -> Dict[str, OpSpec]:
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(module)  # registers the built-in ops (once: modules are cached)
+    if not _LOADED:  # importing the op modules registers their ops (blocks.py: the built-in ones)
+        package = importlib.import_module(__package__)
+        for module in pkgutil.iter_modules(package.__path__):
+            importlib.import_module(f"{__package__}.{module.name}")
+        _LOADED.append(True)
     return _REGISTRY
 
 
