@@ -459,3 +459,30 @@ def test_two_process_snas_search_equals_one_process(tmp_path, synthetic_root):
     assert two["genotype"] == one["genotype"]
     for part in ("enc", "dec"):
         np.testing.assert_allclose(two["probabilities"][part], one["probabilities"][part], atol=1e-5)
+
+
+def test_a_third_strategy_is_one_class(tmp_path, synthetic_root):
+    """A strategy declared in this test file alone (random search over paths, logits frozen)
+    runs through the engine, chosen by search.algorithm."""
+    from mmnas.search import SearchStrategy, register_strategy
+    from mmnas.search.binary_gate import weight_step
+    from mmnas.search.strategy import _STRATEGIES, Partition
+
+    @register_strategy("paths_only")
+    class PathsOnly(SearchStrategy):
+        @classmethod
+        def partition(cls, n, cfg):
+            return Partition(np.arange(n), np.arange(0))
+
+        def train_step(self, net, weight_opt, arch_opt, batch, lr, rng, at, arch_batches, world=1):
+            loss, grad_norm = weight_step(net, self.model, weight_opt, batch, lr, self.cfg, rng, world)
+            return {"weight_loss": loss, "grad_norm": grad_norm}
+    try:
+        run_cli(tmp_path, f"--MODEL={snas_yaml(tmp_path, ', algorithm: paths_only, eval_top_path: false')}",
+                f"--DATA_ROOT={synthetic_root}", "--VERSION=p", "--MAX_EPOCH=1")
+    finally:
+        _STRATEGIES.pop("paths_only")
+    report = json.load(open(tmp_path / "results" / "search" / "p" / "epoch1.json"))
+    assert report["algorithm"] == "paths_only" and report["weight_loss"] > 0
+    initial = load_config("search_snas_tiny").search.alpha_init_std
+    assert max(abs(p - 1 / len(ps)) for ps in report["probabilities"]["dec"] for p in ps) < 10 * initial
