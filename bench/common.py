@@ -1,10 +1,9 @@
 """Shared pieces of the bench scripts: analytic FLOP counts of MMNasNet, the machine's fp32
 GEMM peak measured with numpy, and inputs of real shape.
 
-FLOPs count matrix products only (2 per multiply-add): every Linear, the LSTM's gate products,
-attention scores and weighted sums, AttFlat pooling. Element-wise work (softmax, LayerNorm,
-dropout, masks) is not counted: it is the overhead the measurement exposes.
-Training = forward + backward, backward = 2x forward (input and weight gradients) except where
+Forward FLOPs come from mmnas/models/flops.py (matrix products only, the backbone ops' counts
+from the op registry). Element-wise work is not counted: it is the overhead the measurement
+exposes. Training = forward + backward, backward = 2x forward (input and weight gradients) except where
 the input needs no gradient (the adapter on region features, the relation Linear on box
 geometry), which have only the weight gradient.
 """
@@ -21,42 +20,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+from mmnas.models.flops import MAX_TOKEN, forward_flops  # noqa: E402  (after the sys.path line)
+from mmnas.models.flops import VQA_ANSWERS as ANSWER_SIZE  # noqa: E402
+
 FEAT_DIM = 2048
-MAX_TOKEN = 14
-ANSWER_SIZE = 3129
 TOKEN_SIZE = 20000
-
-
-def _lin(rows, fan_in, fan_out):
-    return 2.0 * rows * fan_in * fan_out
-
-
-def forward_flops(cfg, n: int, tokens: int = MAX_TOKEN, answer_size: int = ANSWER_SIZE) -> Dict[str, float]:
-    """Forward FLOPs of one sample with n regions, split into parts: {'adapter', 'rel', 'other'}."""
-    H, T, E = cfg.hidden_size, tokens, cfg.word_embed
-    ffn = cfg.ffn_hidden
-    rsa_heads = H // cfg.rel_head_width
-    other = T * (_lin(1, E, 4 * H) + _lin(1, H, 4 * H))  # LSTM
-    for op in cfg.enc:  # language stream, T positions
-        if op == "SA":
-            other += 4 * _lin(T, H, H) + 2 * (2.0 * T * T * H)
-        elif op == "FFN":
-            other += _lin(T, H, ffn) + _lin(T, ffn, H)
-    for op in cfg.dec:  # image stream, n positions
-        if op == "SA":
-            other += 4 * _lin(n, H, H) + 2 * (2.0 * n * n * H)
-        elif op == "RSA":
-            other += 4 * _lin(n, H, H) + 2 * (2.0 * n * n * H) + _lin(n * n, cfg.rel_size, rsa_heads)
-        elif op == "GA":
-            other += 2 * _lin(n, H, H) + 2 * _lin(T, H, H) + 2 * (2.0 * n * T * H)
-        elif op == "FFN":
-            other += _lin(n, H, ffn) + _lin(n, ffn, H)
-    G = cfg.glimpses
-    for positions in (T, n):  # AttFlat lang, img
-        other += _lin(positions, H, cfg.flat_mlp) + _lin(positions, cfg.flat_mlp, G)
-        other += 2.0 * G * positions * H + _lin(1, H * G, cfg.flat_out)
-    other += _lin(1, cfg.flat_out, answer_size)
-    return {"adapter": _lin(n, cfg.feat_size, H), "rel": _lin(n * n, 4, cfg.rel_size), "other": other}
 
 
 def sample_flops(cfg, n: int, train: bool, **kw) -> float:

@@ -48,10 +48,10 @@ MODEL_ALIASES = {
     "tiny": "vqa/mmnasnet_tiny.yml",
     "search": "search/search_vqa.yml",
     "search_tiny": "search/search_vqa_tiny.yml",
+    "search_snas": "search/search_vqa_snas.yml",
+    "search_snas_tiny": "search/search_vqa_snas_tiny.yml",
 }
 
-OPS_ENC = ("SA", "FFN")
-OPS_DEC = ("SA", "GA", "RSA", "FFN")
 TRAIN_SPLITS = ("train", "train+val", "train+val+vg")  # data.split / --SPLIT
 WORD_VECTOR_SOURCES = ("auto", "spacy", "glove", "none")  # data.word_vectors
 LOSSES = ("bce", "kld")  # train.loss
@@ -152,32 +152,47 @@ class TrainConfig(_Section):
     to_static: bool = False  # paddle.jit.to_static the model (measured slower on CPU)
 
 
-SKIP_OP = "skip"  # the search's "none-style" candidate: identity, dropped from the genotype
-SEARCH_OPS = {"enc": ("SA", "FFN", SKIP_OP), "dec": ("SA", "GA", "RSA", "FFN", SKIP_OP)}
+TAU_ANNEALS = ("constant", "linear", "exponential", "cosine")  # snas temperature schedules
 
 
 @dataclass
 class SearchConfig(_Section):
     """The architecture search (--RUN=search). Operator weights use the `train` section
     (batch_size, max_epoch = search epochs, lr_base, warm-up/decay, grad_clip, betas, eps, seed);
-    the search width is `model.hidden_size`; the rest is here."""
+    the search width is `model.hidden_size`; the rest is here. `algorithm` picks the strategy
+    (mmnas/search/): binary_gate (MMnas) or snas; fields marked binary_gate / snas are read by
+    that strategy only."""
     SECTION: ClassVar[str] = "search"
 
+    algorithm: str = "binary_gate"  # a strategy registered in mmnas/search/ (binary_gate | snas)
     enc_positions: int = 12
     dec_positions: int = 18
     # candidate pool of every position: one list for all positions, or one list per position
     enc_ops: List[Union[str, List[str]]] = field(default_factory=lambda: ["SA", "FFN"])
     dec_ops: List[Union[str, List[str]]] = field(default_factory=lambda: ["SA", "GA", "RSA", "FFN"])
     weight_fraction: float = 0.8  # share of the split for weight steps; the rest drives arch steps
+    #                               (snas: trains on everything and only scores the rest's share)
     split_seed: int = 888  # seeds the weight/arch partition of the split
-    warmup_epochs: int = 20  # epochs of weight steps only (sampled paths), before arch steps start
-    arch_every: int = 5  # one architecture step after every `arch_every` weight steps
-    arch_mode: str = "full"  # full: gate gradients of every candidate | two: of two sampled ones
+    warmup_epochs: int = 20  # binary_gate: epochs of weight steps only, before arch steps start
+    arch_every: int = 5  # binary_gate: one architecture step after every `arch_every` weight steps
+    arch_mode: str = "full"  # binary_gate: full = gate gradients of every candidate | two = of two sampled
     arch_lr: float = 0.1
     arch_betas: List[float] = field(default_factory=lambda: [0.0, 0.999])
     arch_eps: float = 1e-8
+    arch_weight_decay: float = 0.0  # L2 on the logits (Adam weight_decay; SNAS: 1e-3)
+    arch_grad_clip: float = -1.0  # global-norm clip of the logits' gradient; <= 0: off
     alpha_init_std: float = 1e-3  # architecture logits start ~N(0, std): uniform probabilities
     eval_top_path: bool = True  # after each epoch, score the top path on the arch part
+    tau_start: float = 1.0  # snas: Gumbel-softmax temperature at the start of the search ...
+    tau_end: float = 1.0  # snas: ... and at its end
+    tau_anneal: str = "constant"  # snas: constant | linear | exponential | cosine (per step)
+    tau_epochs: int = 0  # snas: anneal over this many epochs, then hold tau_end; 0 = train.max_epoch
+    #                      (set it to resume with a larger --MAX_EPOCH and keep the same schedule)
+    hard: bool = True  # snas: straight-through one-hot samples (only the sampled op runs); False: soft
+    budget_gflops: Optional[float] = None  # forward GFLOPs per sample at n = 100 regions of the
+    #                                        target model; the reported genotype fits it
+    flops_weight: float = 0.0  # weight of the penalty flops_weight * E[GFLOPs] added to the loss
+    target_model: str = "small"  # --MODEL name or YAML: the width the genotype will be trained at
 
     def pools(self, part: str) -> List[List[str]]:
         """Candidate op names of every position of `part` ("enc" or "dec")."""
@@ -188,17 +203,19 @@ class SearchConfig(_Section):
         return [list(ops) for _ in range(n)]
 
     def _check_across(self, where: str) -> None:
+        from .ops.registry import op_names  # imported here: the registry loads the ops (Paddle)
         for part in ("enc", "dec"):
+            allowed = op_names(part, search=True)
             n = self.enc_positions if part == "enc" else self.dec_positions
             pools = self.pools(part)
             if len(pools) != n:
                 raise ConfigError(f"{where}: search.{part}_ops gives {len(pools)} per-position pools for "
                                   f"search.{part}_positions={n}")
             for i, pool in enumerate(pools):
-                bad = [op for op in pool if op not in SEARCH_OPS[part]]
+                bad = [op for op in pool if op not in allowed]
                 if not pool or bad or len(set(pool)) != len(pool):
                     raise ConfigError(f"{where}: search.{part}_ops, position {i}: {pool} must be distinct op "
-                                      f"names from {list(SEARCH_OPS[part])}")
+                                      f"names from {list(allowed)}")
 
 
 @dataclass
@@ -253,6 +270,26 @@ def one_of(*choices: str) -> Rule:
     return Rule(f"one of {', '.join(choices)}", lambda v: v in choices)
 
 
+class KnownOp:
+    """A Rule whose choices are the op registry's names (mmnas/ops/registry.py) for one part of
+    the network; read when a value is checked, because the registry imports the ops (Paddle)."""
+    whole = False
+
+    def __init__(self, part: str):
+        self.part = part
+
+    def _names(self):
+        from .ops.registry import op_names
+        return op_names(self.part)
+
+    @property
+    def text(self) -> str:
+        return f"one of {', '.join(self._names())}"
+
+    def ok(self, value) -> bool:
+        return value in self._names()
+
+
 NOT_EMPTY = Rule("not empty", lambda v: len(v) > 0, whole=True)
 PAIR = Rule("with exactly 2 entries", lambda v: len(v) == 2, whole=True)
 SEED = Rule("in [0, 2**32)", lambda v: 0 <= v < 2 ** 32)  # numpy's RandomState takes no more
@@ -268,7 +305,7 @@ RULES: Dict[str, Tuple[Rule, ...]] = {
     "model.glimpses": (above(0),), "model.flat_out": (above(0),), "model.word_embed": (above(0),),
     "model.feat_size": (above(0),), "model.max_token": (above(0),), "model.max_regions": (above(0),),
     "model.dropout": (in_range(0, 1),),
-    "model.enc": (NOT_EMPTY, one_of(*OPS_ENC)), "model.dec": (NOT_EMPTY, one_of(*OPS_DEC)),
+    "model.enc": (NOT_EMPTY, KnownOp("enc")), "model.dec": (NOT_EMPTY, KnownOp("dec")),
     "data.split": (TRAINING_SPLIT,), "data.word_vectors": (one_of(*WORD_VECTOR_SOURCES),),
     "data.num_workers": (at_least(0),),
     "train.batch_size": (at_least(1),), "train.accu": (at_least(1),), "train.box_pieces": (at_least(1),),
@@ -283,7 +320,9 @@ RULES: Dict[str, Tuple[Rule, ...]] = {
     "search.warmup_epochs": (at_least(0),), "search.arch_every": (at_least(1),),
     "search.arch_mode": (one_of("full", "two"),), "search.arch_lr": (above(0),),
     "search.arch_betas": (PAIR, in_range(0, 1)), "search.arch_eps": (above(0),),
-    "search.alpha_init_std": (at_least(0),),
+    "search.alpha_init_std": (at_least(0),), "search.arch_weight_decay": (at_least(0),),
+    "search.tau_start": (above(0),), "search.tau_end": (above(0),), "search.tau_anneal": (one_of(*TAU_ANNEALS),),
+    "search.tau_epochs": (at_least(0),), "search.budget_gflops": (above(0),), "search.flops_weight": (at_least(0),),
     "gpu": (GPU_IDS,), "ckpt_epoch": (at_least(1),),
 }
 # YAML 1.1 reads an unquoted `off` as false; where "off" is a value of a string field, that is what was meant

@@ -11,7 +11,9 @@ import pytest
 from mmnas.cli import main as cli_main
 from mmnas.config import ConfigError, ModelConfig, SearchConfig, config_from_dict, load_config, read_genotype
 from mmnas.engine.checkpoint import load_weights, match_state_dict, safe_load
-from mmnas.engine.search import arch_step, build_optimizers, materialize_optimizer_state, partition_split, weight_step
+from mmnas.engine.search import materialize_optimizer_state
+from mmnas.search import partition_split
+from mmnas.search.binary_gate import BinaryGate, arch_step, weight_step
 from mmnas.models import MMNasNet
 from mmnas.models.supernet import MixedOp, SuperNet
 
@@ -89,7 +91,7 @@ def test_sampled_path_forward_equals_standalone_mmnasnet():
 def test_weight_step_trains_only_the_sampled_path():
     net = make_supernet()
     cfg = run_cfg()
-    weight_opt, arch_opt = build_optimizers(net, cfg, lr_base=1e-2)
+    weight_opt, arch_opt = BinaryGate(net, cfg).build_optimizers(lr_base=1e-2)
     materialize_optimizer_state(weight_opt, net.weight_parameters())
     batch = random_batch(np.random.default_rng(2))
 
@@ -126,7 +128,7 @@ def test_arch_step_moves_only_alpha():
     for mode in ("full", "two"):
         net = make_supernet(arch_mode=mode)
         cfg = run_cfg(arch_mode=mode)
-        weight_opt, arch_opt = build_optimizers(net, cfg, lr_base=1e-2)
+        weight_opt, arch_opt = BinaryGate(net, cfg).build_optimizers(lr_base=1e-2)
         before = snapshot(net)
         arch_step(net, net, arch_opt, weight_opt, random_batch(np.random.default_rng(4)), cfg,
                   np.random.default_rng(5))

@@ -1,28 +1,21 @@
-"""The architecture search (--RUN=search): binary-gate NAS on the supernet, as MMnas does it.
+"""The architecture search (--RUN=search): the run around a search strategy.
 
-The training split is partitioned once (seeded) into a weight part (80%) and an arch part.
-Every step samples one path per position from softmax(alpha) and trains only that path's
-weights on a weight-part batch (Adam, the train section's recipe). After `warmup_epochs`
-epochs, every `arch_every`-th weight step is followed by an architecture step on an arch-part
-batch: a newly sampled path runs with binary gates, the gate gradients give d loss / d alpha
-(see MixedOp.alpha_grad) and alpha takes a step of its own Adam. Weights never move in an
-architecture step, alpha never moves in a weight step.
+The strategy (`search.algorithm`, mmnas/search/: binary_gate = MMnas's binary gates, snas =
+SNAS) decides how the split is partitioned, how positions are sampled and mixed, and how the
+weights and the architecture logits step; this module runs the epochs, the data, checkpoints
+and reports.
 
-After every epoch: checkpoint (supernet + both optimizers), and the top op per position with
-all probabilities in `results/search/<VERSION>/epoch<N>.json` (+ a heat-map PNG), the log and
-VisualDL. The JSON is a valid --ARCH_PATH for --RUN=train.
+After every epoch: checkpoint (supernet + both optimizers), and the top op per position (within
+`search.budget_gflops` if set) with all probabilities and the genotype's GFLOPs in
+`results/search/<VERSION>/epoch<N>.json` (+ a heat-map PNG), the log and VisualDL. The JSON is
+a valid --ARCH_PATH for --RUN=train.
 
-Determinism and resume follow train.py: data order, path samples and dropout are all seeded
-from (seed, epoch), so a search resumed after epoch k replays epochs k+1.. exactly.
-
-Data parallel: all processes draw the same paths (same seeds) and each takes its slice of the
-global batch. Weight gradients are averaged by DataParallel (loss scaled by the world size,
-as in train.py). Arch steps run with gradient sync off; the gate-derived alpha gradients are
-summed over processes by hand, so every process takes the same alpha step.
+Determinism and resume follow train.py: data order, path samples (Gumbel noise for snas) and
+dropout are all seeded from (seed, epoch), so a search resumed after epoch k replays epochs
+k+1.. exactly. Data parallel: see each strategy's docstring.
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import math
 import os
@@ -33,13 +26,15 @@ from typing import Dict, Optional
 import numpy as np
 import paddle
 import paddle.distributed as dist
-import paddle.nn.functional as F
 
 from ..config import RunConfig
 from ..data import build_vocab
-from ..models.supernet import SuperNet
+from ..models.supernet import SuperNet, genotype_from_choices
+from ..ops.registry import op_names
 from ..progress import progress_bar
-from ..runtime import clip_grad_norm_
+from ..search import Partition, SearchStrategy, StepAt, strategy_class
+from ..search.budget import check_feasible, expected_gflops, genotype_gflops, position_costs, target_model_config
+from ..search.strategy import bce_sum
 from .checkpoint import load_weights, safe_load, save_checkpoint, to_numpy_state, write_error
 from .evaluate import make_loader, write_json_atomic
 from .interrupt import RunPosition
@@ -48,19 +43,6 @@ from .schedule import base_learning_rate, learning_rate
 from .train import (TrainingError, check_resume, checkpoint_to_resume, ckpt_paths, epoch_seed,
                     initial_word_vectors, open_dataset, optimizer_state_to_load, optimizer_state_to_save,
                     run_logged, _all_reduce_sum)
-
-
-@dataclass
-class Partition:
-    weight: np.ndarray  # dataset indices for weight steps
-    arch: np.ndarray  # dataset indices for architecture steps
-
-
-def partition_split(n: int, weight_fraction: float, seed: int) -> Partition:
-    """Seeded partition of the n questions into the weight part and the arch part."""
-    order = np.random.RandomState(seed).permutation(n)
-    cut = int(round(n * weight_fraction))
-    return Partition(np.sort(order[:cut]), np.sort(order[cut:]))
 
 
 def materialize_optimizer_state(optimizer, params) -> None:
@@ -74,97 +56,10 @@ def materialize_optimizer_state(optimizer, params) -> None:
     optimizer._create_accumulators(block, [p for p in params if not p.stop_gradient])
 
 
-def build_optimizers(model: SuperNet, cfg: RunConfig, lr_base: float):
-    tcfg, scfg = cfg.train, cfg.search
-    weights = paddle.optimizer.Adam(learning_rate=lr_base, beta1=tcfg.betas[0], beta2=tcfg.betas[1],
-                                    epsilon=tcfg.eps, parameters=model.weight_parameters())
-    arch = paddle.optimizer.Adam(learning_rate=scfg.arch_lr, beta1=scfg.arch_betas[0], beta2=scfg.arch_betas[1],
-                                 epsilon=scfg.arch_eps, parameters=model.arch_parameters())
-    return weights, arch
-
-
-def _bce(logits, targets):
-    return F.binary_cross_entropy_with_logits(logits, targets, reduction="sum")
-
-
-def _sub_batches(batch, accu: int):
-    region_feats, boxes, question_ids, answer_scores = batch[:4]
-    sub = question_ids.shape[0] // accu
-    for a in range(accu):
-        part = slice(a * sub, (a + 1) * sub)
-        yield a == accu - 1, (region_feats[part], boxes[part], question_ids[part], answer_scores[part])
-
-
 def _check_finite(loss: float, what: str, epoch: int, step: int) -> None:
     if not math.isfinite(loss):
         raise TrainingError(f"non-finite {what} loss ({loss}) at epoch {epoch + 1}, step {step + 1}; "
                             f"nothing was saved for this epoch")
-
-
-# ---- the two kinds of step -------------------------------------------------------------------
-
-def weight_step(net, model: SuperNet, optimizer, batch, lr: float, cfg: RunConfig,
-                rng: np.random.Generator, world: int = 1):
-    """Sample a path, train only its weights on `batch`; returns (summed loss, grad norm)."""
-    model.sample_path(rng)
-    optimizer.set_lr(lr)
-    loss_sum = 0.0
-    for last, (region_feats, boxes, question_ids, answer_scores) in _sub_batches(batch, cfg.train.accu):
-        sync = net.no_sync() if (world > 1 and not last) else contextlib.nullcontext()
-        with sync:
-            loss = _bce(net(region_feats, None, boxes, question_ids), answer_scores)
-            (loss * world).backward()  # DataParallel averages: x world gives the global sum
-        loss_sum += float(loss)
-    # DataParallel zero-fills the gradients of unused candidates; drop them so Adam skips them
-    for p in model.inactive_parameters():
-        p.clear_gradient(False)
-    params = [p for p in model.weight_parameters() if p.grad is not None]
-    grad_norm = clip_grad_norm_(params, cfg.train.grad_clip)
-    optimizer.step()
-    optimizer.clear_grad(set_to_zero=False)  # None, not zero: a zero grad would still move Adam
-    return loss_sum, float(grad_norm)
-
-
-def arch_step(net, model: SuperNet, arch_optimizer, weight_optimizer, batch, cfg: RunConfig,
-              rng: np.random.Generator, world: int = 1) -> float:
-    """Sample a gated path, estimate d loss / d alpha from the gates, step alpha only;
-    returns the summed loss of the sampled path on `batch`."""
-    mode = cfg.search.arch_mode
-    model.sample_path(rng, mode)
-    loss_sum = 0.0
-    sync = net.no_sync() if world > 1 else contextlib.nullcontext()  # alpha grads reduced below
-    with sync:
-        for _, (region_feats, boxes, question_ids, answer_scores) in _sub_batches(batch, cfg.train.accu):
-            loss = _bce(net(region_feats, None, boxes, question_ids), answer_scores)
-            loss.backward()
-            loss_sum += float(loss)
-    grads = model.alpha_grads()  # per position, numpy
-    if world > 1:
-        flat = _all_reduce_array(np.concatenate(grads))
-        grads = np.split(flat, np.cumsum([len(g) for g in grads])[:-1])
-    weight_optimizer.clear_grad(set_to_zero=False)  # the path's weight gradients are not used
-    alphas = model.arch_parameters()
-    old = [a.numpy().copy() for a in alphas]
-    # alpha.grad := grads, through the gradient of sum_i alpha_i * grad_i
-    surrogate = paddle.add_n([(a * paddle.to_tensor(g.astype("float32"))).sum() for a, g in zip(alphas, grads)])
-    surrogate.backward()
-    arch_optimizer.step()
-    arch_optimizer.clear_grad(set_to_zero=False)
-    if mode == "two":  # keep the total probability of the two involved ops (ProxylessNAS)
-        for m, before in zip(model.mixed_ops(), old):
-            idx = m.involved
-            after = m.alpha.numpy().astype(np.float64)
-            offset = np.log(np.exp(after[idx]).sum() / np.exp(before[idx].astype(np.float64)).sum())
-            after[idx] -= offset
-            m.alpha.set_value(after.astype("float32"))
-    model.close_gates()
-    return loss_sum
-
-
-def _all_reduce_array(values: np.ndarray) -> np.ndarray:
-    t = paddle.to_tensor(values.astype("float64"))
-    dist.all_reduce(t)
-    return t.numpy()
 
 
 # ---- one epoch ---------------------------------------------------------------------------------
@@ -180,57 +75,59 @@ class EpochStats:
     lr: float
 
 
-def epoch_batches(parts: Partition, cfg: RunConfig, epoch: int, steps: int, rank: int, world: int):
+def epoch_batches(strategy: SearchStrategy, parts: Partition, cfg: RunConfig, epoch: int, steps: int, rank: int,
+                  world: int):
     """This process's weight batches and arch batches of `epoch` (lists of dataset indices)."""
-    tcfg, scfg = cfg.train, cfg.search
+    tcfg = cfg.train
     bs, per_rank = tcfg.batch_size, tcfg.batch_size // world
     mine = lambda batches: [b[rank * per_rank:(rank + 1) * per_rank].tolist() for b in batches]
     order = parts.weight[np.random.RandomState(epoch_seed(tcfg.seed, epoch)).permutation(len(parts.weight))]
     weight = mine(order[:steps * bs].reshape(steps, bs))
-    n_arch = steps // scfg.arch_every if epoch >= scfg.warmup_epochs else 0
+    n_arch = strategy.arch_batches_per_epoch(epoch, steps)
     arch_order = parts.arch[np.random.default_rng([tcfg.seed, epoch, 2]).permutation(len(parts.arch))]
     available = arch_order[:(len(arch_order) // bs) * bs].reshape(-1, bs)
     arch = mine([available[m % len(available)] for m in range(n_arch)])  # cycled if the part is small
     return weight, arch
 
 
-def search_one_epoch(net, model: SuperNet, weight_opt, arch_opt, dataset, parts: Partition, cfg: RunConfig,
-                     epoch: int, steps: int, lr_base: float, rank: int, world: int, logger: RunLogger,
+def search_one_epoch(net, strategy: SearchStrategy, weight_opt, arch_opt, dataset, parts: Partition,
+                     cfg: RunConfig, epoch: int, steps: int, lr_base: float, rank: int, world: int, logger: RunLogger,
                      progress: bool, position: Optional[RunPosition] = None) -> EpochStats:
-    tcfg, scfg = cfg.train, cfg.search
+    tcfg = cfg.train
     position = position or RunPosition()
     position.epoch, position.step, position.phase = epoch, 1, ""
     paddle.seed(epoch_seed(tcfg.seed, epoch))  # dropout masks of this epoch
     rng = np.random.default_rng([tcfg.seed, epoch, 1])  # the sampled paths of this epoch
-    weight_batches, arch_batches = epoch_batches(parts, cfg, epoch, steps, rank, world)
+    weight_batches, arch_batches = epoch_batches(strategy, parts, cfg, epoch, steps, rank, world)
     arch_iter = iter(make_loader(dataset, arch_batches, cfg.data.num_workers)) if arch_batches else None
     per_rank = tcfg.batch_size // world
 
     net.train()
     w_loss, a_loss, n_arch, lr, start = 0.0, 0.0, 0, 0.0, time.time()
-    phase = "search" if arch_batches else "warm-up"
+    phase = strategy.phase(epoch)
     with progress_bar(make_loader(dataset, weight_batches, cfg.data.num_workers), total=steps,
-                       desc=f"search epoch {epoch + 1}/{tcfg.max_epoch} ({phase})", disable=not progress,
-                       dynamic_ncols=True, mininterval=1.0) as bar:  # closed on any exit (Ctrl-C message on its own line)
+                      desc=f"search epoch {epoch + 1}/{tcfg.max_epoch} ({phase})", disable=not progress,
+                      dynamic_ncols=True, mininterval=1.0) as bar:  # closed on any exit (Ctrl-C message on its own line)
         for step_in_epoch, batch in enumerate(bar):
             position.step = step_in_epoch + 1
             position.guard.stop_together()  # data parallel: every process stops at the same step
             step = epoch * steps + step_in_epoch + 1
             lr = learning_rate(step, epoch, steps, lr_base, tcfg.warmup_epochs, tcfg.lr_decay_epochs,
                                tcfg.lr_decay_rate)
-            with position.guard.deferred():  # Ctrl-C waits for the end of backward (see train.py)
-                loss, grad_norm = weight_step(net, model, weight_opt, batch, lr, cfg, rng, world)
-            _check_finite(loss, "weight-step", epoch, step_in_epoch)
-            w_loss += loss
-            scalars = {"search/weight_loss": loss / per_rank, "search/lr": lr, "search/grad_norm": grad_norm}
-            if arch_iter is not None and (step_in_epoch + 1) % scfg.arch_every == 0 and n_arch < len(arch_batches):
-                arch_batch = next(arch_iter)
-                with position.guard.deferred():
-                    loss = arch_step(net, model, arch_opt, weight_opt, arch_batch, cfg, rng, world)
-                _check_finite(loss, "architecture-step", epoch, step_in_epoch)
-                a_loss += loss
+            with position.guard.deferred():  # Ctrl-C waits for the end of the backward passes (see train.py)
+                out = strategy.train_step(net, weight_opt, arch_opt, batch, lr, rng,
+                                          StepAt(epoch, step_in_epoch, steps, tcfg.max_epoch), arch_iter, world)
+            _check_finite(out["weight_loss"], "weight-step", epoch, step_in_epoch)
+            w_loss += out["weight_loss"]
+            scalars = {"search/weight_loss": out["weight_loss"] / per_rank, "search/lr": lr,
+                       "search/grad_norm": out["grad_norm"]}
+            if "temperature" in out:
+                scalars["search/temperature"] = out["temperature"]
+            if "arch_loss" in out:
+                _check_finite(out["arch_loss"], "architecture-step", epoch, step_in_epoch)
+                a_loss += out["arch_loss"]
                 n_arch += 1
-                scalars["search/arch_loss"] = loss / per_rank
+                scalars["search/arch_loss"] = out["arch_loss"] / per_rank
             if progress:
                 bar.set_postfix(loss=f"{scalars['search/weight_loss']:.4f}", lr=f"{lr:.2e}")
             if rank == 0:
@@ -238,10 +135,10 @@ def search_one_epoch(net, model: SuperNet, weight_opt, arch_opt, dataset, parts:
     return EpochStats(w_loss, steps * per_rank, a_loss, n_arch * per_rank, n_arch, time.time() - start, lr)
 
 
-def score_top_path(model: SuperNet, dataset, indices: np.ndarray, batch_size: int, num_workers: int):
-    """(mean loss, mean answer score of the predicted answer) of the top path on `indices`.
+def score_top_path(model: SuperNet, choices, dataset, indices: np.ndarray, batch_size: int, num_workers: int):
+    """(mean loss, mean answer score of the predicted answer) of the path `choices` on `indices`.
     The score is the training target of the argmax answer: a quick VQA-accuracy proxy."""
-    model.set_path(model.top_choices())
+    model.set_path(choices)
     batches = [indices[i:i + batch_size].tolist() for i in range(0, len(indices), batch_size)]
     loss_sum, score_sum = 0.0, 0.0
     model.eval()
@@ -249,7 +146,7 @@ def score_top_path(model: SuperNet, dataset, indices: np.ndarray, batch_size: in
         with paddle.no_grad():
             for region_feats, boxes, question_ids, answer_scores, _ in make_loader(dataset, batches, num_workers):
                 logits = model(region_feats, None, boxes, question_ids)
-                loss_sum += float(_bce(logits, answer_scores))
+                loss_sum += float(bce_sum(logits, answer_scores))
                 top = logits.argmax(axis=1).numpy()
                 score_sum += float(answer_scores.numpy()[np.arange(len(top)), top].sum())
     finally:
@@ -260,18 +157,35 @@ def score_top_path(model: SuperNet, dataset, indices: np.ndarray, batch_size: in
 
 # ---- reporting ---------------------------------------------------------------------------------
 
-def epoch_report(model: SuperNet, cfg: RunConfig, epoch: int, stats: Dict[str, float]) -> dict:
-    """The epoch<N>.json content: a valid --ARCH_PATH file plus everything the search knows."""
+def epoch_report(strategy: SearchStrategy, cfg: RunConfig, epoch: int, steps: int, stats: Dict[str, float]) -> dict:
+    """The epoch<N>.json content: a valid --ARCH_PATH file plus everything the search knows.
+    `gflops`: forward GFLOPs per sample at n = 100 of the genotype at search.target_model's width."""
+    model, scfg = strategy.model, cfg.search
+    choices = strategy.choices()
+    genotype = genotype_from_choices(choices)
+    with paddle.no_grad():
+        expected = float(expected_gflops(model.arch_parameters(), strategy.costs))
+    budget = {"gflops": round(genotype_gflops(strategy.costs.target, genotype), 4),
+              "expected_gflops": round(expected, 4),  # E[GFLOPs] of a path sampled from the logits
+              "target_model": scfg.target_model, "budget_gflops": scfg.budget_gflops}
+    argmax = model.top_choices()
+    if argmax != choices:  # the budget changed the genotype: say what the argmax was
+        budget["argmax_ops"] = argmax
+        budget["argmax_gflops"] = round(genotype_gflops(strategy.costs.target, genotype_from_choices(argmax)), 4)
+    last_step = StepAt(epoch - 1, steps - 1, steps, cfg.train.max_epoch)
     return {
         "version": cfg.version,
         "epoch": epoch,
-        "phase": "search" if epoch > cfg.search.warmup_epochs else "warm-up",
-        "genotype": model.genotype(),
-        "top_ops": model.top_choices(),  # per position, skip included
+        "algorithm": scfg.algorithm,
+        "phase": strategy.phase(epoch - 1),
+        "genotype": genotype,
+        **budget,
+        "top_ops": choices,  # per position, skip included
         "ops": {part: [m.ops for m in model.mixed_ops(part)] for part in ("enc", "dec")},
         "probabilities": {part: [[round(p, 6) for p in probs] for probs in per_position]
                           for part, per_position in model.probabilities().items()},
         **stats,
+        **strategy.report(last_step),
         "hidden_size": cfg.model.hidden_size,
         "search": {k: v for k, v in cfg.to_dict()["search"].items()},
     }
@@ -286,6 +200,19 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def heatmap_grid(report: dict):
+    """(op names in registry order, position labels, probabilities [positions, ops] with NaN
+    where a position does not hold the op): the heat map's content."""
+    all_ops = [op for op in op_names(search=True)
+               if any(op in ops for part in ("enc", "dec") for ops in report["ops"][part])]
+    rows, labels = [], []
+    for part in ("enc", "dec"):
+        for i, (ops, probs) in enumerate(zip(report["ops"][part], report["probabilities"][part])):
+            rows.append([probs[ops.index(op)] if op in ops else np.nan for op in all_ops])
+            labels.append(f"{part}{i:02d}")
+    return all_ops, labels, np.array(rows, dtype=np.float64)  # [positions, ops]
+
+
 def heatmap(report: dict) -> Optional[np.ndarray]:
     """positions x ops probability heat map as an RGB uint8 array [H, W, 3] (None without matplotlib)."""
     try:
@@ -294,15 +221,8 @@ def heatmap(report: dict) -> Optional[np.ndarray]:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    all_ops = [op for op in ("SA", "GA", "RSA", "FFN", "skip")
-               if any(op in ops for part in ("enc", "dec") for ops in report["ops"][part])]
-    rows, labels = [], []
-    for part in ("enc", "dec"):
-        for i, (ops, probs) in enumerate(zip(report["ops"][part], report["probabilities"][part])):
-            rows.append([probs[ops.index(op)] if op in ops else np.nan for op in all_ops])
-            labels.append(f"{part}{i:02d}")
-    grid = np.array(rows, dtype=np.float64)  # [positions, ops]
-    fig, ax = plt.subplots(figsize=(1.1 * len(all_ops) + 2.0, 0.22 * len(rows) + 1.2), dpi=80)
+    all_ops, labels, grid = heatmap_grid(report)
+    fig, ax = plt.subplots(figsize=(1.1 * len(all_ops) + 2.0, 0.22 * len(labels) + 1.2), dpi=80)
     im = ax.imshow(grid, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
     ax.set_xticks(range(len(all_ops)), all_ops)
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
@@ -353,6 +273,7 @@ def _save_png(image: np.ndarray, path: str) -> None:
 def search(cfg: RunConfig, rank: int = 0, world: int = 1, progress: Optional[bool] = None) -> dict:
     """Search per cfg; returns a summary (per-epoch reports, last checkpoint, last genotype file)."""
     cfg.search.validate()
+    strategy_class(cfg.search.algorithm)  # an unknown algorithm stops here, before any process starts
     return run_logged(_search, cfg, rank, world, progress, "search")
 
 
@@ -360,9 +281,13 @@ def _search(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLo
     tcfg, dcfg, scfg = cfg.train, cfg.data, cfg.search
     vocab = build_vocab(dcfg.data_root, dcfg.cache_dir, dcfg.answer_dict, progress=progress)
     dataset = open_dataset(cfg, dcfg.split, vocab, progress)
-    parts = partition_split(len(dataset), scfg.weight_fraction, scfg.split_seed)
+    strategy_type = strategy_class(scfg.algorithm)
+    costs = position_costs(target_model_config(scfg.target_model), {p: scfg.pools(p) for p in ("enc", "dec")})
+    if scfg.budget_gflops is not None:
+        check_feasible(scfg.budget_gflops, costs)
+    parts = strategy_type.partition(len(dataset), cfg)
     steps = len(parts.weight) // tcfg.batch_size
-    if steps == 0 or len(parts.arch) < tcfg.batch_size:
+    if steps == 0 or (strategy_type.needs_arch_part and len(parts.arch) < tcfg.batch_size):
         raise TrainingError(f"the {dcfg.split} split has {len(dataset)} questions: {len(parts.weight)} for weight "
                             f"steps and {len(parts.arch)} for architecture steps, and each part needs at least "
                             f"one batch of --BS={tcfg.batch_size}.")
@@ -376,10 +301,14 @@ def _search(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLo
     paddle.seed(tcfg.seed)
     model = SuperNet(cfg.model, scfg, vocab.token_size, vocab.answer_size, initial_word_vectors(cfg, vocab))
     lr_base = base_learning_rate(tcfg, dcfg.split)
-    weight_opt, arch_opt = build_optimizers(model, cfg, lr_base)
+    strategy = strategy_type(model, cfg, costs)
+    weight_opt, arch_opt = strategy.build_optimizers(lr_base)
     if cfg.resume:
         load_weights(model, params_path)
         saved = safe_load(opt_path)
+        if saved.get("algorithm", "binary_gate") != scfg.algorithm:
+            raise TrainingError(f"{opt_path} is a search.algorithm={saved.get('algorithm', 'binary_gate')} search; "
+                                f"this run asks for {scfg.algorithm}. Resume with the same search config.")
         if saved.get("split") != split_info:
             raise TrainingError(f"{opt_path} was searched on a different split partition ({saved.get('split')}); "
                                 f"this run has {split_info}. Resume with the same data and search config.")
@@ -405,7 +334,7 @@ def _search(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLo
     last_json = None
     for epoch in range(start_epoch, tcfg.max_epoch):
         position.epoch, position.step, position.phase = epoch, 0, ""
-        stats = search_one_epoch(net, model, weight_opt, arch_opt, dataset, parts, cfg, epoch, steps,
+        stats = search_one_epoch(net, strategy, weight_opt, arch_opt, dataset, parts, cfg, epoch, steps,
                                  lr_base, rank, world, logger, progress, position)
         position.phase = "after its last step"
         weight_loss = _all_reduce_sum(stats.weight_loss, world) / (stats.weight_samples * world)
@@ -417,7 +346,7 @@ def _search(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLo
             if scfg.eval_top_path:
                 position.phase = "scoring the top path"
                 summary["top_path_loss"], summary["top_path_score"] = score_top_path(
-                    model, dataset, parts.arch, tcfg.eval_batch_size, dcfg.num_workers)
+                    model, strategy.choices(), dataset, parts.arch, tcfg.eval_batch_size, dcfg.num_workers)
             params_path, opt_path = ckpt_paths(cfg.ckpt_dir, cfg.version, epoch + 1)
             position.phase = "saving its checkpoint"
             with position.guard.deferred():  # Ctrl-C waits until both files are complete
@@ -425,18 +354,19 @@ def _search(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLo
                                 {"optimizer": optimizer_state_to_save(weight_opt, model),
                                  "arch_optimizer": optimizer_state_to_save(arch_opt, model),
                                  "epoch": epoch + 1, "seed": tcfg.seed, "split": split_info,
-                                 "steps_per_epoch": steps, "lr_base": lr_base, "lr": stats.lr,
-                                 "processes": world, "config": cfg.to_dict()}, opt_path, "--CKPT_DIR")
+                                 "algorithm": scfg.algorithm, "steps_per_epoch": steps, "lr_base": lr_base,
+                                 "lr": stats.lr, "processes": world, "config": cfg.to_dict()}, opt_path, "--CKPT_DIR")
                 last_ckpt = params_path
                 position.last_ckpt, position.phase = (cfg.version, epoch + 1), "after saving its checkpoint"
-            report = epoch_report(model, cfg, epoch + 1, {**summary, "checkpoint": params_path})
+            report = epoch_report(strategy, cfg, epoch + 1, steps, {**summary, "checkpoint": params_path})
             last_json = publish_report(report, cfg.results_dir, cfg.version, logger)
             arch_text = f", arch loss {arch_loss:.5f} ({stats.arch_steps} steps)" if arch_loss is not None else ""
             score_text = (f", top path score {summary['top_path_score']:.4f}" if scfg.eval_top_path else "")
             line = (f"search epoch {epoch + 1}/{tcfg.max_epoch}: weight loss {weight_loss:.5f}{arch_text}"
                     f"{score_text}, lr {stats.lr:.3e}, {stats.seconds:.1f}s, saved {params_path}, {last_json}")
             print(line)
-            print(f"  enc: {' '.join(report['genotype']['enc'])}\n  dec: {' '.join(report['genotype']['dec'])}")
+            print(f"  enc: {' '.join(report['genotype']['enc'])}\n  dec: {' '.join(report['genotype']['dec'])}\n"
+                  f"  {report['gflops']} GFLOPs per sample at n = 100 at the width of {scfg.target_model}")
             logger.text(line)
             logger.scalars({k: v for k, v in summary.items() if isinstance(v, float)}, epoch + 1)
             history.append(report)

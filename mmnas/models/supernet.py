@@ -10,11 +10,13 @@ where k is the op chosen at position i and j counts the non-skip positions befor
 (`standalone_state_dict`). The optional `skip` candidate is an identity, so dropping it from
 the genotype changes nothing.
 
-Two forward modes per MixedOp (binary gates, ProxylessNAS):
-- weight step (`gate is None`): only the active candidate runs; the others get no gradient.
-- arch step: a one-hot gate tensor g (stop_gradient=False) multiplies the outputs of the
-  involved candidates, out = sum_j g_j o_j with only the active o_j differentiable. Its value
-  is the active path's output, and dL/dg_j = <dL/dout, o_j> measures every involved candidate.
+Two forward modes per MixedOp; the search strategy (mmnas/search/) sets them:
+- single path (`gate is None`): only the active candidate runs; the others get no gradient.
+- mixed: coefficients g (a tensor, one per candidate) multiply the outputs of the involved
+  candidates, out = sum_j g_j o_j, with only the active o_j differentiable (or all of them,
+  `train_all`). Binary gates (ProxylessNAS): g is a one-hot leaf, the value is the active
+  path's output and dL/dg_j = <dL/dout, o_j> measures every involved candidate. SNAS: g is the
+  Gumbel-softmax sample z, a function of alpha, so the gradient reaches alpha through it.
 """
 from __future__ import annotations
 
@@ -25,22 +27,16 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
-from ..config import SKIP_OP, ModelConfig, SearchConfig
-from ..ops import build_op
+from ..config import ModelConfig, SearchConfig
+from ..ops import build_op, op_spec
 from .mmnasnet import Backbone, MMNasNet, init_like_reference
 
 _STUB_GENOTYPE = {"enc": ["FFN"], "dec": ["FFN"]}
 
 
-class Skip(nn.Layer):
-    """The "none-style" candidate: the position is left out and x passes unchanged."""
-
-    def forward(self, x, y=None, x_mask=None, y_mask=None, relations=None):
-        return x
-
-
 def build_candidate(name: str, cfg: ModelConfig) -> nn.Layer:
-    return Skip() if name == SKIP_OP else build_op(name, cfg)
+    """Any registered op, search-only ones (skip) included."""
+    return build_op(name, cfg)
 
 
 def softmax_np(logits: np.ndarray) -> np.ndarray:
@@ -61,14 +57,15 @@ class MixedOp(nn.Layer):
         # DataParallel must not all-reduce alpha: its gradient is built by hand from the gates
         self.alpha.no_sync = True
         self.active = 0  # index of the candidate that runs
-        self.involved: List[int] = [0]  # arch step: candidates whose gate gradient is measured
-        self.gate: Optional[paddle.Tensor] = None  # arch step: one-hot [n], stop_gradient=False
+        self.involved: List[int] = [0]  # mixed forward: candidates that run
+        self.gate: Optional[paddle.Tensor] = None  # mixed forward: coefficients [n] (see module doc)
+        self.train_all = False  # mixed forward: every involved candidate gets weight gradients
 
     def probs(self) -> np.ndarray:
         return softmax_np(self.alpha.numpy().astype(np.float64))
 
     def set_active(self, index: int) -> None:
-        self.active, self.involved, self.gate = int(index), [int(index)], None
+        self.active, self.involved, self.gate, self.train_all = int(index), [int(index)], None, False
 
     def sample(self, rng: np.random.Generator, arch_mode: Optional[str] = None) -> None:
         """Draw the active candidate from softmax(alpha). With arch_mode, also open the gate:
@@ -89,6 +86,7 @@ class MixedOp(nn.Layer):
             onehot = np.zeros(n, dtype=np.float32)
             onehot[self.active] = 1.0
             self.gate = paddle.to_tensor(onehot, stop_gradient=False)
+        self.train_all = False
 
     def forward(self, x, y=None, x_mask=None, y_mask=None, relations=None):
         if self.gate is None:
@@ -96,7 +94,7 @@ class MixedOp(nn.Layer):
         out = 0.0
         for j in self.involved:
             o = self.candidates[j](x, y, x_mask, y_mask, relations)
-            out = out + self.gate[j] * (o if j == self.active else o.detach())
+            out = out + self.gate[j] * (o if (j == self.active or self.train_all) else o.detach())
         return out
 
     def alpha_grad(self) -> np.ndarray:
@@ -171,7 +169,7 @@ class SuperNet(MMNasNet):
         out = []
         for m in self.mixed_ops():
             for j, cand in enumerate(m.candidates):
-                if j != m.active:
+                if j != m.active and not (m.train_all and j in m.involved):
                     out += cand.parameters()
         return out
 
@@ -180,7 +178,7 @@ class SuperNet(MMNasNet):
 
     def close_gates(self) -> None:
         for m in self.mixed_ops():
-            m.gate, m.involved = None, [m.active]
+            m.gate, m.involved, m.train_all = None, [m.active], False
 
     # ---- what the search found ------------------------------------------------------------
 
@@ -204,7 +202,7 @@ class SuperNet(MMNasNet):
         for part in ("enc", "dec"):
             j = 0
             for i, (m, name) in enumerate(zip(self.mixed_ops(part), choices[part], strict=True)):
-                if name == SKIP_OP:
+                if not op_spec(name).in_genotype:
                     continue
                 rename[f"backbone.{part}_list.{i}.candidates.{m.ops.index(name)}."] = f"backbone.{part}_list.{j}."
                 j += 1
@@ -225,7 +223,8 @@ class SuperNet(MMNasNet):
 
 
 def genotype_from_choices(choices: Dict[str, Sequence[str]]) -> Dict[str, List[str]]:
-    return {part: [op for op in choices[part] if op != SKIP_OP] for part in ("enc", "dec")}
+    """Drop the search-only choices (skip): what is left is an MMNasNet genotype."""
+    return {part: [op for op in choices[part] if op_spec(op).in_genotype] for part in ("enc", "dec")}
 
 
 def build_supernet(cfg: ModelConfig, search: SearchConfig, token_size: int, answer_size: int,

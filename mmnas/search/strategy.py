@@ -1,0 +1,169 @@
+"""The interface of a search strategy, and what every strategy shares.
+
+The engine (engine/search.py) owns the run: data, epochs, checkpoints, reports. A strategy
+owns the algorithm, through these methods:
+
+- `partition(n)`: which questions feed weight steps and which architecture steps (or scoring);
+- `arch_batches_per_epoch(epoch, steps)`, `phase(epoch)`: the epoch's shape;
+- `build_optimizers(lr_base)`: the weights' Adam (the `train` section) and the logits' Adam
+  (`search.arch_lr`, `arch_betas`, `arch_eps`, `arch_weight_decay`);
+- `train_step(...)`: one step of the loop: sample (set every MixedOp's active candidate and
+  mixing coefficients, see models/supernet.py), run the mixed output, take the architecture
+  gradient and step(s); returns the losses;
+- `choices()` / `genotype()`: the top op per position, within the FLOP budget if there is one;
+- `report(at)`: what the epoch JSON adds for this strategy.
+
+A strategy is one file in this folder that registers its class with `@register_strategy("name")`;
+`search.algorithm: name` in the search YAML selects it.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, NamedTuple, Optional, Type
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+
+from ..config import ConfigError, RunConfig
+from ..models.supernet import SuperNet, genotype_from_choices
+from .budget import PositionCosts, expected_gflops, fit_budget
+
+_STRATEGIES: Dict[str, Type["SearchStrategy"]] = {}
+
+
+def register_strategy(name: str):
+    """Class decorator: make a SearchStrategy subclass selectable as `search.algorithm: name`."""
+    def declare(cls):
+        cls.name = name
+        _STRATEGIES[name] = cls
+        return cls
+    return declare
+
+
+def strategy_names() -> List[str]:
+    import mmnas.search as package
+    for module in pkgutil.iter_modules(package.__path__):  # every file here may declare one
+        importlib.import_module(f"{package.__name__}.{module.name}")
+    return sorted(_STRATEGIES)
+
+
+def strategy_class(name: str) -> Type["SearchStrategy"]:
+    names = strategy_names()
+    if name not in _STRATEGIES:
+        raise ConfigError(f"search.algorithm={name!r} is not a search strategy; choose one of {names}")
+    return _STRATEGIES[name]
+
+
+# ---- shared pieces -------------------------------------------------------------------------------
+
+@dataclass
+class Partition:
+    weight: np.ndarray  # dataset indices for weight steps
+    arch: np.ndarray  # dataset indices for architecture steps (or, without them, for scoring)
+
+
+def partition_split(n: int, weight_fraction: float, seed: int) -> Partition:
+    """Seeded partition of the n questions into the weight part and the arch part."""
+    order = np.random.RandomState(seed).permutation(n)
+    cut = int(round(n * weight_fraction))
+    return Partition(np.sort(order[:cut]), np.sort(order[cut:]))
+
+
+class StepAt(NamedTuple):
+    """Where a step is in the run (epochs and steps counted from 0)."""
+    epoch: int
+    step: int
+    steps: int  # per epoch
+    epochs: int  # in the whole run
+
+    @property
+    def progress(self) -> float:
+        """Fraction of the run done before this step, in [0, 1)."""
+        return (self.epoch * self.steps + self.step) / (self.epochs * self.steps)
+
+
+def bce_sum(logits, targets):
+    return F.binary_cross_entropy_with_logits(logits, targets, reduction="sum")
+
+
+def sub_batches(batch, accu: int):
+    """(is_last, (region_feats, boxes, question_ids, answer_scores)) for each of accu slices."""
+    region_feats, boxes, question_ids, answer_scores = batch[:4]
+    sub = question_ids.shape[0] // accu
+    for a in range(accu):
+        part = slice(a * sub, (a + 1) * sub)
+        yield a == accu - 1, (region_feats[part], boxes[part], question_ids[part], answer_scores[part])
+
+
+# ---- the interface -------------------------------------------------------------------------------
+
+class SearchStrategy:
+    name = ""
+    needs_arch_part = False  # True: arch steps draw batches from Partition.arch
+
+    def __init__(self, model: SuperNet, cfg: RunConfig, costs: Optional[PositionCosts] = None):
+        self.model, self.cfg = model, cfg
+        self.costs = costs  # GFLOPs per candidate at the target width (None: no budget, no penalty)
+
+    # ---- data and epochs
+    @classmethod
+    def partition(cls, n: int, cfg: RunConfig) -> Partition:
+        """Which of the n questions feed weight steps and which the arch steps (or scoring)."""
+        raise NotImplementedError
+
+    def arch_batches_per_epoch(self, epoch: int, steps: int) -> int:
+        return 0
+
+    def phase(self, epoch: int) -> str:
+        return "search"
+
+    # ---- optimizers
+    def build_optimizers(self, lr_base: float):
+        tcfg, scfg = self.cfg.train, self.cfg.search
+        weights = paddle.optimizer.Adam(learning_rate=lr_base, beta1=tcfg.betas[0], beta2=tcfg.betas[1],
+                                        epsilon=tcfg.eps, parameters=self.model.weight_parameters())
+        decay = scfg.arch_weight_decay or None  # L2 on the logits, added to their gradient
+        arch = paddle.optimizer.Adam(learning_rate=scfg.arch_lr, beta1=scfg.arch_betas[0],
+                                     beta2=scfg.arch_betas[1], epsilon=scfg.arch_eps,
+                                     parameters=self.model.arch_parameters(), weight_decay=decay)
+        return weights, arch
+
+    # ---- one step
+    def train_step(self, net, weight_opt, arch_opt, batch, lr: float, rng: np.random.Generator, at: StepAt,
+                   arch_batches: Optional[Iterator], world: int = 1) -> Dict[str, float]:
+        """One step of the loop; returns {"weight_loss", "grad_norm"} (losses summed over this
+        process's samples), plus "arch_loss" when an architecture step ran on its own batch."""
+        raise NotImplementedError
+
+    # ---- the FLOP penalty
+    def flops_penalty(self):
+        """search.flops_weight * E[C] (GFLOPs) as a Paddle scalar, or None when it is off."""
+        weight = self.cfg.search.flops_weight
+        if not weight or self.costs is None:
+            return None
+        return weight * expected_gflops(self.model.arch_parameters(), self.costs)
+
+    # ---- what the search found
+    def choices(self) -> Dict[str, List[str]]:
+        """The top op per position (skip included), within search.budget_gflops if set."""
+        if self.costs is None:
+            return self.model.top_choices()
+        return fit_budget(self.model.probabilities(), self.costs, self.cfg.search.budget_gflops)
+
+    def genotype(self) -> Dict[str, List[str]]:
+        return genotype_from_choices(self.choices())
+
+    def report(self, at: StepAt) -> dict:
+        """Fields this strategy adds to the epoch JSON."""
+        return {}
+
+
+def all_reduce_array(values: np.ndarray) -> np.ndarray:
+    """Sum of `values` over the processes (float64)."""
+    import paddle.distributed as dist
+    t = paddle.to_tensor(values.astype("float64"))
+    dist.all_reduce(t)
+    return t.numpy()
