@@ -12,6 +12,7 @@ import time
 from typing import List, Optional
 
 from .config import ConfigError, RunConfig, load_config
+from .inference.predictor import ENGINES, PRECISIONS
 from .runtime import AMP_MODES
 
 TRAIN_SPLITS = ("train", "train+val", "train+val+vg")
@@ -58,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mixed precision (paddle.amp O1) for training on a GPU; off by default")
     p.add_argument("--TO_STATIC", type=str2bool, default=None,
                    help="train through paddle.jit.to_static (off by default: slower on CPU)")
+    p.add_argument("--ENGINE", default=None, choices=list(ENGINES),
+                   help="what runs evaluation on CPU: Paddle Inference (oneDNN) or the dygraph model "
+                        "(default auto: the faster one, see README Performance)")
+    p.add_argument("--PRECISION", default=None, choices=list(PRECISIONS),
+                   help="evaluation precision; bf16 needs a CPU with avx512_bf16/AMX (default fp32)")
     p.add_argument("--CKPT_DIR", default="ckpt", help="where checkpoints are written")
     p.add_argument("--RESULTS_DIR", default="results", help="where logs and results are written")
     return p
@@ -79,7 +85,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                  ("train", "max_epoch", args.MAX_EPOCH), ("train", "accu", args.ACCU),
                  ("train", "batch_size", args.BS), ("train", "seed", args.SEED),
                  ("train", "eval_every_epoch", args.EVAL_EE), ("train", "save_pred", args.SAVE_PRED),
-                 ("train", "amp", args.AMP), ("train", "to_static", args.TO_STATIC)]
+                 ("train", "amp", args.AMP), ("train", "to_static", args.TO_STATIC),
+                 ("train", "eval_engine", args.ENGINE), ("train", "eval_precision", args.PRECISION)]
     for section, key, value in overrides:
         if value is not None:
             setattr(getattr(cfg, section), key, value)
@@ -122,6 +129,8 @@ def validate_args(cfg: RunConfig, args: argparse.Namespace) -> None:
     if t.amp != "off" and not cfg.gpu:
         print(f"note: --AMP={t.amp} applies on a GPU only (--GPU=...); this CPU run trains in float32.",
               file=sys.stderr)
+    from .inference.predictor import resolve_engine
+    resolve_engine(t.eval_engine, t.eval_precision, gpu=bool(cfg.gpu))  # InferenceError: exit 2
     if cfg.gpu:
         import paddle
         if not paddle.device.is_compiled_with_cuda():
@@ -159,7 +168,8 @@ def run_eval(cfg: RunConfig) -> dict:
     load_weights(model, weights)
     result = evaluate(model, dataset, name=name, results_dir=cfg.results_dir,
                       batch_size=cfg.train.eval_batch_size, num_workers=cfg.data.num_workers,
-                      save_pred=cfg.train.save_pred)
+                      save_pred=cfg.train.save_pred, engine=cfg.train.eval_engine,
+                      precision=cfg.train.eval_precision)
     print(f"wrote {result.result_path} ({len(dataset)} answers)")
     if result.pred_path:
         print(f"wrote {result.pred_path} (logits)")
@@ -190,7 +200,8 @@ def expected_errors():
     from .engine.checkpoint import CheckpointError
     from .engine.distributed import WorkerStopped
     from .engine.train import TrainingError
-    return (UsageError, ConfigError, DataError, CheckpointError, TrainingError, WorkerStopped)
+    from .inference import InferenceError
+    return (UsageError, ConfigError, DataError, CheckpointError, TrainingError, WorkerStopped, InferenceError)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -113,6 +113,8 @@ class TrainConfig:
     seed: int = 888
     eval_every_epoch: bool = True
     eval_batch_size: int = 256
+    eval_engine: str = "auto"  # auto | dygraph | inference: what runs val/test (mmnas/inference)
+    eval_precision: str = "fp32"  # fp32 | bf16 (Paddle Inference on a CPU with bf16 instructions)
     save_pred: bool = False
     log_every: int = 20  # steps between reads of the loss (progress bar, VisualDL, non-finite check)
     amp: str = "off"  # off | fp16 | bf16: paddle.amp O1 on a GPU (ignored, with a warning, on CPU)

@@ -60,13 +60,18 @@ def exported_files(out_prefix: str) -> Dict[str, str]:
                             f".pdmodel plus .pdiparams; found {found or 'nothing'}); run tools/export_inference.py")
 
 
-def create_predictor(out_prefix: str, threads: int = 1):
-    """A CPU Paddle Inference predictor for an exported model."""
+def create_predictor(out_prefix: str, threads: int = 1, onednn: bool = False, bf16: bool = False):
+    """A CPU Paddle Inference predictor for an exported model; `onednn` runs its ops through
+    oneDNN, `bf16` (with onednn) adds oneDNN's bfloat16 pass (matrix products in bf16)."""
     files = exported_files(out_prefix)
     config = paddle.inference.Config(files["model"], files["params"])
     config.disable_gpu()
     config.set_cpu_math_library_num_threads(threads)
     config.disable_glog_info()
+    if onednn or bf16:
+        config.enable_mkldnn()
+    if bf16:
+        config.enable_mkldnn_bfloat16()
     return paddle.inference.create_predictor(config)
 
 
