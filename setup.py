@@ -14,7 +14,8 @@ setup(
         "cpu": ["paddlepaddle>=3.0"],
         "vdl": ["visualdl>=2.5"],
         "convert": ["torch"],
-        "test": ["pytest>=7", "matplotlib>=3.6"],
+        "onnx": ["paddle2onnx>=2.0", "onnxruntime>=1.17"],  # ONNX export (mmnas/inference/onnx_export.py)
+        "test": ["pytest>=7", "matplotlib>=3.6", "paddle2onnx>=2.0", "onnxruntime>=1.17"],
     },
     entry_points={"console_scripts": ["mmnas=mmnas.cli:main"]},
 )

@@ -154,3 +154,20 @@ def test_onnx_export_matches_in_onnxruntime(model, tmp_path):
         feats, boxes, ids = sample_inputs(batch, regions, T, seed=20 + i)
         ref = dygraph_logits(model, feats, boxes, ids)
         np.testing.assert_allclose(run(feats, boxes, ids), ref, atol=1e-4, rtol=0)
+
+
+def test_export_tool_writes_a_verified_onnx_file(model, tmp_path, capsys):
+    pytest.importorskip("paddle2onnx", reason="ONNX export needs paddle2onnx (pip install -e '.[onnx]')")
+    pytest.importorskip("onnxruntime", reason="the ONNX check needs onnxruntime (pip install -e '.[onnx]')")
+    import importlib.util
+
+    from mmnas.engine.checkpoint import atomic_save
+    ckpt = tmp_path / "w.pdparams"
+    atomic_save({k: v.numpy() for k, v in model.state_dict().items()}, str(ckpt))
+    spec = importlib.util.spec_from_file_location("export_inference", os.path.join(REPO, "tools", "export_inference.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    files = tool.main(["--MODEL", "tiny", "--CKPT_PATH", str(ckpt), "--out", str(tmp_path / "out" / "model"), "--onnx"])
+    assert files["onnx"] == str(tmp_path / "out" / "model.onnx") and os.path.getsize(files["onnx"]) > 0
+    out = capsys.readouterr().out
+    assert "verified: Paddle Inference matches" in out and "verified: onnxruntime matches" in out
