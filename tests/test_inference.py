@@ -171,3 +171,15 @@ def test_export_tool_writes_a_verified_onnx_file(model, tmp_path, capsys):
     assert files["onnx"] == str(tmp_path / "out" / "model.onnx") and os.path.getsize(files["onnx"]) > 0
     out = capsys.readouterr().out
     assert "verified: Paddle Inference matches" in out and "verified: onnxruntime matches" in out
+
+
+def test_bench_pytorch_network_gives_the_same_logits(model):
+    """bench/eval.py times this PyTorch port against Paddle: it must be the same network."""
+    torch = pytest.importorskip("torch", reason="torch is not installed (pip install torch==2.13.0)")
+    from bench.torch_mmnasnet import TorchMMNasNet, load_paddle_weights
+    net = load_paddle_weights(TorchMMNasNet(model.cfg, T, A), model)
+    for i, (batch, regions) in enumerate(SHAPES):
+        feats, boxes, ids = sample_inputs(batch, regions, T, seed=30 + i)
+        with torch.no_grad():
+            out = net(torch.from_numpy(feats), torch.from_numpy(boxes), torch.from_numpy(ids)).numpy()
+        np.testing.assert_allclose(out, dygraph_logits(model, feats, boxes, ids), atol=1e-4, rtol=0)
