@@ -61,8 +61,8 @@ def build_engines(names, model, cfg, threads):
                 import tempfile
 
                 from mmnas.inference.onnx_export import OnnxUnavailable, export_onnx, onnx_predictor
-                folder = tempfile.mkdtemp(prefix="mmnas_bench_onnx_")
-                engines[name] = onnx_predictor(export_onnx(model, os.path.join(folder, "model.onnx")), threads)
+                with tempfile.TemporaryDirectory(prefix="mmnas_bench_onnx_") as folder:  # the session keeps the model
+                    engines[name] = onnx_predictor(export_onnx(model, os.path.join(folder, "model.onnx")), threads)
             except OnnxUnavailable as e:
                 skipped[name] = str(e)
         elif name in ("torch", "torch_bf16"):

@@ -26,14 +26,15 @@ def export_onnx(model, path: str, opset: int = OPSET) -> str:
         import paddle2onnx
     except ImportError:
         raise OnnxUnavailable(ONNX_MISSING) from None
-    from ..models.export import export_inference
+    from ..models.export import stdout_to_devnull, export_inference
     cfg = model.cfg
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mmnas_onnx_") as folder:
         files = export_inference(model, os.path.join(folder, "model"), max_token=cfg.max_token,
                                  feat_size=cfg.feat_size)
-        paddle2onnx.export(files["model"], files["params"], path, opset_version=opset,
-                           enable_onnx_checker=True, optimize_tool="None")
+        with stdout_to_devnull():  # the converter prints its progress to stdout
+            paddle2onnx.export(files["model"], files["params"], path, opset_version=opset,
+                               enable_onnx_checker=True, optimize_tool="None")
     return path
 
 

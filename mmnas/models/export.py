@@ -76,7 +76,7 @@ def create_predictor(out_prefix: str, threads: int = 1, onednn: bool = False, bf
 
 
 @contextlib.contextmanager
-def _stdout_to_devnull():
+def stdout_to_devnull():
     """Silence file descriptor 1 itself: C++ output bypasses sys.stdout."""
     sys.stdout.flush()
     saved = os.dup(1)
@@ -102,7 +102,7 @@ def predict(predictor, region_feats: np.ndarray, boxes: np.ndarray, question_ids
         handle.reshape(list(feeds[name].shape))
         handle.copy_from_cpu(feeds[name])
     if quiet:
-        with _stdout_to_devnull():
+        with stdout_to_devnull():
             predictor.run()
     else:
         predictor.run()
