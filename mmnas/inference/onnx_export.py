@@ -26,7 +26,7 @@ def export_onnx(model, path: str, opset: int = OPSET) -> str:
         import paddle2onnx
     except ImportError:
         raise OnnxUnavailable(ONNX_MISSING) from None
-    from ..models.export import stdout_to_devnull, export_inference
+    from ..models.export import export_inference, stdout_to_devnull
     cfg = model.cfg
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mmnas_onnx_") as folder:
