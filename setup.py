@@ -16,9 +16,11 @@ setup(
         "convert": ["torch"],
         # the web demo (tools/demo_web.py); tested with gradio 6.31, which needs Python >= 3.10
         "demo": ["gradio>=6; python_version >= '3.10'"],
-        # torch for the conversion tests; 2.13.0 is the CPU build this project's machines carry
-        # (an unpinned torch from PyPI is a CUDA build of several GB)
-        "test": ["pytest>=7", "matplotlib>=3.6", "torch==2.13.0", "gradio>=6; python_version >= '3.10'"],
+        "onnx": ["paddle2onnx>=2.0", "onnxruntime>=1.17"],  # ONNX export (mmnas/inference/onnx_export.py)
+        # torch for the conversion tests and the PyTorch rows of bench/eval.py; 2.13.0 is the CPU
+        # build this project's machines carry (an unpinned torch from PyPI is a CUDA build of several GB)
+        "test": ["pytest>=7", "matplotlib>=3.6", "torch==2.13.0", "gradio>=6; python_version >= '3.10'",
+                 "paddle2onnx>=2.0", "onnxruntime>=1.17"],
     },
     entry_points={"console_scripts": ["mmnas=mmnas.cli:main"]},
 )

@@ -14,6 +14,7 @@ from typing import List, Optional
 
 from .config import (BOOL_WORDS, MODEL_ALIASES, TRAIN_SPLITS, ConfigError, RunConfig, checked_value,
                      flag_error, load_config)
+from .inference.predictor import ENGINES, PRECISIONS
 from .runtime import AMP_MODES
 
 RUN_MODES = ("train", "val", "test", "search", "predict")
@@ -87,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--VOCAB", help="vocabulary JSON (default: vocab.json beside the weights, else "
                                          "built from the data files)")
     predict.add_argument("--PICTURE", help="where the attention PNG goes (default results/predict/...)")
+    p.add_argument("--ENGINE", default=None, choices=list(ENGINES),
+                   help="what runs evaluation on CPU: Paddle Inference (oneDNN) or the dygraph model "
+                        "(default auto: the faster one, see README Performance)")
+    p.add_argument("--PRECISION", default=None, choices=list(PRECISIONS),
+                   help="evaluation precision; bf16 needs a CPU with avx512_bf16/AMX (default fp32)")
     p.add_argument("--CKPT_DIR", default="ckpt", help="where checkpoints are written")
     p.add_argument("--RESULTS_DIR", default="results", help="where logs and results are written")
     return p
@@ -101,7 +107,9 @@ FLAG_OF_KEY = {"data.split": "--SPLIT", "data.num_workers": "--NW", "data.preloa
                "data.data_root": "--DATA_ROOT", "data.drop_missing_images": "--DROP_MISSING",
                "train.max_epoch": "--MAX_EPOCH", "train.accu": "--ACCU", "train.batch_size": "--BS",
                "train.seed": "--SEED", "train.eval_every_epoch": "--EVAL_EE", "train.save_pred": "--SAVE_PRED",
-               "train.amp": "--AMP", "train.to_static": "--TO_STATIC", "gpu": "--GPU", "ckpt_epoch": "--CKPT_E"}
+               "train.amp": "--AMP", "train.to_static": "--TO_STATIC",
+               "train.eval_engine": "--ENGINE", "train.eval_precision": "--PRECISION", "gpu": "--GPU",
+               "ckpt_epoch": "--CKPT_E"}
 
 
 def _from_flag(key: str, value):
@@ -124,7 +132,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                  ("train", "max_epoch", args.MAX_EPOCH), ("train", "accu", args.ACCU),
                  ("train", "batch_size", args.BS), ("train", "seed", args.SEED),
                  ("train", "eval_every_epoch", args.EVAL_EE), ("train", "save_pred", args.SAVE_PRED),
-                 ("train", "amp", args.AMP), ("train", "to_static", args.TO_STATIC)]
+                 ("train", "amp", args.AMP), ("train", "to_static", args.TO_STATIC),
+                 ("train", "eval_engine", args.ENGINE), ("train", "eval_precision", args.PRECISION)]
     for section, key, value in overrides:
         if value is not None:
             setattr(getattr(cfg, section), key, _from_flag(f"{section}.{key}", value))
@@ -183,6 +192,8 @@ def validate_args(cfg: RunConfig, args: argparse.Namespace) -> None:
     if t.amp != "off" and not cfg.gpu:
         print(f"note: --AMP={t.amp} applies on a GPU only (--GPU=...); this CPU run trains in float32.",
               file=sys.stderr)
+    from .inference.predictor import resolve_engine
+    resolve_engine(t.eval_engine, t.eval_precision, gpu=bool(cfg.gpu))  # InferenceError: exit 2
     if cfg.gpu:
         import paddle
         if not paddle.device.is_compiled_with_cuda():
@@ -234,7 +245,8 @@ def run_eval(cfg: RunConfig) -> dict:
     load_weights(model, weights)
     result = evaluate(model, dataset, name=name, results_dir=cfg.results_dir,
                       batch_size=cfg.train.eval_batch_size, num_workers=cfg.data.num_workers,
-                      save_pred=cfg.train.save_pred)
+                      save_pred=cfg.train.save_pred, engine=cfg.train.eval_engine,
+                      precision=cfg.train.eval_precision)
     print(f"wrote {result.result_path} ({len(dataset)} answers)")
     if result.pred_path:
         print(f"wrote {result.pred_path} (logits)")
@@ -268,8 +280,9 @@ def expected_errors():
     from .engine.resume import ResumeError
     from .engine.runlock import RunBusyError
     from .engine.train import TrainingError
+    from .inference import InferenceError
     return (UsageError, ConfigError, DataError, CheckpointError, TrainingError, WorkerStopped, WriteError,
-            ResumeError, RunBusyError, PredictError)
+            ResumeError, RunBusyError, PredictError, InferenceError)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -146,6 +146,8 @@ class TrainConfig(_Section):
     seed: int = 888
     eval_every_epoch: bool = True
     eval_batch_size: int = 256
+    eval_engine: str = "auto"  # auto | dygraph | inference: what runs val/test (mmnas/inference)
+    eval_precision: str = "fp32"  # fp32 | bf16 (Paddle Inference on a CPU with bf16 instructions)
     save_pred: bool = False
     log_every: int = 20  # steps between reads of the loss (progress bar, VisualDL, non-finite check)
     amp: str = "off"  # off | fp16 | bf16: paddle.amp O1 on a GPU (ignored, with a warning, on CPU)
@@ -314,7 +316,8 @@ RULES: Dict[str, Tuple[Rule, ...]] = {
     "train.warmup_epochs": (at_least(0),), "train.grad_clip": (above(0),),
     "train.betas": (PAIR, in_range(0, 1)), "train.eps": (above(0),), "train.loss": (one_of(*LOSSES),),
     "train.seed": (SEED,), "train.eval_batch_size": (at_least(1),), "train.log_every": (at_least(1),),
-    "train.amp": (one_of(*AMP_MODES),),
+    "train.amp": (one_of(*AMP_MODES),), "train.eval_engine": (one_of("auto", "dygraph", "inference"),),
+    "train.eval_precision": (one_of("fp32", "bf16"),),
     "search.enc_positions": (at_least(1),), "search.dec_positions": (at_least(1),),
     "search.weight_fraction": (Rule("in (0, 1)", lambda v: 0 < v < 1),), "search.split_seed": (SEED,),
     "search.warmup_epochs": (at_least(0),), "search.arch_every": (at_least(1),),

@@ -6,6 +6,9 @@ writes results/inference/<ckpt stem>/model.json (model.pdmodel on Paddle 2) + mo
 with inputs region_feats [B, N, 2048] float32, boxes [B, N, 4] float32 and question_ids
 [B, 14] int64 (B and N dynamic), output logits [B, A]. The export is checked against the
 dygraph model on a random padded batch before the tool reports success.
+
+With --onnx the same network is also written as ONNX (<out>.onnx, paddle2onnx: pip install -e
+".[onnx]") and checked in onnxruntime the same way.
 """
 import argparse
 import os
@@ -20,6 +23,7 @@ from mmnas.config import ConfigError, load_config  # noqa: E402
 from mmnas.engine.checkpoint import CheckpointError, extract_state_dict, match_state_dict, safe_load  # noqa: E402
 from mmnas.models import MMNasNet  # noqa: E402
 from mmnas.models.convert import check_hidden_size, checkpoint_sizes  # noqa: E402
+from mmnas.inference.onnx_export import OnnxUnavailable, export_onnx, onnx_predictor  # noqa: E402
 from mmnas.models.export import create_predictor, export_inference, predict, sample_inputs  # noqa: E402
 
 
@@ -35,6 +39,8 @@ def parse_args(argv=None):
                    help="genotype file (JSON/YAML with enc/dec) overriding the config's, for searched models")
     p.add_argument("--out", default=None,
                    help="output path prefix (default: results/inference/<ckpt stem>/model)")
+    p.add_argument("--onnx", action="store_true",
+                   help="also write <out>.onnx (needs paddle2onnx; verified with onnxruntime)")
     p.add_argument("--no-verify", action="store_true",
                    help="skip comparing the exported model with the dygraph one on a random batch")
     return p.parse_args(argv)
@@ -58,15 +64,24 @@ def main(argv=None):
     files = export_inference(model, out, max_token=cfg.max_token, feat_size=cfg.feat_size)
     print(f"exported {args.CKPT_PATH} (T={token_size}, A={answer_size})\n"
           f"  program: {files['model']}\n  params:  {files['params']}")
+    runners = {"Paddle Inference": lambda *batch: predict(create_predictor(out), *batch)}
+    if args.onnx:
+        try:
+            files["onnx"] = export_onnx(model, out + ".onnx")
+        except OnnxUnavailable as e:
+            sys.exit(f"error: {e}")
+        print(f"  onnx:    {files['onnx']}")
+        runners["onnxruntime"] = lambda *batch: onnx_predictor(files["onnx"])(*batch)
     if not args.no_verify:
         feats, boxes, ids = sample_inputs(2, min(10, cfg.max_regions), token_size, cfg.max_token, cfg.feat_size)
         with paddle.no_grad():
             ref = model(paddle.to_tensor(feats), None, paddle.to_tensor(boxes), paddle.to_tensor(ids)).numpy()
-        diff = float(np.abs(predict(create_predictor(out), feats, boxes, ids) - ref).max())
-        if not diff < 1e-4:
-            sys.exit(f"error: the exported model at {out} differs from the dygraph model by {diff:.3g} "
-                     f"(max abs logit difference); please report this with your Paddle version")
-        print(f"  verified: Paddle Inference matches dygraph (max abs diff {diff:.2e})")
+        for runner_name, run in runners.items():
+            diff = float(np.abs(run(feats, boxes, ids) - ref).max())
+            if not diff < 1e-4:
+                sys.exit(f"error: the exported model run by {runner_name} differs from the dygraph model by "
+                         f"{diff:.3g} (max abs logit difference); please report this with your Paddle version")
+            print(f"  verified: {runner_name} matches dygraph (max abs diff {diff:.2e})")
     return files
 
 

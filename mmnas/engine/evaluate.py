@@ -17,6 +17,7 @@ import paddle
 
 from ..data import DataError
 from ..data.dataset import FailureCheckedLoader, FailureReportingDataset, collate_or_failure, die_with_parent
+from ..inference import build_predictor
 from ..metrics import evaluate as vqa_accuracy
 from ..progress import progress_bar
 from .checkpoint import write_error
@@ -53,19 +54,20 @@ def make_loader(dataset, batches: List[List[int]], num_workers: int):
 
 
 def predict(model, dataset, batch_size: int, num_workers: int = 0, progress: bool = True,
-            desc: str = "eval") -> np.ndarray:
-    """Logits [len(dataset), A] in dataset order, the model in eval mode (restored after)."""
+            desc: str = "eval", engine: str = "dygraph", precision: str = "fp32") -> np.ndarray:
+    """Logits [len(dataset), A] in dataset order, the model in eval mode (restored after).
+    `engine` / `precision`: what runs the network (inference.build_predictor; --ENGINE, --PRECISION)."""
     order = np.argsort(dataset.box_counts, kind="stable")
     batches = [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
     logits = np.zeros((len(dataset), dataset.vocab.answer_size), dtype=np.float32)
     was_training = model.training
     model.eval()
     try:
-        with paddle.no_grad():
-            for region_feats, boxes, question_ids, _, index in progress_bar(
-                    make_loader(dataset, batches, num_workers), total=len(batches), desc=desc,
-                    disable=not progress, mininterval=1.0, dynamic_ncols=True):
-                logits[index.numpy()] = model(region_feats, None, boxes, question_ids).numpy()
+        run = build_predictor(model, engine, precision, gpu=not paddle.device.get_device().startswith("cpu"))
+        for region_feats, boxes, question_ids, _, index in progress_bar(
+                make_loader(dataset, batches, num_workers), total=len(batches), desc=desc,
+                disable=not progress, mininterval=1.0, dynamic_ncols=True):
+            logits[index.numpy()] = run(region_feats, boxes, question_ids)
     finally:
         if was_training:
             model.train()
@@ -99,14 +101,15 @@ def write_json_atomic(obj, path: str) -> None:
 
 
 def evaluate(model, dataset, *, name: str, results_dir: str, batch_size: int, num_workers: int = 0,
-             save_pred: bool = False, progress: bool = True) -> EvalResult:
+             save_pred: bool = False, progress: bool = True, engine: str = "dygraph",
+             precision: str = "fp32") -> EvalResult:
     """Predict every question of `dataset`, write the result file, score it when annotated.
 
     Annotated splits write `results/cache/result_run_<name>.json`; the test split writes
     `results/result_test/result_run_<name>.json`, ready for EvalAI. With save_pred, the raw
     logits and question ids go to `results/pred/result_run_<name>.npz`.
     """
-    logits = predict(model, dataset, batch_size, num_workers, progress)
+    logits = predict(model, dataset, batch_size, num_workers, progress, engine=engine, precision=precision)
     answers = answers_from_logits(logits, dataset.vocab.ix_to_ans)
     results = [{"question_id": int(qid), "answer": ans} for qid, ans in zip(dataset.question_ids, answers)]
     folder = "cache" if dataset.has_answers else "result_test"

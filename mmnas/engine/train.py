@@ -374,7 +374,8 @@ def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLog
                 position.phase = "evaluating on val after its checkpoint"
                 result = evaluate(model, val_set, name=f"{cfg.version}_epoch{epoch + 1}",
                                   results_dir=cfg.results_dir, batch_size=tcfg.eval_batch_size,
-                                  num_workers=dcfg.num_workers, save_pred=tcfg.save_pred, progress=progress)
+                                  num_workers=dcfg.num_workers, save_pred=tcfg.save_pred, progress=progress,
+                                  engine=tcfg.eval_engine, precision=tcfg.eval_precision)
                 line = f"epoch {epoch + 1} val: {format_scores(result.scores)}"
                 print(line)
                 logger.text(line)

@@ -60,18 +60,23 @@ def exported_files(out_prefix: str) -> Dict[str, str]:
                             f".pdmodel plus .pdiparams; found {found or 'nothing'}); run tools/export_inference.py")
 
 
-def create_predictor(out_prefix: str, threads: int = 1):
-    """A CPU Paddle Inference predictor for an exported model."""
+def create_predictor(out_prefix: str, threads: int = 1, onednn: bool = False, bf16: bool = False):
+    """A CPU Paddle Inference predictor for an exported model; `onednn` runs its ops through
+    oneDNN, `bf16` (with onednn) adds oneDNN's bfloat16 pass (matrix products in bf16)."""
     files = exported_files(out_prefix)
     config = paddle.inference.Config(files["model"], files["params"])
     config.disable_gpu()
     config.set_cpu_math_library_num_threads(threads)
     config.disable_glog_info()
+    if onednn or bf16:
+        config.enable_mkldnn()
+    if bf16:
+        config.enable_mkldnn_bfloat16()
     return paddle.inference.create_predictor(config)
 
 
 @contextlib.contextmanager
-def _stdout_to_devnull():
+def stdout_to_devnull():
     """Silence file descriptor 1 itself: C++ output bypasses sys.stdout."""
     sys.stdout.flush()
     saved = os.dup(1)
@@ -97,7 +102,7 @@ def predict(predictor, region_feats: np.ndarray, boxes: np.ndarray, question_ids
         handle.reshape(list(feeds[name].shape))
         handle.copy_from_cpu(feeds[name])
     if quiet:
-        with _stdout_to_devnull():
+        with stdout_to_devnull():
             predictor.run()
     else:
         predictor.run()
