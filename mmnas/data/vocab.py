@@ -110,6 +110,7 @@ class Vocab:
     ans_to_ix: Dict[str, int]
     ix_to_ans: Dict[int, str]
     sources: List[str] = field(default_factory=list)  # the files the vocabularies came from
+    max_token: int = MAX_TOKEN  # question ids per question: 14 on VQA-v2, the longest question on GQA
 
     @property
     def token_size(self) -> int:
@@ -170,31 +171,43 @@ def build_vocab(data_root: str, cache_dir: str, answer_dict: Optional[str] = Non
     token_paths = [p for p in question_paths.values() if os.path.exists(p)]
     answer_paths = [answer_dict] if answer_dict else [vqa_path(data_root, ANNOTATION_FILES[p]) for p in ANSWER_PARTS]
 
-    key_src = json.dumps([_CACHE_FORMAT, ANSWER_MIN_COUNT, bool(answer_dict)] +
-                         [_file_key(p) for p in token_paths + answer_paths])
-    cache_path = os.path.join(cache_dir, f"vocab_{hashlib.sha1(key_src.encode()).hexdigest()[:16]}.json")
+    def build():
+        token_to_ix = build_token_vocab((read_json(p, "questions") for p in token_paths), progress=progress)
+        if answer_dict:
+            ans_to_ix, _ = read_answer_dict(answer_dict)
+        else:
+            ans_to_ix, _ = build_answer_vocab(read_json(p, "annotations") for p in answer_paths)
+        return token_to_ix, ans_to_ix, MAX_TOKEN
+
+    return cached_vocab(cache_dir, "vocab", [_CACHE_FORMAT, ANSWER_MIN_COUNT, bool(answer_dict)],
+                        token_paths + answer_paths, build)
+
+
+def cached_vocab(cache_dir: str, prefix: str, key: list, input_paths: List[str], build) -> Vocab:
+    """The vocabularies from `<cache_dir>/<prefix>_<hash>.json` when `key` and the input files
+    (path, size, mtime) are unchanged, else from build() -> (token_to_ix, ans_to_ix, max_token),
+    then cached. Building reads large JSON files; reading the cache takes a moment."""
+    key_src = json.dumps(list(key) + [_file_key(p) for p in input_paths])
+    cache_path = os.path.join(cache_dir, f"{prefix}_{hashlib.sha1(key_src.encode()).hexdigest()[:16]}.json")
     if os.path.isfile(cache_path):
         try:
             with open(cache_path, "r", encoding="utf-8") as f:
                 cached = json.load(f)
             return Vocab(token_to_ix=cached["token_to_ix"], ans_to_ix=cached["ans_to_ix"],
                          ix_to_ans={int(ix): a for ix, a in cached["ix_to_ans"].items()},
-                         sources=cached["sources"])
+                         sources=cached["sources"], max_token=int(cached.get("max_token", MAX_TOKEN)))
         except (OSError, ValueError, KeyError) as e:
             warnings.warn(f"vocabulary cache {cache_path} is unreadable ({e}); rebuilding it.", stacklevel=2)
 
-    token_to_ix = build_token_vocab((read_json(p, "questions") for p in token_paths), progress=progress)
-    if answer_dict:
-        ans_to_ix, ix_to_ans = read_answer_dict(answer_dict)
-    else:
-        ans_to_ix, ix_to_ans = build_answer_vocab(read_json(p, "annotations") for p in answer_paths)
-    vocab = Vocab(token_to_ix, ans_to_ix, ix_to_ans, sources=[os.path.abspath(p) for p in token_paths + answer_paths])
-
+    token_to_ix, ans_to_ix, max_token = build()
+    ix_to_ans = {ix: answer for answer, ix in ans_to_ix.items()}
+    vocab = Vocab(token_to_ix, ans_to_ix, ix_to_ans, sources=[os.path.abspath(p) for p in input_paths],
+                  max_token=max_token)
     os.makedirs(cache_dir, exist_ok=True)
     tmp_path = f"{cache_path}.tmp{os.getpid()}"
     with open(tmp_path, "w", encoding="utf-8") as f:
         json.dump({"token_to_ix": vocab.token_to_ix, "ans_to_ix": vocab.ans_to_ix,
                    "ix_to_ans": {str(ix): a for ix, a in vocab.ix_to_ans.items()},
-                   "sources": vocab.sources}, f, ensure_ascii=False)
+                   "sources": vocab.sources, "max_token": vocab.max_token}, f, ensure_ascii=False)
     os.replace(tmp_path, cache_path)  # atomic: a concurrent reader never sees half a file
     return vocab
