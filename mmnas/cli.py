@@ -11,22 +11,26 @@ import sys
 import time
 from typing import List, Optional
 
-from .config import ConfigError, RunConfig, load_config
+from .config import BOOL_WORDS, TRAIN_SPLITS, ConfigError, RunConfig, checked_value, flag_error, load_config
 from .runtime import AMP_MODES
-
-TRAIN_SPLITS = ("train", "train+val", "train+val+vg")
 
 
 def str2bool(value: str) -> bool:
-    if value.lower() in ("true", "1", "yes"):
-        return True
-    if value.lower() in ("false", "0", "no"):
-        return False
+    if value.strip().lower() in BOOL_WORDS:
+        return BOOL_WORDS[value.strip().lower()]
     raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A malformed flag (`--NW=abc`, `--RUN=fly`) is one line on stderr and exit 2, like every other
+    usage error, instead of the full usage text."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message}; see --help.\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="MMNasNet for VQA-v2 in PaddlePaddle: train, val, test.")
+    p = OneLineParser(description="MMNasNet for VQA-v2 in PaddlePaddle: train, val, test.")
     p.add_argument("--RUN", required=True, choices=["train", "val", "test", "search"], help="what to do")
     p.add_argument("--MODEL", default=None,
                    help="small | large | mmnasnet (= small) | mcan_small | tiny | path to a YAML config "
@@ -58,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mixed precision (paddle.amp O1) for training on a GPU; off by default")
     p.add_argument("--TO_STATIC", type=str2bool, default=None,
                    help="train through paddle.jit.to_static (off by default: slower on CPU)")
+    p.add_argument("--CHECK_FEATS", type=str2bool, default=None,
+                   help="validate every feature file the split needs before step 1 (parallel, progress bar)")
     p.add_argument("--CKPT_DIR", default="ckpt", help="where checkpoints are written")
     p.add_argument("--RESULTS_DIR", default="results", help="where logs and results are written")
     return p
@@ -67,40 +73,52 @@ class UsageError(ValueError):
     pass
 
 
+# the flag that sets each config key: a bad value is reported under the name the user typed
+FLAG_OF_KEY = {"data.split": "--SPLIT", "data.num_workers": "--NW", "data.preload": "--PRELOAD",
+               "data.data_root": "--DATA_ROOT", "data.drop_missing_images": "--DROP_MISSING",
+               "train.max_epoch": "--MAX_EPOCH", "train.accu": "--ACCU", "train.batch_size": "--BS",
+               "train.seed": "--SEED", "train.eval_every_epoch": "--EVAL_EE", "train.save_pred": "--SAVE_PRED",
+               "train.amp": "--AMP", "train.to_static": "--TO_STATIC", "gpu": "--GPU", "ckpt_epoch": "--CKPT_E"}
+
+
+def _from_flag(key: str, value):
+    """`value` of a flag checked as config `key` (type and range, see config.checked_value)."""
+    return checked_value(key, value, "the command line", flag=FLAG_OF_KEY.get(key))
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
+    if args.ARCH_PATH and not os.path.isfile(args.ARCH_PATH):
+        raise UsageError(f"--ARCH_PATH={args.ARCH_PATH} does not exist; expected a genotype file "
+                         f"(JSON/YAML with enc and dec lists, e.g. configs/genotypes/mmnasnet_vqa.json).")
     cfg = load_config(args.MODEL or ("search" if args.RUN == "search" else "small"), args.ARCH_PATH)
     cfg.run = args.RUN
-    cfg.gpu = args.GPU
+    cfg.gpu = _from_flag("gpu", args.GPU)
     cfg.ckpt_dir, cfg.results_dir = args.CKPT_DIR, args.RESULTS_DIR
     cfg.data.cache_dir = os.path.join(args.RESULTS_DIR, "cache")
     overrides = [("data", "split", args.SPLIT), ("data", "num_workers", args.NW),
                  ("data", "preload", args.PRELOAD), ("data", "data_root", args.DATA_ROOT),
-                 ("data", "drop_missing_images", args.DROP_MISSING),
+                 ("data", "drop_missing_images", args.DROP_MISSING), ("data", "check_feats", args.CHECK_FEATS),
                  ("train", "max_epoch", args.MAX_EPOCH), ("train", "accu", args.ACCU),
                  ("train", "batch_size", args.BS), ("train", "seed", args.SEED),
                  ("train", "eval_every_epoch", args.EVAL_EE), ("train", "save_pred", args.SAVE_PRED),
                  ("train", "amp", args.AMP), ("train", "to_static", args.TO_STATIC)]
     for section, key, value in overrides:
         if value is not None:
-            setattr(getattr(cfg, section), key, value)
-    cfg.resume, cfg.ckpt_version, cfg.ckpt_epoch, cfg.ckpt_path = args.RESUME, args.CKPT_V, args.CKPT_E, args.CKPT_PATH
+            setattr(getattr(cfg, section), key, _from_flag(f"{section}.{key}", value))
+    cfg.resume, cfg.ckpt_version, cfg.ckpt_path = args.RESUME, args.CKPT_V, args.CKPT_PATH
+    cfg.ckpt_epoch = _from_flag("ckpt_epoch", args.CKPT_E)
     cfg.version = args.VERSION or (args.CKPT_V if args.RESUME else None) or time.strftime("%Y%m%d_%H%M%S")
     validate_args(cfg, args)
     return cfg
 
 
 def validate_args(cfg: RunConfig, args: argparse.Namespace) -> None:
+    """Checks across flags; each value alone was checked when it was set (config.checked_value)."""
     t = cfg.train
-    if t.batch_size <= 0 or t.accu <= 0:
-        raise UsageError("--BS and --ACCU must be positive integers.")
-    if t.box_pieces < 1:
-        raise UsageError(f"train.box_pieces must be at least 1 (1 = no sorted pieces), got {t.box_pieces}.")
     if t.batch_size % t.accu:
         raise UsageError(f"--BS={t.batch_size} is not divisible by --ACCU={t.accu}; choose an ACCU that divides BS.")
-    if t.max_epoch <= 0:
-        raise UsageError("--MAX_EPOCH must be a positive integer.")
     if args.NPROCS is not None and args.NPROCS < 1:
-        raise UsageError("--NPROCS must be at least 1.")
+        raise flag_error("--NPROCS", args.NPROCS, "an integer >= 1")
     nprocs = args.NPROCS or (len(cfg.gpu.split(",")) if cfg.gpu else 1)
     if cfg.run == "train" and nprocs > 1 and (t.batch_size % nprocs or (t.batch_size // nprocs) % t.accu):
         # checked here: inside the spawned processes the same error would surface as a traceback
@@ -117,8 +135,6 @@ def validate_args(cfg: RunConfig, args: argparse.Namespace) -> None:
             raise UsageError(f"--RESUME is only for --RUN=train, not --RUN={cfg.run}.")
         if not cfg.ckpt_path and (cfg.ckpt_version is None or cfg.ckpt_epoch is None):
             raise UsageError(f"--RUN={cfg.run} needs weights: --CKPT_PATH=file.pdparams, or --CKPT_V and --CKPT_E.")
-    if t.amp not in AMP_MODES:
-        raise UsageError(f"train.amp must be one of {', '.join(AMP_MODES)}, not {t.amp!r}.")
     if t.amp != "off" and not cfg.gpu:
         print(f"note: --AMP={t.amp} applies on a GPU only (--GPU=...); this CPU run trains in float32.",
               file=sys.stderr)
@@ -127,6 +143,22 @@ def validate_args(cfg: RunConfig, args: argparse.Namespace) -> None:
         if not paddle.device.is_compiled_with_cuda():
             raise UsageError(f"--GPU={cfg.gpu} was given but this Paddle build has no CUDA; install "
                              f"paddlepaddle-gpu or leave --GPU empty to run on the CPU.")
+
+
+def check_paths(cfg: RunConfig, args: argparse.Namespace) -> None:
+    """The files and folders the run reads exist (checked before a run starts, after the flags)."""
+    if cfg.run not in ("train", "search"):
+        weights, _ = checkpoint_for_eval(cfg)
+        if not os.path.isfile(weights):
+            if cfg.ckpt_path:
+                raise UsageError(f"--CKPT_PATH={weights} does not exist; expected a weights file (.pdparams).")
+            raise UsageError(f"--CKPT_V={cfg.ckpt_version} --CKPT_E={cfg.ckpt_epoch} names {weights}, which does "
+                             f"not exist; check the version and epoch (or --CKPT_DIR).")
+    if not os.path.isdir(cfg.data.data_root):
+        given = (f"--DATA_ROOT={cfg.data.data_root}" if args.DATA_ROOT is not None else
+                 f"data.data_root={cfg.data.data_root} (from {cfg.config_path}; --DATA_ROOT overrides it)")
+        raise UsageError(f"{given} is not an existing folder; expected the folder holding vqa/raw and vqa/feats "
+                         f"(README.md, \"Real VQA-v2 data\").")
 
 
 def checkpoint_for_eval(cfg: RunConfig):
@@ -147,9 +179,7 @@ def run_eval(cfg: RunConfig) -> dict:
     from .engine.train import open_dataset
     from .models import build_model
 
-    weights, name = checkpoint_for_eval(cfg)
-    if not os.path.isfile(weights):
-        raise UsageError(f"weights file {weights} does not exist; check --CKPT_PATH or --CKPT_V/--CKPT_E.")
+    weights, name = checkpoint_for_eval(cfg)  # its existence is checked by check_paths
     split = "val" if cfg.run == "val" else "test"
     vocab = build_vocab(cfg.data.data_root, cfg.data.cache_dir, cfg.data.answer_dict)
     dataset = open_dataset(cfg, split, vocab, progress=True)
@@ -202,6 +232,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     runtime.configure(processes=cpu_processes)
     try:
         cfg = config_from_args(args)
+        check_paths(cfg, args)
         if cfg.run in ("train", "search"):
             from .engine.distributed import run_parallel
             nprocs = args.NPROCS or (len(cfg.gpu.split(",")) if cfg.gpu else 1)

@@ -8,16 +8,33 @@ A config file is plain data with three sections, each optional:
 
 A file may name another with `base: <path relative to itself>`; the base is read first and
 the file's own values override it. Unknown keys are an error (a typo must not be ignored).
+
+Every value, from a file or a command-line flag, goes through one checker (`checked_value`)
+driven by the dataclass annotations plus the range/choice table RULES; see its docstring for
+the type rules (what is coerced, what is refused).
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
+import math
 import os
+import re
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple, Union
 
 import yaml
+
+from .runtime import AMP_MODES
+
+# The accepted number of regions (boxes) per image, for the dataset, check_feats and the config:
+# MIN_REGIONS..max_regions, where max_regions is model.max_regions (default MAX_REGIONS, the most
+# the bottom-up-attention features have). Files with more are refused, not cut, so that no image
+# silently loses regions; the model itself takes any n (raise model.max_regions to allow more).
+MIN_REGIONS = 1
+MAX_REGIONS = 100
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO_ROOT, "configs")
@@ -35,14 +52,34 @@ MODEL_ALIASES = {
 
 OPS_ENC = ("SA", "FFN")
 OPS_DEC = ("SA", "GA", "RSA", "FFN")
+TRAIN_SPLITS = ("train", "train+val", "train+val+vg")  # data.split / --SPLIT
+WORD_VECTOR_SOURCES = ("auto", "spacy", "glove", "none")  # data.word_vectors
+LOSSES = ("bce", "kld", "ce")  # train.loss (mmnas/engine/loss.py)
+# spellings of a boolean accepted in a quoted YAML string and by the True/False flags
+BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 
 
 class ConfigError(ValueError):
     """A configuration value or file that cannot be used; the message says which and why."""
 
 
+class _Section:
+    """A config section: `validate` checks every field's type and range (`checked_value`,
+    coercing where unambiguous), then what spans several fields (`_check_across`)."""
+    SECTION: ClassVar[str] = ""
+
+    def validate(self, where: str = "config") -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, checked_value(f"{self.SECTION}.{f.name}", getattr(self, f.name), where))
+        self._check_across(where)
+
+    def _check_across(self, where: str) -> None:
+        pass
+
+
 @dataclass
-class ModelConfig:
+class ModelConfig(_Section):
+    SECTION: ClassVar[str] = "model"
     hidden_size: int = 512
     heads: int = 8
     rel_head_width: int = 64  # RSA heads = hidden_size / rel_head_width
@@ -54,7 +91,7 @@ class ModelConfig:
     word_embed: int = 300
     feat_size: int = 2048
     max_token: int = 14
-    max_regions: int = 100
+    max_regions: int = MAX_REGIONS  # images with more regions are refused (MIN_REGIONS above)
     dropout: float = 0.1
     enc: List[str] = field(default_factory=lambda: ["SA"] * 4 + ["FFN"] * 4 + ["SA"] + ["FFN"] * 3)
     dec: List[str] = field(default_factory=lambda: [
@@ -65,22 +102,16 @@ class ModelConfig:
     def ffn_hidden(self) -> int:
         return self.ffn_size or 4 * self.hidden_size
 
-    def validate(self) -> None:
-        if self.hidden_size % self.heads:
-            raise ConfigError(f"model.hidden_size={self.hidden_size} is not divisible by model.heads={self.heads}")
-        if self.hidden_size % self.rel_head_width:
-            raise ConfigError(f"model.hidden_size={self.hidden_size} is not divisible by "
-                              f"model.rel_head_width={self.rel_head_width}")
-        for part, ops, allowed in (("enc", self.enc, OPS_ENC), ("dec", self.dec, OPS_DEC)):
-            if not ops:
-                raise ConfigError(f"model.{part} (the genotype) is empty")
-            bad = [op for op in ops if op not in allowed]
-            if bad:
-                raise ConfigError(f"model.{part} has unknown op(s) {bad}; allowed: {list(allowed)}")
+    def _check_across(self, where: str) -> None:
+        for divisor in ("heads", "rel_head_width"):
+            if self.hidden_size % getattr(self, divisor):
+                raise ConfigError(f"{where}: model.hidden_size={self.hidden_size} is not divisible by "
+                                  f"model.{divisor}={getattr(self, divisor)}; change one of them.")
 
 
 @dataclass
-class DataConfig:
+class DataConfig(_Section):
+    SECTION: ClassVar[str] = "data"
     data_root: str = "./data"
     split: str = "train+val+vg"  # train | train+val | train+val+vg (training); val; test
     cache_dir: str = "results/cache"
@@ -92,10 +123,12 @@ class DataConfig:
     num_workers: int = 2
     drop_missing_images: bool = False
     packed_feats: Optional[str] = None  # None: a store beside each feature folder if any; a path; "off"
+    check_feats: bool = False  # validate every feature file the split needs before step 1 (--CHECK_FEATS)
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_Section):
+    SECTION: ClassVar[str] = "train"
     batch_size: int = 64
     accu: int = 1  # gradient accumulation: each batch split in `accu` sub-batches, one step
     box_pieces: int = 2  # each sub-batch sorted by box count and run in this many pieces, each
@@ -124,15 +157,17 @@ SEARCH_OPS = {"enc": ("SA", "FFN", SKIP_OP), "dec": ("SA", "GA", "RSA", "FFN", S
 
 
 @dataclass
-class SearchConfig:
+class SearchConfig(_Section):
     """The architecture search (--RUN=search). Operator weights use the `train` section
     (batch_size, max_epoch = search epochs, lr_base, warm-up/decay, grad_clip, betas, eps, seed);
     the search width is `model.hidden_size`; the rest is here."""
+    SECTION: ClassVar[str] = "search"
+
     enc_positions: int = 12
     dec_positions: int = 18
     # candidate pool of every position: one list for all positions, or one list per position
-    enc_ops: List[Any] = field(default_factory=lambda: ["SA", "FFN"])
-    dec_ops: List[Any] = field(default_factory=lambda: ["SA", "GA", "RSA", "FFN"])
+    enc_ops: List[Union[str, List[str]]] = field(default_factory=lambda: ["SA", "FFN"])
+    dec_ops: List[Union[str, List[str]]] = field(default_factory=lambda: ["SA", "GA", "RSA", "FFN"])
     weight_fraction: float = 0.8  # share of the split for weight steps; the rest drives arch steps
     split_seed: int = 888  # seeds the weight/arch partition of the split
     warmup_epochs: int = 20  # epochs of weight steps only (sampled paths), before arch steps start
@@ -152,26 +187,18 @@ class SearchConfig:
             return [list(o) for o in ops]
         return [list(ops) for _ in range(n)]
 
-    def validate(self) -> None:
+    def _check_across(self, where: str) -> None:
         for part in ("enc", "dec"):
             n = self.enc_positions if part == "enc" else self.dec_positions
-            if n < 1:
-                raise ConfigError(f"search.{part}_positions must be at least 1, got {n}")
             pools = self.pools(part)
             if len(pools) != n:
-                raise ConfigError(f"search.{part}_ops gives {len(pools)} per-position pools for "
+                raise ConfigError(f"{where}: search.{part}_ops gives {len(pools)} per-position pools for "
                                   f"search.{part}_positions={n}")
             for i, pool in enumerate(pools):
                 bad = [op for op in pool if op not in SEARCH_OPS[part]]
                 if not pool or bad or len(set(pool)) != len(pool):
-                    raise ConfigError(f"search.{part}_ops, position {i}: {pool} must be distinct op names "
-                                      f"from {list(SEARCH_OPS[part])}")
-        if not 0.0 < self.weight_fraction < 1.0:
-            raise ConfigError(f"search.weight_fraction must be in (0, 1), got {self.weight_fraction}")
-        if self.arch_every < 1 or self.warmup_epochs < 0:
-            raise ConfigError("search.arch_every must be >= 1 and search.warmup_epochs >= 0")
-        if self.arch_mode not in ("full", "two"):
-            raise ConfigError(f"search.arch_mode must be 'full' or 'two', got {self.arch_mode!r}")
+                    raise ConfigError(f"{where}: search.{part}_ops, position {i}: {pool} must be distinct op "
+                                      f"names from {list(SEARCH_OPS[part])}")
 
 
 @dataclass
@@ -198,6 +225,210 @@ class RunConfig:
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "search": SearchConfig}
 
 
+# ---- one checker for every value: types from the dataclass annotations, ranges from RULES ----
+
+@dataclass(frozen=True)
+class Rule:
+    """A range or choice a value must satisfy. For a list field, `whole=True` rules test the list
+    itself (length), the others each element."""
+    text: str  # what is expected, read after the type: "an integer" + " >= 1"
+    ok: Callable[[Any], bool]
+    whole: bool = False
+
+
+def at_least(low) -> Rule:
+    return Rule(f">= {low}", lambda v: v >= low)
+
+
+def above(low) -> Rule:
+    return Rule(f"> {low}", lambda v: v > low)
+
+
+def in_range(low, high) -> Rule:
+    """low <= v < high."""
+    return Rule(f"in [{low}, {high})", lambda v: low <= v < high)
+
+
+def one_of(*choices: str) -> Rule:
+    return Rule(f"one of {', '.join(choices)}", lambda v: v in choices)
+
+
+NOT_EMPTY = Rule("not empty", lambda v: len(v) > 0, whole=True)
+PAIR = Rule("with exactly 2 entries", lambda v: len(v) == 2, whole=True)
+SEED = Rule("in [0, 2**32)", lambda v: 0 <= v < 2 ** 32)  # numpy's RandomState takes no more
+TRAINING_SPLIT = Rule(f"one of {', '.join(TRAIN_SPLITS)} (or another '+'-join of train, val, vg)",
+                      lambda v: all(p in ("train", "val", "vg") for p in v.split("+"))
+                      and len(set(v.split("+"))) == len(v.split("+")))
+GPU_IDS = Rule("GPU ids like 0 or 0,1 (empty: CPU)", lambda v: re.fullmatch(r"(\d+(,\d+)*)?", v) is not None)
+
+# Every constraint beyond the type, keyed "section.field" (run-level fields: "field").
+RULES: Dict[str, Tuple[Rule, ...]] = {
+    "model.hidden_size": (above(0),), "model.heads": (above(0),), "model.rel_head_width": (above(0),),
+    "model.rel_size": (above(0),), "model.ffn_size": (above(0),), "model.flat_mlp": (above(0),),
+    "model.glimpses": (above(0),), "model.flat_out": (above(0),), "model.word_embed": (above(0),),
+    "model.feat_size": (above(0),), "model.max_token": (above(0),), "model.max_regions": (above(0),),
+    "model.dropout": (in_range(0, 1),),
+    "model.enc": (NOT_EMPTY, one_of(*OPS_ENC)), "model.dec": (NOT_EMPTY, one_of(*OPS_DEC)),
+    "data.split": (TRAINING_SPLIT,), "data.word_vectors": (one_of(*WORD_VECTOR_SOURCES),),
+    "data.num_workers": (at_least(0),),
+    "train.batch_size": (at_least(1),), "train.accu": (at_least(1),), "train.box_pieces": (at_least(1),),
+    "train.max_epoch": (at_least(1),), "train.lr_base": (above(0),), "train.lr_base_vg": (above(0),),
+    "train.lr_decay_epochs": (at_least(1),), "train.lr_decay_rate": (above(0),),
+    "train.warmup_epochs": (at_least(0),), "train.grad_clip": (above(0),),
+    "train.betas": (PAIR, in_range(0, 1)), "train.eps": (above(0),), "train.loss": (one_of(*LOSSES),),
+    "train.seed": (SEED,), "train.eval_batch_size": (at_least(1),), "train.log_every": (at_least(1),),
+    "train.amp": (one_of(*AMP_MODES),),
+    "search.enc_positions": (at_least(1),), "search.dec_positions": (at_least(1),),
+    "search.weight_fraction": (Rule("in (0, 1)", lambda v: 0 < v < 1),), "search.split_seed": (SEED,),
+    "search.warmup_epochs": (at_least(0),), "search.arch_every": (at_least(1),),
+    "search.arch_mode": (one_of("full", "two"),), "search.arch_lr": (above(0),),
+    "search.arch_betas": (PAIR, in_range(0, 1)), "search.arch_eps": (above(0),),
+    "search.alpha_init_std": (at_least(0),),
+    "gpu": (GPU_IDS,), "ckpt_epoch": (at_least(1),),
+}
+# YAML 1.1 reads an unquoted `off` as false; where "off" is a value of a string field, that is what was meant
+_FALSE_MEANS_OFF = ("train.amp", "data.packed_feats")
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_TYPE_TEXT = {int: ("an integer", "integers"), float: ("a number", "numbers"), str: ("a string", "strings"),
+              bool: ("true or false", "true/false values")}
+
+
+class _Mismatch(Exception):
+    """A value (or one element of a list) that is not of the annotated type."""
+
+    def __init__(self, value, index: Optional[int] = None):
+        super().__init__()
+        self.value, self.index = value, index
+
+
+def _type_text(tp, plural: bool = False) -> str:
+    if typing.get_origin(tp) is Union:
+        return " or ".join("null" if a is type(None) else _type_text(a, plural) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is list:
+        (inner,) = typing.get_args(tp)
+        return ("lists of " if plural else "a list of ") + _type_text(inner, plural=True)
+    return _TYPE_TEXT[tp][1 if plural else 0]
+
+
+def _without_none(tp):
+    """Optional[X] -> X; other types unchanged."""
+    if typing.get_origin(tp) is Union and type(None) in typing.get_args(tp):
+        rest = tuple(a for a in typing.get_args(tp) if a is not type(None))
+        return rest[0] if len(rest) == 1 else Union[rest]
+    return tp
+
+
+def _expected_text(tp, rules: Tuple[Rule, ...], null_allowed: bool = True) -> str:
+    """What a field takes, in words: "an integer >= 1", "a list of numbers, with exactly 2 entries,
+    each in [0, 1)", "one of bce, kld", "an integer > 0, or null"."""
+    core = _without_none(tp)
+    each = " and ".join(rule.text for rule in rules if not rule.whole)
+    text = "" if core is str and each else _type_text(core)  # "one of a, b", not "a string one of a, b"
+    text += "".join(f", {rule.text}" for rule in rules if rule.whole)
+    if each:
+        text = f"{text}, each {each}" if typing.get_origin(core) is list else f"{text} {each}".strip()
+    return text + (", or null" if core is not tp and null_allowed else "")
+
+
+def _coerce(value, tp):
+    """`value` as type `tp`, converted only where the meaning is unambiguous; _Mismatch if not."""
+    origin = typing.get_origin(tp)
+    if origin is Union:
+        alternatives = typing.get_args(tp)
+        if value is None and type(None) in alternatives:
+            return None
+        for alt in alternatives:
+            try:
+                return _coerce(value, alt)
+            except _Mismatch:
+                pass
+        raise _Mismatch(value)
+    if origin is list:
+        if not isinstance(value, list):
+            raise _Mismatch(value)
+        (inner,) = typing.get_args(tp)
+        out = []
+        for i, item in enumerate(value):
+            try:
+                out.append(_coerce(item, inner))
+            except _Mismatch:
+                raise _Mismatch(item, i) from None
+        return out
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in BOOL_WORDS:
+            return BOOL_WORDS[value.strip().lower()]
+    elif isinstance(value, bool):  # True is an int in Python; never a number here
+        pass
+    elif tp is int:
+        if isinstance(value, int):
+            return value
+    elif tp is float:
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise _Mismatch(value)
+
+
+def _shown(value) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def flag_error(flag: str, value, expected: str) -> ConfigError:
+    """The one-sentence error for a command-line flag with an unusable value."""
+    return ConfigError(f"{flag}={value} is not valid; expected {expected}.")
+
+
+def checked_value(key: str, value, where: str, shown_key: Optional[str] = None, flag: Optional[str] = None):
+    """`value` for the config field `key` ("train.lr_base", or "gpu" for a run-level field),
+    type-checked against its dataclass annotation and RULES; raises ConfigError naming the file
+    (`where`) and key, or the flag, with the value and what is expected.
+
+    Type rules: a float field takes a number or a numeric string (PyYAML reads `1e-3` as the
+    string "1e-3"); an int field takes integers only (a quoted "64" or 64.0 is refused: no
+    unquoted YAML integer reads as anything else, so it is a typo or a deliberate string); a
+    bool field takes true/false (and quoted true/false/yes/no/on/off/1/0); a string field takes
+    strings only (an unquoted `off` for train.amp / data.packed_feats means "off"); lists are
+    checked element by element; Optional fields take null. NaN and infinity are refused."""
+    section, _, name = key.rpartition(".")
+    tp = typing.get_type_hints(_SECTIONS[section] if section else RunConfig)[name]
+    rules = RULES.get(key, ())
+    is_list = typing.get_origin(_without_none(tp)) is list
+
+    def fail(bad, index: Optional[int] = None):
+        expected = _expected_text(tp, rules, null_allowed=not flag)  # a flag is never null
+        if flag:
+            return flag_error(flag, bad, expected)
+        where_key = f"{shown_key or key}" + (f"[{index}]" if index is not None else "")
+        quoted_int = _without_none(tp) is int and isinstance(bad, str) and bad.strip().lstrip("+-").isdigit()
+        return ConfigError(f"{where}: {where_key} is {_shown(bad)}; expected {expected}"
+                           f"{' (write it without quotes)' if quoted_int else ''}.")
+
+    if key in _FALSE_MEANS_OFF and value is False:
+        value = "off"
+    try:
+        value = _coerce(value, tp)
+    except _Mismatch as e:
+        raise fail(e.value, e.index) from None
+    if value is None:
+        return value
+    for rule in rules:
+        if rule.whole or not is_list:
+            if not rule.ok(value):
+                raise fail(value)
+        else:
+            for i, item in enumerate(value):
+                if not rule.ok(item):
+                    raise fail(item, i)
+    return value
+
+
 def resolve_model_path(model: str) -> str:
     """Turn a --MODEL value (short name or YAML path) into an existing file path."""
     if model in MODEL_ALIASES:
@@ -208,20 +439,33 @@ def resolve_model_path(model: str) -> str:
                       f"nor an existing YAML file")
 
 
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message as one clause: what is wrong and where."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
 def read_yaml(path: str) -> Dict[str, Any]:
     """Read one config file, following `base:` links; returns the merged raw dict."""
     try:
         with open(path, "r", encoding="utf-8") as f:
-            raw = yaml.safe_load(f) or {}
+            raw = yaml.safe_load(f)
     except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}.") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(e)}.") from None
+    if raw is None:
+        raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"config file {path} must hold a mapping with model/data/train sections")
+        raise ConfigError(f"config file {path} must hold a mapping with model/data/train/search sections, "
+                          f"not {type(raw).__name__}.")
     base = raw.pop("base", None)
+    _check_raw(raw, f"config file {path}")  # a bad value is reported in the file that holds it
     if base is None:
         return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"config file {path}: base is {_shown(base)}; expected the path of another config file.")
     merged = read_yaml(os.path.join(os.path.dirname(os.path.abspath(path)), base))
     for key, value in raw.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
@@ -231,39 +475,65 @@ def read_yaml(path: str) -> Dict[str, Any]:
     return merged
 
 
-def _build_section(cls, values: Dict[str, Any], where: str):
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
+def _check_raw(raw: Dict[str, Any], where: str) -> None:
+    """Sections and keys are known and each value alone is right (checked_value), in place:
+    values are coerced and `model.genotype` becomes model.enc / model.dec (so a file's own
+    model.enc overrides the genotype of its base). Checks across fields wait for the merged config."""
+    unknown = [str(s) for s in raw if s not in _SECTIONS]
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
-    obj = cls()
-    for key, value in values.items():
-        setattr(obj, key, copy.deepcopy(value))
-    return obj
+        raise ConfigError(f"{where}: unknown section(s) {', '.join(unknown)}; expected model, data, train, search.")
+    for section, values in raw.items():
+        if values is not None and not isinstance(values, dict):
+            raise ConfigError(f"{where}: section {section} is {_shown(values)}; expected a mapping of keys to values.")
+    if raw.get("model"):
+        raw["model"] = _apply_genotype(raw["model"], where)
+    for section, values in raw.items():
+        cls = _SECTIONS[section]
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = [str(k) for k in values or {} if k not in known]
+        if unknown:
+            named = ", ".join(f"{section}.{k}" + "".join(f" (did you mean {m}?)"
+                                                         for m in difflib.get_close_matches(k, known, n=1))
+                              for k in unknown)
+            raise ConfigError(f"{where}: unknown key(s) {named}; known: {', '.join(sorted(known))}.")
+        for key, value in (values or {}).items():
+            values[key] = checked_value(f"{section}.{key}", value, where)
 
 
-def _apply_genotype(model: Dict[str, Any]) -> Dict[str, Any]:
+def _checked_genotype(genotype, where: str, name: str = "") -> Dict[str, List[str]]:
+    """{"enc": [...], "dec": [...]} from the genotype mapping `name` (e.g. "model.genotype"; ""
+    for a whole genotype file), each list checked as model.enc / model.dec."""
+    expected = "expected a mapping with enc and dec lists of op names"
+    if genotype is None and not name:
+        raise ConfigError(f"{where} is empty; {expected}.")
+    if not isinstance(genotype, dict):
+        raise ConfigError(f"{where}: {name or 'the content'} is {_shown(genotype)}; {expected}.")
+    missing = [part for part in ("enc", "dec") if part not in genotype]
+    if missing:
+        raise ConfigError(f"{where}: {name or 'the file'} has no {' and no '.join(missing)} (its keys: "
+                          f"{', '.join(map(str, genotype)) or 'none'}); {expected}.")
+    return {part: checked_value(f"model.{part}", genotype[part], where,
+                                shown_key=f"{name}.{part}" if name else part)
+            for part in ("enc", "dec")}
+
+
+def _apply_genotype(model: Dict[str, Any], where: str) -> Dict[str, Any]:
     """Accept `genotype: {enc, dec}` in YAML as a readable spelling of model.enc / model.dec."""
     model = dict(model)
     genotype = model.pop("genotype", None)
     if genotype is not None:
-        if not isinstance(genotype, dict) or not {"enc", "dec"} <= set(genotype):
-            raise ConfigError("model.genotype must be a mapping with `enc` and `dec` lists")
-        model["enc"], model["dec"] = list(genotype["enc"]), list(genotype["dec"])
+        model.update(_checked_genotype(genotype, where, "model.genotype"))
     return model
 
 
 def config_from_dict(raw: Dict[str, Any], where: str = "config") -> RunConfig:
-    unknown = sorted(set(raw) - set(_SECTIONS))
-    if unknown:
-        raise ConfigError(f"{where}: unknown section(s) {unknown}; expected model, data, train, search")
+    raw = copy.deepcopy(raw)
+    _check_raw(raw, where)
     cfg = RunConfig()
-    cfg.model = _build_section(ModelConfig, _apply_genotype(raw.get("model") or {}), f"{where}: model")
-    cfg.data = _build_section(DataConfig, raw.get("data") or {}, f"{where}: data")
-    cfg.train = _build_section(TrainConfig, raw.get("train") or {}, f"{where}: train")
-    cfg.search = _build_section(SearchConfig, raw.get("search") or {}, f"{where}: search")
-    cfg.search.validate()
-    cfg.model.validate()
+    for section, cls in _SECTIONS.items():
+        obj = cls(**(raw.get(section) or {}))
+        obj.validate(where)  # checks across fields
+        setattr(cfg, section, obj)
     return cfg
 
 
@@ -271,27 +541,24 @@ def load_config(model: str = "small", arch_path: Optional[str] = None) -> RunCon
     """Load the config named by --MODEL (a short name or a YAML path); a genotype file
     (--ARCH_PATH) replaces the config's encoder/decoder ops."""
     path = resolve_model_path(model)
-    cfg = config_from_dict(read_yaml(path), where=path)
+    cfg = config_from_dict(read_yaml(path), where=f"config file {path}")
     cfg.config_path = path
     if arch_path:
         genotype = read_genotype(arch_path)
         cfg.model.enc, cfg.model.dec = genotype["enc"], genotype["dec"]
-        cfg.model.validate()
     return cfg
 
 
 def read_genotype(path: str) -> Dict[str, List[str]]:
     """Read a genotype file (--ARCH_PATH): JSON or YAML with `enc` and `dec` lists, possibly
-    nested under `genotype` (as the search writes it)."""
+    nested under `genotype` (as the search writes it); the lists are checked as model.enc/dec."""
     try:
         with open(path, "r", encoding="utf-8") as f:
             raw = yaml.safe_load(f)  # JSON is valid YAML
     except OSError as e:
-        raise ConfigError(f"cannot read genotype file {path}: {e.strerror}") from None
+        raise ConfigError(f"cannot read genotype file {path}: {e.strerror}.") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"genotype file {path} is not valid JSON/YAML: {e}") from None
+        raise ConfigError(f"genotype file {path} is not valid JSON/YAML: {_yaml_problem(e)}.") from None
     if isinstance(raw, dict) and "genotype" in raw:
-        raw = raw["genotype"]
-    if not isinstance(raw, dict) or not {"enc", "dec"} <= set(raw):
-        raise ConfigError(f"genotype file {path} must hold `enc` and `dec` lists of op names")
-    return {"enc": list(raw["enc"]), "dec": list(raw["dec"])}
+        return _checked_genotype(raw["genotype"], f"genotype file {path}", "genotype")
+    return _checked_genotype(raw, f"genotype file {path}")

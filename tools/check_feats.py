@@ -14,7 +14,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mmnas.data.check_feats import check_feats, format_report  # noqa: E402
+from mmnas.data.check_feats import USUAL_MIN_REGIONS, check_feats, format_report  # noqa: E402
+from mmnas.data.features import MAX_REGIONS  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -31,9 +32,10 @@ def parse_args(argv=None):
                    help="JSON report path (default: results/check_feats/<folder name>.json)")
     p.add_argument("--png", default=None, help="box-count histogram (default: the report path with .png)")
     p.add_argument("--no-png", action="store_true", help="do not draw the histogram")
-    p.add_argument("--feat-dim", type=int, default=2048, help="expected rows of x (x is [feat_dim, n])")
-    p.add_argument("--max-regions", type=int, default=100, help="more boxes than this is an error")
-    p.add_argument("--min-regions", type=int, default=10, help="fewer boxes than this is a warning")
+    p.add_argument("--max-regions", type=int, default=MAX_REGIONS,
+                   help="more boxes than this is an error (use the config's model.max_regions)")
+    p.add_argument("--min-regions", type=int, default=USUAL_MIN_REGIONS,
+                   help="fewer boxes than this is a warning (fewer than 1 is an error)")
     p.add_argument("--box-tolerance", type=float, default=1.0,
                    help="pixels a box may stick out of the image before it counts as bad")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -48,7 +50,7 @@ def main(argv=None) -> int:
     try:
         report = check_feats(args.feat_dir, question_files=args.questions, workers=args.workers,
                              report_path=report_path, png_path=png_path, progress=not args.quiet,
-                             feat_dim=args.feat_dim, max_regions=args.max_regions,
+                             max_regions=args.max_regions,
                              min_regions=args.min_regions, box_tolerance=args.box_tolerance)
     except (FileNotFoundError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

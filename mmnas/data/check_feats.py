@@ -3,13 +3,12 @@
 Why: a single truncated download, a NaN or an inverted box shows up hours into a run as a
 crash or a silently poisoned loss. Reading every file once, up front, in parallel, is cheap.
 
-Per file we check what the data loader relies on (see the spec, "VQA-v2 files"):
-  - the npz opens and every array decompresses (catches truncated/corrupt files);
-  - `x` is [2048, n] (channels first), `bbox` is [n, 4], `num_bbox` == n, 1 <= n <= 100;
-  - no NaN/inf in `x` or `bbox`;
-  - boxes are x1 <= x2, y1 <= y2 and inside the image (`image_w`, `image_h`), within a tolerance;
-  - warnings only: missing `image_h`/`image_w`/`num_bbox`, n outside 10..100, non-float32 `x`,
-    all-zero feature rows (the loader reads those as padding and masks them out).
+Per file, the errors are exactly what training refuses (features.validate_features, the check
+behind the data loader): unreadable/truncated files, missing `x`/`bbox`, `x` not [2048, n],
+n outside 1..max_regions (model.max_regions, default 100), `bbox` not [n, 4], `num_bbox` != n,
+NaN/inf, boxes with x2 < x1 or y2 < y1. Warnings only (training accepts these): missing
+`image_h`/`image_w`/`num_bbox`, n outside the usual 10..max_regions, non-float32 `x`, all-zero
+feature rows (the loader reads those as padding and masks them out), boxes outside the image.
 With question files, we also list image ids asked about but without a feature file (fatal)
 and feature files nobody asks about (informational).
 """
@@ -23,14 +22,14 @@ from typing import Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 
-FEAT_DIM = 2048
-MAX_REGIONS = 100
-MIN_REGIONS = 10
+from mmnas.data.features import MAX_REGIONS, BadFeatureFile, validate_features
+
+USUAL_MIN_REGIONS = 10  # fewer regions than this is legal but unusual for bottom-up features: a warning
 
 # Problem kinds that would break or corrupt training (non-zero exit), and mere warnings.
 FATAL_KINDS = ("unreadable", "bad_name", "missing_keys", "bad_shape", "nan_inf", "bad_boxes",
                "duplicate_ids", "missing_images", "no_files")
-WARNING_KINDS = ("missing_meta", "box_count_out_of_range", "x_not_float32", "zero_rows")
+WARNING_KINDS = ("missing_meta", "box_count_out_of_range", "x_not_float32", "zero_rows", "boxes_outside_image")
 
 
 def image_id_of(file_name: str) -> Optional[int]:
@@ -44,10 +43,11 @@ def _scalar(value) -> float:
     return float(np.asarray(value).reshape(-1)[0])
 
 
-def inspect_file(path: str, feat_dim: int = FEAT_DIM, max_regions: int = MAX_REGIONS,
-                 min_regions: int = MIN_REGIONS, box_tolerance: float = 1.0) -> dict:
+def inspect_file(path: str, max_regions: int = MAX_REGIONS, min_regions: int = USUAL_MIN_REGIONS,
+                 box_tolerance: float = 1.0) -> dict:
     """Check one .npz file. Returns {"file", "image_id", "readable", "n", "problems":
-    [(kind, detail)], "stats": [min, max, sum, count, zeros] or None}."""
+    [(kind, detail)], "stats": [min, max, sum, count, zeros] or None}. The one error a file can
+    have is the one training would stop on (validate_features); the rest are warnings."""
     result = {"file": path, "image_id": image_id_of(path), "readable": False, "n": None,
               "problems": [], "stats": None}
     problems = result["problems"]
@@ -60,63 +60,41 @@ def inspect_file(path: str, feat_dim: int = FEAT_DIM, max_regions: int = MAX_REG
         problems.append(("unreadable", f"{type(e).__name__}: {e}"))
         return result
     result["readable"] = True
+    try:
+        validate_features(path, arrays, max_regions)
+    except BadFeatureFile as e:
+        problems.append((e.kind, e.detail))
+        if e.kind in ("missing_keys", "bad_shape"):
+            return result  # the arrays cannot be interpreted further
 
-    missing = [k for k in ("x", "bbox") if k not in arrays]
-    if missing:
-        problems.append(("missing_keys", f"missing {missing}; has {sorted(arrays)}"))
-        return result
+    x, bbox = arrays["x"], arrays["bbox"]
+    n = x.shape[1]
+    result["n"] = n
     missing_meta = [k for k in ("image_h", "image_w", "num_bbox") if k not in arrays]
     if missing_meta:
         problems.append(("missing_meta", f"missing {missing_meta}"))
-
-    x, bbox = arrays["x"], arrays["bbox"]
-    if x.ndim != 2 or x.shape[0] != feat_dim:
-        hint = " (channels last? expected channels first)" if x.ndim == 2 and x.shape[1] == feat_dim else ""
-        problems.append(("bad_shape", f"x has shape {list(x.shape)}, expected [{feat_dim}, n]{hint}"))
-        return result
-    if not np.issubdtype(x.dtype, np.floating) or not np.issubdtype(bbox.dtype, np.number):
-        problems.append(("bad_shape", f"x dtype {x.dtype}, bbox dtype {bbox.dtype}: expected floats"))
-        return result
-    n = x.shape[1]
-    result["n"] = n
     if x.dtype != np.float32:
         problems.append(("x_not_float32", f"x dtype is {x.dtype}"))
-    if bbox.shape != (n, 4):
-        problems.append(("bad_shape", f"bbox has shape {list(bbox.shape)}, expected [{n}, 4] (n from x)"))
-    if "num_bbox" in arrays and int(_scalar(arrays["num_bbox"])) != n:
-        problems.append(("bad_shape", f"num_bbox = {int(_scalar(arrays['num_bbox']))} but x has {n} regions"))
-    if n == 0 or n > max_regions:
-        problems.append(("bad_shape", f"{n} regions; the model takes 1..{max_regions}"))
-    elif not min_regions <= n <= max_regions:
+    if not min_regions <= n <= max_regions:
         problems.append(("box_count_out_of_range", f"{n} regions, outside the usual {min_regions}..{max_regions}"))
 
     finite_x = np.isfinite(x)
-    if not finite_x.all() or not np.isfinite(bbox).all():
-        problems.append(("nan_inf", f"{int((~finite_x).sum())} non-finite values in x, "
-                                    f"{int((~np.isfinite(bbox)).sum())} in bbox"))
     if finite_x.any():
         values = x[finite_x].astype(np.float64)
         result["stats"] = [float(values.min()), float(values.max()), float(values.sum()),
                            int(values.size), int((values == 0).sum())]
-    zero_rows = int((np.abs(np.nan_to_num(x)).sum(axis=0) == 0).sum()) if n else 0
+    zero_rows = int((np.abs(np.nan_to_num(x)).sum(axis=0) == 0).sum())
     if zero_rows:
         problems.append(("zero_rows", f"{zero_rows} all-zero regions (read as padding and masked out)"))
 
-    if bbox.shape == (n, 4) and n and np.isfinite(bbox).all():
+    if np.isfinite(bbox).all() and "image_w" in arrays and "image_h" in arrays:
         b = bbox.astype(np.float64)
-        inverted = (b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1])
-        details = []
-        if inverted.any():
-            details.append(f"{int(inverted.sum())} boxes with x2 < x1 or y2 < y1 "
-                           f"(first: row {int(np.argmax(inverted))})")
-        if "image_w" in arrays and "image_h" in arrays:
-            w, h, tol = _scalar(arrays["image_w"]), _scalar(arrays["image_h"]), box_tolerance
-            outside = (b[:, 0] < -tol) | (b[:, 1] < -tol) | (b[:, 2] > w + tol) | (b[:, 3] > h + tol)
-            if outside.any():
-                details.append(f"{int(outside.sum())} boxes outside the {w:g}x{h:g} image "
-                               f"(first: row {int(np.argmax(outside))}: {b[np.argmax(outside)].round(1).tolist()})")
-        if details:
-            problems.append(("bad_boxes", "; ".join(details)))
+        w, h, tol = _scalar(arrays["image_w"]), _scalar(arrays["image_h"]), box_tolerance
+        outside = (b[:, 0] < -tol) | (b[:, 1] < -tol) | (b[:, 2] > w + tol) | (b[:, 3] > h + tol)
+        if outside.any():
+            problems.append(("boxes_outside_image", f"{int(outside.sum())} boxes outside the {w:g}x{h:g} image "
+                                                    f"(first: row {int(np.argmax(outside))}: "
+                                                    f"{b[np.argmax(outside)].round(1).tolist()})"))
     return result
 
 
@@ -145,14 +123,14 @@ def _list_npz(feat_dirs: Sequence[str]) -> List[str]:
 
 def check_feats(feat_dir: Union[str, Sequence[str]], question_files: Optional[Sequence[str]] = None,
                 workers: int = 2, report_path: Optional[str] = None, png_path: Optional[str] = None,
-                progress: bool = True, feat_dim: int = FEAT_DIM, max_regions: int = MAX_REGIONS,
-                min_regions: int = MIN_REGIONS, box_tolerance: float = 1.0, max_listed: int = 10) -> dict:
+                progress: bool = True, max_regions: int = MAX_REGIONS,
+                min_regions: int = USUAL_MIN_REGIONS, box_tolerance: float = 1.0, max_listed: int = 10) -> dict:
     """Check every .npz in `feat_dir` (one folder or several, e.g. train2014 + val2014 for VG
     questions); optionally write the JSON report and a PNG histogram of box counts.
     `report["ok"]` is False when something would break training."""
     feat_dirs = [feat_dir] if isinstance(feat_dir, str) else list(feat_dir)
     paths = _list_npz(feat_dirs)
-    inspect = functools.partial(inspect_file, feat_dim=feat_dim, max_regions=max_regions,
+    inspect = functools.partial(inspect_file, max_regions=max_regions,
                                 min_regions=min_regions, box_tolerance=box_tolerance)
     results = _map(inspect, paths, workers, progress)
     results.sort(key=lambda r: r["file"])

@@ -13,7 +13,9 @@ beside each folder (`feats/train2014.packed`), a path = `<path>/train2014.packed
 """
 from __future__ import annotations
 
+import functools
 import os
+import traceback
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -22,13 +24,13 @@ import numpy as np
 import paddle
 from tqdm import tqdm
 
-from mmnas.data.features import (ANNOTATION_FILES, FEAT_DIM, FEATURE_DIRS, QUESTION_FILES, README_DATA,
-                                  DataError, check_raw_files, feature_index, load_npz, read_box_count,
-                                  read_json)
+from mmnas.config import LOSSES, TRAIN_SPLITS
+from mmnas.data.features import (ANNOTATION_FILES, FEAT_DIM, FEATURE_DIRS, MAX_REGIONS, QUESTION_FILES,
+                                  README_DATA, BadFeatureFile, DataError, check_box_count, check_raw_files,
+                                  feature_index, load_npz, read_box_count, read_json)
 from mmnas.data.packed import PackedFeatures, is_store, store_dir_for
 from mmnas.data.vocab import MAX_TOKEN, Vocab, answer_scores, encode_question
 
-TRAIN_SPLITS = ("train", "train+val", "train+val+vg")
 EVAL_SPLITS = ("val", "test")
 _PARTS = ("train", "val", "vg", "test")
 
@@ -47,10 +49,12 @@ class VQADataset(paddle.io.Dataset):
 
     def __init__(self, data_root: str, split: str, vocab: Vocab, *, preload: bool = False,
                  preload_workers: int = 8, drop_missing_images: bool = False, loss: str = "bce",
-                 progress: bool = True, packed_feats: Optional[str] = None):
+                 progress: bool = True, packed_feats: Optional[str] = None, max_regions: int = MAX_REGIONS,
+                 check_feats: bool = False):
         super().__init__()
-        if loss not in ("bce", "kld"):
-            raise ValueError(f"loss must be 'bce' or 'kld', got {loss!r}")
+        self.max_regions = max_regions  # images with more regions are refused (features.check_box_count)
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
         self.data_root, self.split, self.vocab, self.loss, self.progress = data_root, split, vocab, loss, progress
         parts = split_parts(split)
         self.has_answers = "test" not in parts
@@ -103,6 +107,8 @@ class VQADataset(paddle.io.Dataset):
         self._image_store = np.full(len(self._image_paths), -1, dtype=np.int32)  # store per image, -1: .npz
         self._image_row = np.zeros(len(self._image_paths), dtype=np.int64)  # image's index in its store
         self._open_packed(packed_feats)
+        if check_feats:
+            self.check_features(preload_workers)
         if preload:
             self._preload(preload_workers)
 
@@ -142,6 +148,7 @@ class VQADataset(paddle.io.Dataset):
             for i in images:
                 row = store.position.get(os.path.basename(self._image_paths[i]))
                 if row is not None:
+                    check_box_count(self._image_paths[i], int(store.counts[row]), self.max_regions)
                     self._image_store[i], self._image_row[i] = k, row
 
     @property
@@ -153,7 +160,32 @@ class VQADataset(paddle.io.Dataset):
         store = self._image_store[image]
         if store >= 0:
             return self._stores[store].get(int(self._image_row[image]))
-        return load_npz(self._image_paths[image])
+        return load_npz(self._image_paths[image], self.max_regions)
+
+    def check_features(self, workers: int = 8) -> None:
+        """Read and validate every .npz file this split needs, exactly as the loader will (load_npz),
+        in parallel threads with a progress bar; one DataError listing the bad files. (Images in a
+        packed store were validated by tools/pack_feats.py.) Fills the box counts on the way."""
+        unpacked = [i for i in range(len(self._image_paths)) if self._image_store[i] < 0]
+        check = functools.partial(_feature_problem, max_regions=self.max_regions)
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            checked = list(tqdm(pool.map(check, [self._image_paths[i] for i in unpacked]), total=len(unpacked),
+                                desc=f"check feats {self.split}", disable=not self.progress or not unpacked,
+                                mininterval=1.0))
+        bad = [problem for _, problem in checked if problem is not None]
+        if bad:
+            shown = "\n  ".join(bad[:CHECK_LISTED])
+            more = f"\n  ... and {len(bad) - CHECK_LISTED} more" if len(bad) > CHECK_LISTED else ""
+            folders = sorted({os.path.dirname(self._image_paths[i]) for i in unpacked})
+            raise DataError(f"{len(bad)} of {len(unpacked)} feature files of split {self.split!r} cannot be used:\n"
+                            f"  {shown}{more}\nFix: re-extract or re-download these files (see {README_DATA}); "
+                            f"python tools/check_feats.py {' '.join(folders)} writes a full report.")
+        counts = np.zeros(len(self._image_paths), dtype=np.int32)
+        for i in range(len(self._image_paths)):
+            if self._image_store[i] >= 0:
+                counts[i] = self._stores[self._image_store[i]].counts[self._image_row[i]]
+        counts[unpacked] = [n for n, _ in checked]
+        self._image_box_counts = counts
 
     def _preload(self, workers: int):
         """Read every needed image once, in parallel threads (np.load releases the GIL on I/O).
@@ -165,7 +197,8 @@ class VQADataset(paddle.io.Dataset):
         images: List[Optional[Tuple[np.ndarray, np.ndarray]]] = [None] * len(self._image_paths)
         pool = ThreadPoolExecutor(max_workers=max(1, workers))
         try:
-            results = pool.map(load_npz, [self._image_paths[i] for i in unpacked])
+            results = pool.map(functools.partial(load_npz, max_regions=self.max_regions),
+                               [self._image_paths[i] for i in unpacked])
             for i, region_feats_and_boxes in zip(unpacked, tqdm(results, total=len(unpacked), desc=f"preload {self.split}",
                                                                 disable=not self.progress or not unpacked,
                                                                 mininterval=1.0)):
@@ -202,7 +235,8 @@ class VQADataset(paddle.io.Dataset):
                 else:
                     unpacked.append(i)
             with ThreadPoolExecutor(max_workers=8) as pool:
-                read = list(tqdm(pool.map(read_box_count, [self._image_paths[i] for i in unpacked]),
+                read = list(tqdm(pool.map(functools.partial(read_box_count, max_regions=self.max_regions),
+                                          [self._image_paths[i] for i in unpacked]),
                                  total=len(unpacked), desc="box counts", disable=not self.progress or not unpacked,
                                  mininterval=1.0))
             counts[unpacked] = np.array(read, dtype=np.int32)
@@ -215,7 +249,7 @@ class VQADataset(paddle.io.Dataset):
             return int(self._image_box_counts[image])
         if self._image_store[image] >= 0:
             return int(self._stores[self._image_store[image]].counts[self._image_row[image]])
-        return read_box_count(self._image_paths[image])
+        return read_box_count(self._image_paths[image], self.max_regions)
 
     def image_path(self, i: int) -> str:
         return self._image_paths[self._item_image[i]]
@@ -236,6 +270,19 @@ class VQADataset(paddle.io.Dataset):
         else:
             scores = np.zeros(self.vocab.answer_size, dtype=np.float32)
         return region_feats, boxes, question_ids, scores, np.int64(i)
+
+
+CHECK_LISTED = 5  # bad feature files named in check_features' error
+
+
+def _feature_problem(path: str, max_regions: int) -> Tuple[int, Optional[str]]:
+    """(regions n, None) for a usable feature file, (0, "path: what is wrong") otherwise."""
+    try:
+        return len(load_npz(path, max_regions)[0]), None
+    except BadFeatureFile as e:
+        return 0, f"{path}: {e.detail}"
+    except DataError as e:
+        return 0, str(e)
 
 
 def _check_aligned(questions: Sequence[dict], ann_by_qid: Dict[int, dict], q_path: str, a_path: str):
@@ -268,3 +315,92 @@ def collate_batch(items):
     scores = np.stack([item[3] for item in items]).astype(np.float32)
     index = np.array([item[4] for item in items], dtype=np.int64)
     return region_feats, boxes, question_ids, scores, index
+
+
+# ----------------------------------------------------------------------------- loading errors
+# paddle.io.DataLoader does not carry an exception raised while reading a batch back to the
+# training loop: without workers the reader thread dies and the loop waits forever; with workers
+# the loop gets "SystemError: Blocking queue is killed" and the message is lost in a worker's
+# traceback. So an error is caught where the batch is read and travels as an ordinary batch:
+# a 1-tuple (uint8 [len] message) instead of the 5 arrays of collate_batch; FailureCheckedLoader
+# turns it back into the exception in the training process and shuts the workers down.
+
+_DATA_FAILURE, _OTHER_FAILURE = 1, 2  # first byte of a failure batch: a DataError, anything else
+
+
+class LoadFailure:
+    """Stands in for an item whose reading raised: `kind` (_DATA_FAILURE/_OTHER_FAILURE), `message`."""
+
+    def __init__(self, kind: int, message: str):
+        self.kind, self.message = kind, message
+
+
+class FailureReportingDataset(paddle.io.Dataset):
+    """`dataset`'s items, or a LoadFailure for an item whose reading raised."""
+
+    def __init__(self, dataset):
+        super().__init__()
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        try:
+            return self.dataset[i]
+        except DataError as e:
+            return LoadFailure(_DATA_FAILURE, str(e))
+        except Exception:  # a bug or an unexpected I/O error: keep the traceback, name the file
+            where = self.dataset.image_path(int(i)) if hasattr(self.dataset, "image_path") else "?"
+            return LoadFailure(_OTHER_FAILURE, f"reading item {int(i)} (feature file {where}) failed:\n"
+                                               f"{traceback.format_exc()}")
+
+
+def collate_or_failure(items):
+    """collate_batch, or a failure batch (uint8 [len] message,) when an item could not be read."""
+    failure = next((item for item in items if isinstance(item, LoadFailure)), None)
+    if failure is None:
+        try:
+            return collate_batch(items)
+        except Exception:
+            failure = LoadFailure(_OTHER_FAILURE, f"collating a batch failed:\n{traceback.format_exc()}")
+    payload = bytes([failure.kind]) + failure.message.encode("utf-8", "replace")
+    return (np.frombuffer(payload, dtype=np.uint8).copy(),)
+
+
+def raise_if_failure(batch) -> None:
+    """Raise the error a failure batch carries (DataError for bad data, RuntimeError otherwise)."""
+    if len(batch) != 1:
+        return
+    payload = bytes(np.asarray(batch[0].numpy() if hasattr(batch[0], "numpy") else batch[0], dtype=np.uint8))
+    message = payload[1:].decode("utf-8", "replace")
+    if payload[0] == _DATA_FAILURE:
+        raise DataError(f"{message.rstrip('.')}; --CHECK_FEATS=True finds every bad feature file "
+                        f"before the first batch.")
+    raise RuntimeError(f"a data loader worker failed: {message}")
+
+
+class FailureCheckedLoader:
+    """Iterates a DataLoader over FailureReportingDataset / collate_or_failure, raising a read
+    error in this process, and shutting the loader's thread and worker processes down on the
+    way out (on an error, and when the caller stops early)."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        return self._checked(iter(self.loader))  # paddle's iterator starts prefetching now, as before
+
+    @staticmethod
+    def _checked(iterator):
+        try:
+            for batch in iterator:
+                raise_if_failure(batch)
+                yield batch
+        finally:
+            shutdown = getattr(iterator, "_try_shutdown_all", None)  # paddle's own clean-up
+            if shutdown is not None:
+                shutdown()

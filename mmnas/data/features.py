@@ -15,9 +15,11 @@ from __future__ import annotations
 import json
 import os
 import zipfile
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from mmnas.config import MAX_REGIONS, MIN_REGIONS  # the accepted box range, defined once
 
 FEAT_DIM = 2048
 README_DATA = 'README.md, section "Real VQA-v2 data"'
@@ -96,7 +98,38 @@ def read_json(path: str, key: str, fields: Sequence[str] = ()):
             have = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
             raise DataError(f"{path}: {key}[{i}] lacks some of the fields {list(fields)} (has {have}); "
                             f"the file is not a VQA-v2 {key} file or is damaged. See {README_DATA}.")
+        for name in fields:
+            problem = _field_problem(name, entry[name])
+            if problem:
+                qid = (f" (question_id {entry['question_id']!r})"
+                       if name != "question_id" and "question_id" in entry else "")
+                raise DataError(f"{path}: {key}[{i}]{qid} has {name} = {_short(entry[name])}, {problem}; "
+                                f"fix or remove that entry, or download the file again ({README_DATA}).")
     return entries
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _field_problem(name: str, value) -> Optional[str]:
+    """Why `value` cannot be the VQA-v2 field `name` (None if it can): the types the dataset,
+    the vocabularies and the metric rely on."""
+    if name in ("image_id", "question_id"):
+        return None if _is_int(value) else "expected an integer"
+    if name in ("question", "multiple_choice_answer"):
+        return None if isinstance(value, str) else "expected a string"
+    if name == "answers":
+        if not isinstance(value, list):
+            return "expected a list of {\"answer\": text} entries"
+        bad = [j for j, a in enumerate(value) if not (isinstance(a, dict) and isinstance(a.get("answer"), str))]
+        return f"answers[{bad[0]}] is not an {{\"answer\": text}} entry" if bad else None
+    return None
+
+
+def _short(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 # ----------------------------------------------------------------------------- features
@@ -136,52 +169,85 @@ def feature_index(folder: str) -> Dict[int, str]:
     return index
 
 
-def _bad(path: str, what: str) -> DataError:
-    return DataError(f"feature file {path}: {what}. Fix: re-extract or re-download this file "
-                     f"(bottom-up-attention .npz, see {README_DATA}).")
+class BadFeatureFile(DataError):
+    """A feature file training cannot use; `kind` and `detail` feed check_feats' report."""
+
+    def __init__(self, path: str, kind: str, detail: str, fix: Optional[str] = None):
+        fix = fix or f"re-extract or re-download this file (bottom-up-attention .npz, see {README_DATA})"
+        super().__init__(f"feature file {path}: {detail}. Fix: {fix}.")
+        self.kind, self.detail = kind, detail
 
 
-def load_npz(path: str) -> Tuple[np.ndarray, np.ndarray]:
-    """Read and validate one feature file -> (region_feats float32 [n, 2048], boxes float32 [n, 4])."""
-    try:
-        with np.load(path) as npz:
-            keys = set(npz.files)
-            for key in ("x", "bbox"):
-                if key not in keys:
-                    raise _bad(path, f"key {key!r} is missing (keys present: {sorted(keys)})")
-            x = npz["x"]
-            bbox = npz["bbox"]
-    except DataError:
-        raise
-    except FileNotFoundError:
-        raise DataError(f"feature file {path} does not exist (was it moved or deleted after the "
-                        f"dataset was built?).") from None
-    except Exception as e:  # zipfile.BadZipFile, EOFError, ValueError, OSError, zlib.error, ...
-        raise _bad(path, f"cannot be read, it is truncated or not an .npz ({type(e).__name__}: {e})") from None
+def check_box_count(path: str, n: int, max_regions: int = MAX_REGIONS) -> None:
+    """Refuse a region count outside MIN_REGIONS..max_regions (BadFeatureFile, kind bad_shape)."""
+    if n < MIN_REGIONS:
+        raise BadFeatureFile(path, "bad_shape", f"'x' holds {n} regions, fewer than {MIN_REGIONS}")
+    if n > max_regions:
+        raise BadFeatureFile(path, "bad_shape", f"'x' holds {n} regions, more than model.max_regions={max_regions}",
+                             fix=f"re-extract it with at most {max_regions} boxes, or raise model.max_regions "
+                                 f"in the config (the model takes any n; memory grows with n squared)")
 
+
+def validate_features(path: str, arrays, max_regions: int = MAX_REGIONS) -> Tuple[np.ndarray, np.ndarray]:
+    """What training accepts, one check at a time: `arrays` (the .npz's mapping) ->
+    (region_feats float32 [n, 2048], boxes float32 [n, 4]), or BadFeatureFile for the first problem.
+    tools/check_feats.py reports exactly these problems as errors."""
+    for key in ("x", "bbox"):
+        if key not in arrays:
+            raise BadFeatureFile(path, "missing_keys", f"key {key!r} is missing (keys present: {sorted(arrays)})")
+    x, bbox = arrays["x"], arrays["bbox"]
     if x.ndim != 2 or x.shape[0] != FEAT_DIM:
-        raise _bad(path, f"'x' has shape {list(x.shape)}, expected [{FEAT_DIM}, n] (channels first)")
+        hint = " (channels last? x must be channels first)" if x.ndim == 2 and x.shape[1] == FEAT_DIM else ""
+        raise BadFeatureFile(path, "bad_shape", f"'x' has shape {list(x.shape)}, expected [{FEAT_DIM}, n]{hint}")
     n = x.shape[1]
-    if n == 0:
-        raise _bad(path, "'x' holds 0 regions")
+    check_box_count(path, n, max_regions)
     if bbox.ndim != 2 or bbox.shape != (n, 4):
-        raise _bad(path, f"'bbox' has shape {list(bbox.shape)} but 'x' has n={n} regions; expected [{n}, 4]")
+        raise BadFeatureFile(path, "bad_shape", f"'bbox' has shape {list(bbox.shape)} but 'x' has n={n} regions; "
+                                                f"expected [{n}, 4]")
+    if "num_bbox" in arrays and np.asarray(arrays["num_bbox"]).size == 1 and int(arrays["num_bbox"]) != n:
+        raise BadFeatureFile(path, "bad_shape", f"'num_bbox' = {int(arrays['num_bbox'])} but 'x' has n={n} regions")
+    for name, arr in (("x", x), ("bbox", bbox)):
+        if not (np.issubdtype(arr.dtype, np.number) and not np.issubdtype(arr.dtype, np.complexfloating)):
+            raise BadFeatureFile(path, "bad_shape", f"'{name}' has dtype {arr.dtype}, expected real numbers")
     region_feats = np.ascontiguousarray(x.T, dtype=np.float32)  # [n, 2048]
     boxes = np.ascontiguousarray(bbox, dtype=np.float32)  # [n, 4] x1, y1, x2, y2 in pixels
     for name, arr in (("x", region_feats), ("bbox", boxes)):
         if not np.isfinite(arr).all():
             nans, infs = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
-            raise _bad(path, f"'{name}' holds {nans} NaN and {infs} inf value(s)")
+            raise BadFeatureFile(path, "nan_inf", f"'{name}' holds {nans} NaN and {infs} inf value(s)")
     inverted = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
     if inverted.any():
         row = int(np.flatnonzero(inverted)[0])
-        raise _bad(path, f"{int(inverted.sum())} box(es) have x2 < x1 or y2 < y1 "
-                         f"(first: row {row} = {boxes[row].tolist()}, expected x1, y1, x2, y2)")
+        first = [round(float(v), 1) for v in boxes[row]]
+        raise BadFeatureFile(path, "bad_boxes", f"{int(inverted.sum())} box(es) have x2 < x1 or y2 < y1 "
+                                                f"(first: row {row} = {first}, expected x1, y1, x2, y2)")
     return region_feats, boxes
 
 
-def read_box_count(path: str) -> int:
-    """Number of regions n in a feature file, from the header of 'x' only (no feature data read)."""
+def _unreadable(path: str, e: Exception) -> BadFeatureFile:
+    return BadFeatureFile(path, "unreadable", f"cannot be read, it is truncated or not an .npz "
+                                              f"({type(e).__name__}: {e})")
+
+
+def load_npz(path: str, max_regions: int = MAX_REGIONS) -> Tuple[np.ndarray, np.ndarray]:
+    """Read and validate one feature file -> (region_feats float32 [n, 2048], boxes float32 [n, 4])."""
+    try:
+        with np.load(path) as npz:
+            arrays = {key: npz[key] for key in ("x", "bbox", "num_bbox") if key in npz.files}
+            missing = [key for key in ("x", "bbox") if key not in arrays]
+            if missing:  # name every key the file does have
+                arrays.update((key, None) for key in npz.files if key not in arrays)
+    except FileNotFoundError:
+        raise DataError(f"feature file {path} does not exist (was it moved or deleted after the "
+                        f"dataset was built?).") from None
+    except Exception as e:  # zipfile.BadZipFile, EOFError, ValueError, OSError, zlib.error, ...
+        raise _unreadable(path, e) from None
+    return validate_features(path, arrays, max_regions)
+
+
+def read_box_count(path: str, max_regions: int = MAX_REGIONS) -> int:
+    """Number of regions n in a feature file, from the header of 'x' only (no feature data read);
+    BadFeatureFile when n is outside MIN_REGIONS..max_regions."""
     try:
         with zipfile.ZipFile(path) as zf, zf.open("x.npy") as f:
             version = np.lib.format.read_magic(f)
@@ -192,11 +258,13 @@ def read_box_count(path: str) -> int:
             else:  # rare .npy format 3.0: read the whole file instead
                 shape = None
     except KeyError:
-        raise _bad(path, "key 'x' is missing") from None
+        raise BadFeatureFile(path, "missing_keys", "key 'x' is missing") from None
     except Exception as e:
-        raise _bad(path, f"cannot be read, it is truncated or not an .npz ({type(e).__name__}: {e})") from None
+        raise _unreadable(path, e) from None
     if shape is None:
-        return len(load_npz(path)[0])
+        return len(load_npz(path, max_regions)[0])
     if len(shape) != 2 or shape[0] != FEAT_DIM:
-        raise _bad(path, f"'x' has shape {list(shape)}, expected [{FEAT_DIM}, n] (channels first)")
+        raise BadFeatureFile(path, "bad_shape",
+                             f"'x' has shape {list(shape)}, expected [{FEAT_DIM}, n] (channels first)")
+    check_box_count(path, int(shape[1]), max_regions)
     return int(shape[1])

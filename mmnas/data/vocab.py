@@ -20,6 +20,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 from tqdm import tqdm
 
+from mmnas.config import LOSSES
 from mmnas.data.features import (ANNOTATION_FILES, QUESTION_FILES, README_DATA, DataError,
                                  read_json, vqa_path)
 from mmnas.metrics.normalize import prep_ans
@@ -90,8 +91,8 @@ def answer_scores(answers: Sequence, ans_to_ix: Dict[str, int], loss: str = "bce
 
     bce: 0,1,2,3,>=4 matches -> 0, 0.3, 0.6, 0.9, 1.0; kld: matches / 10.
     """
-    if loss not in ("bce", "kld"):
-        raise ValueError(f"loss must be 'bce' or 'kld', got {loss!r}")
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
     matches: Dict[str, int] = {}
     for a in answers:
         answer = _prep_ans_cached(a["answer"] if isinstance(a, dict) else a)

@@ -13,6 +13,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from mmnas.config import WORD_VECTOR_SOURCES
 from mmnas.data.features import DataError
 from mmnas.data.vocab import CLS, PAD, UNK
 
@@ -38,8 +39,8 @@ def load_word_vectors(token_to_ix: Dict[str, int], source: str = "auto", spacy_m
 
     'auto' tries spaCy (installed model only, never downloaded), then the GloVe file.
     """
-    if source not in ("auto", "spacy", "glove", "none"):
-        raise ValueError(f"word vector source must be auto, spacy, glove or none, got {source!r}")
+    if source not in WORD_VECTOR_SOURCES:
+        raise ValueError(f"word vector source must be one of {', '.join(WORD_VECTOR_SOURCES)}, got {source!r}")
     if source == "none":
         return None
     if source in ("auto", "spacy"):

@@ -15,7 +15,8 @@ import numpy as np
 import paddle
 from tqdm import tqdm
 
-from ..data import collate_batch
+from ..data import DataError
+from ..data.dataset import FailureCheckedLoader, FailureReportingDataset, collate_or_failure
 from ..metrics import evaluate as vqa_accuracy
 
 
@@ -33,8 +34,12 @@ class IndexBatches(paddle.io.BatchSampler):
 
 
 def make_loader(dataset, batches: List[List[int]], num_workers: int):
-    return paddle.io.DataLoader(dataset, batch_sampler=IndexBatches(batches), collate_fn=collate_batch,
-                                num_workers=num_workers, use_shared_memory=num_workers > 0)
+    """Batches of `dataset` (collate_batch arrays) in the order of `batches`; an error while
+    reading one stops the iteration with that error, with or without worker processes."""
+    loader = paddle.io.DataLoader(FailureReportingDataset(dataset), batch_sampler=IndexBatches(batches),
+                                  collate_fn=collate_or_failure, num_workers=num_workers,
+                                  use_shared_memory=num_workers > 0)
+    return FailureCheckedLoader(loader)
 
 
 def predict(model, dataset, batch_size: int, num_workers: int = 0, progress: bool = True,
@@ -95,10 +100,17 @@ def evaluate(model, dataset, *, name: str, results_dir: str, batch_size: int, nu
         pred_path = os.path.join(results_dir, "pred", f"result_run_{name}.npz")
         os.makedirs(os.path.dirname(pred_path), exist_ok=True)
         np.savez(pred_path, question_ids=np.asarray(dataset.question_ids, dtype=np.int64), logits=logits)
-    scores = vqa_accuracy(dataset.annotations, results) if dataset.has_answers else None
+    scores = None
+    if dataset.has_answers:
+        try:
+            scores = vqa_accuracy(dataset.annotations, results)
+        except ValueError as e:  # e.g. no annotation of the split has answers to score against
+            raise DataError(f"cannot score {result_path} (written): {e}; check the annotation file(s) of "
+                            f"split {dataset.split!r} under {dataset.data_root}.") from None
     return EvalResult(scores, result_path, pred_path)
 
 
 def format_scores(scores: dict) -> str:
     per_type = ", ".join(f"{k}: {v:.2f}" for k, v in sorted(scores["per_answer_type"].items()))
-    return f"overall {scores['overall']:.2f} ({per_type}) on {scores['n_questions']} questions"
+    skipped = f" ({scores['n_skipped']} without answers not scored)" if scores.get("n_skipped") else ""
+    return f"overall {scores['overall']:.2f} ({per_type}) on {scores['n_questions']} questions{skipped}"

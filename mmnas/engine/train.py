@@ -218,7 +218,8 @@ def open_dataset(cfg: RunConfig, split: str, vocab, progress: bool) -> VQADatase
     dcfg = cfg.data
     return VQADataset(dcfg.data_root, split, vocab, preload=dcfg.preload,
                       drop_missing_images=dcfg.drop_missing_images, loss=cfg.train.loss, progress=progress,
-                      packed_feats=dcfg.packed_feats)
+                      packed_feats=dcfg.packed_feats, max_regions=cfg.model.max_regions,
+                      check_feats=dcfg.check_feats)
 
 
 def checkpoint_to_resume(cfg: RunConfig):

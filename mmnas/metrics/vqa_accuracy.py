@@ -11,6 +11,7 @@ Per question, the reference:
 Overall and per-type scores are means of the per-question fractions, times 100,
 rounded to 2 places.
 """
+import warnings
 from collections import defaultdict
 
 from .normalize import process_digit_article, process_punctuation
@@ -43,6 +44,27 @@ def _percent(fractions):
     return round(100 * sum(fractions) / len(fractions), 2)
 
 
+def _usable_answers(ann):
+    """The annotation's human answer strings, or None when there is nothing to score against
+    (no answers, an empty list, or entries without a text answer)."""
+    answers = ann.get("answers")
+    if not isinstance(answers, list) or not answers:
+        return None
+    texts = [a.get("answer") if isinstance(a, dict) else None for a in answers]
+    return texts if all(isinstance(t, str) for t in texts) else None
+
+
+UNKNOWN_TYPE = "unknown"  # per-type bucket of annotations without answer_type / question_type
+
+
+def _has_type(ann, key):
+    return isinstance(ann.get(key), str) and bool(ann[key])
+
+
+def _type_of(ann, key):
+    return ann[key] if _has_type(ann, key) else UNKNOWN_TYPE
+
+
 def evaluate(annotations, predictions):
     """Score predictions against VQA-v2 annotations with the official metric.
 
@@ -50,8 +72,11 @@ def evaluate(annotations, predictions):
         answers (10 x {"answer": ...}).
     predictions: {question_id: answer} or [{"question_id", "answer"}, ...]; extra
         question ids are ignored, missing ones raise ValueError.
+    Annotations without usable answers (missing or empty list, entries without a text answer)
+    are left out of every score, with one warning counting them (`n_skipped`); a missing
+    answer_type / question_type is scored under "unknown", also counted in one warning.
     Returns overall / per_answer_type / per_question_type percentages (2 places),
-    per_question {question_id: unrounded percent} and n_questions.
+    per_question {question_id: unrounded percent}, n_questions (scored) and n_skipped.
     """
     predicted = _predictions_by_question(predictions)
     missing = [ann["question_id"] for ann in annotations if int(ann["question_id"]) not in predicted]
@@ -65,13 +90,30 @@ def evaluate(annotations, predictions):
     by_answer_type = defaultdict(list)
     by_question_type = defaultdict(list)
     per_question = {}
+    skipped, untyped = [], []
     for ann in annotations:
         qid = int(ann["question_id"])
-        fraction = question_accuracy([a["answer"] for a in ann["answers"]], predicted[qid])
+        gt_answers = _usable_answers(ann)
+        if gt_answers is None:
+            skipped.append(qid)
+            continue
+        if not (_has_type(ann, "answer_type") and _has_type(ann, "question_type")):
+            untyped.append(qid)
+        fraction = question_accuracy(gt_answers, predicted[qid])
         all_fractions.append(fraction)
-        by_answer_type[ann["answer_type"]].append(fraction)
-        by_question_type[ann["question_type"]].append(fraction)
+        by_answer_type[_type_of(ann, "answer_type")].append(fraction)
+        by_question_type[_type_of(ann, "question_type")].append(fraction)
         per_question[qid] = 100 * fraction
+    if not all_fractions:
+        raise ValueError(f"none of the {len(annotations)} annotations has answers to score against "
+                         f"(every 'answers' list is missing, empty or without text answers)")
+    if skipped:
+        warnings.warn(f"{len(skipped)} of {len(annotations)} annotations have no usable answers (missing or "
+                      f"empty 'answers', or entries without a text answer) and were left out of the scores; "
+                      f"first question ids {skipped[:5]}", stacklevel=2)
+    if untyped:
+        warnings.warn(f"{len(untyped)} annotations lack answer_type or question_type and are scored under "
+                      f"{UNKNOWN_TYPE!r}; first question ids {untyped[:5]}", stacklevel=2)
 
     return {
         "overall": _percent(all_fractions),
@@ -79,4 +121,5 @@ def evaluate(annotations, predictions):
         "per_question_type": {t: _percent(f) for t, f in by_question_type.items()},
         "per_question": per_question,
         "n_questions": len(all_fractions),
+        "n_skipped": len(skipped),
     }
