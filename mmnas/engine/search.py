@@ -37,7 +37,6 @@ import paddle.nn.functional as F
 from tqdm import tqdm
 
 from ..config import RunConfig
-from ..data import build_vocab
 from ..models.supernet import SuperNet
 from ..runtime import clip_grad_norm_
 from .checkpoint import atomic_save, load_weights, safe_load, to_numpy_state
@@ -45,7 +44,7 @@ from .evaluate import make_loader, write_json_atomic
 from .logger import RunLogger
 from .schedule import base_learning_rate, learning_rate
 from .train import (TrainingError, checkpoint_to_resume, ckpt_paths, epoch_seed, initial_word_vectors,
-                    open_dataset, optimizer_state_to_load, optimizer_state_to_save, report_interrupt,
+                    open_dataset, open_vocab, optimizer_state_to_load, optimizer_state_to_save, report_interrupt,
                     run_logged, _all_reduce_sum)
 
 
@@ -348,7 +347,7 @@ def search(cfg: RunConfig, rank: int = 0, world: int = 1, progress: Optional[boo
 
 def _search(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLogger) -> dict:
     tcfg, dcfg, scfg = cfg.train, cfg.data, cfg.search
-    vocab = build_vocab(dcfg.data_root, dcfg.cache_dir, dcfg.answer_dict, progress=progress)
+    vocab = open_vocab(cfg, progress)
     dataset = open_dataset(cfg, dcfg.split, vocab, progress)
     parts = partition_split(len(dataset), scfg.weight_fraction, scfg.split_seed)
     steps = len(parts.weight) // tcfg.batch_size
