@@ -64,7 +64,7 @@ BAD_YAML = [
     ("train:\n  lr_decay_epochs: [10, x]\n", ["train.lr_decay_epochs[1] is 'x'", "a list of integers"]),
     ("train:\n  lr_decay_epochs: 10\n", ["train.lr_decay_epochs is 10", "a list of integers"]),
     ("train:\n  warmup_epochs: -1\n", ["train.warmup_epochs is -1", ">= 0"]),
-    ("train:\n  grad_clip: 0\n", ["train.grad_clip is 0", "> 0"]),
+    ("train:\n  grad_clip: -1\n", ["train.grad_clip is -1", ">= 0"]),  # 0 = no clipping (GQA recipe)
     ("train:\n  betas: [0.9]\n", ["train.betas is [0.9]", "with exactly 2 entries"]),
     ("train:\n  betas: [0.9, 1.5]\n", ["train.betas[1] is 1.5", "each in [0, 1)"]),
     ("train:\n  betas: 0.9\n", ["train.betas is 0.9", "a list of numbers"]),
