@@ -414,15 +414,15 @@ PIECES = load_config("small").train.box_pieces  # loss computations per step wit
 def _poison_loss(monkeypatch, at_step):
     """Make the loss NaN in the at_step-th step (counted from 1 over the run)."""
     at_call = (at_step - 1) * PIECES + 1
-    real = train_mod.F.binary_cross_entropy_with_logits
+    real = train_mod.answer_loss
     calls = []
 
-    def poisoned(logits, label, reduction="mean"):
+    def poisoned(logits, targets, kind="bce"):
         calls.append(1)
-        loss = real(logits, label, reduction=reduction)
+        loss = real(logits, targets, kind)
         return loss * float("nan") if len(calls) == at_call else loss
 
-    monkeypatch.setattr(train_mod, "F", SimpleNamespace(binary_cross_entropy_with_logits=poisoned))
+    monkeypatch.setattr(train_mod, "answer_loss", poisoned)
 
 
 def test_nan_loss_stops_with_last_good_checkpoint(world, tmp_path, monkeypatch):
