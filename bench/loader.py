@@ -28,7 +28,8 @@ if "--defaults" not in sys.argv:  # as run.py: threads, MKL path, malloc keeping
 
 import paddle  # noqa: E402
 
-from mmnas.data.dataset import VQADataset, collate_batch  # noqa: E402
+from mmnas.data.dataset import VQADataset  # noqa: E402
+from mmnas.data.regions import collate_batch  # noqa: E402
 from mmnas.data.vocab import build_vocab  # noqa: E402
 
 

@@ -12,8 +12,8 @@ import time
 from contextlib import nullcontext
 from typing import List, Optional
 
-from .config import (BOOL_WORDS, MODEL_ALIASES, TRAIN_SPLITS, ConfigError, RunConfig, checked_value,
-                     flag_error, load_config)
+from .config import (BOOL_WORDS, DATASETS, MODEL_ALIASES, TRAIN_SPLITS, ConfigError, RunConfig,
+                     checked_value, flag_error, load_config)
 from .inference.predictor import ENGINES, PRECISIONS
 from .runtime import AMP_MODES
 
@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--RUN", required=True, choices=RUN_MODES, help="what to do")
     p.add_argument("--MODEL", default=None,
                    help=f"{model_choices()} | path to a YAML config (default: small; for --RUN=search: search)")
-    p.add_argument("--DATASET", default="vqa", choices=["vqa"], help="dataset (only vqa)")
+    p.add_argument("--DATASET", default=None, choices=list(DATASETS),
+                   help="dataset: vqa (VQA-v2 + Visual Genome) or gqa (default: the config's data.dataset, vqa)")
     p.add_argument("--VERSION", help="name of this run: checkpoints go to ckpt/ckpt_<VERSION>/, the log to "
                                      "results/log/log_run_<VERSION>.txt (default: a timestamp; when resuming "
                                      "or for val/test, --CKPT_V or the --CKPT_PATH file's name)")
@@ -56,7 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--NPROCS", type=int, default=None,
                    help="number of processes (default: one per --GPU id, else 1); on CPU uses gloo")
     p.add_argument("--NW", type=int, default=None, help="data loader worker processes")
-    p.add_argument("--SPLIT", default=None, choices=TRAIN_SPLITS, help="training split (default train+val+vg)")
+    p.add_argument("--SPLIT", default=None, help=f"training split: {', '.join(TRAIN_SPLITS)} on vqa (default "
+                                                 f"train+val+vg), train or train+val on gqa")
+    p.add_argument("--EVAL_SPLIT", default=None,
+                   help="what --RUN=val evaluates: val (default), or testdev on gqa")
     p.add_argument("--RESUME", type=str2bool, default=False, help="resume training from --CKPT_V/--CKPT_E")
     p.add_argument("--CKPT_V", help="version of the checkpoint to resume or evaluate")
     p.add_argument("--CKPT_E", type=int, help="epoch of the checkpoint to resume or evaluate")
@@ -103,7 +107,8 @@ class UsageError(ValueError):
 
 
 # the flag that sets each config key: a bad value is reported under the name the user typed
-FLAG_OF_KEY = {"data.split": "--SPLIT", "data.num_workers": "--NW", "data.preload": "--PRELOAD",
+FLAG_OF_KEY = {"data.dataset": "--DATASET", "data.eval_split": "--EVAL_SPLIT", "data.split": "--SPLIT",
+               "data.num_workers": "--NW", "data.preload": "--PRELOAD",
                "data.data_root": "--DATA_ROOT", "data.drop_missing_images": "--DROP_MISSING",
                "train.max_epoch": "--MAX_EPOCH", "train.accu": "--ACCU", "train.batch_size": "--BS",
                "train.seed": "--SEED", "train.eval_every_epoch": "--EVAL_EE", "train.save_pred": "--SAVE_PRED",
@@ -126,7 +131,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     cfg.gpu = _from_flag("gpu", args.GPU)
     cfg.ckpt_dir, cfg.results_dir = args.CKPT_DIR, args.RESULTS_DIR
     cfg.data.cache_dir = os.path.join(args.RESULTS_DIR, "cache")
-    overrides = [("data", "split", args.SPLIT), ("data", "num_workers", args.NW),
+    overrides = [("data", "dataset", args.DATASET), ("data", "eval_split", args.EVAL_SPLIT),
+                 ("data", "split", args.SPLIT), ("data", "num_workers", args.NW),
                  ("data", "preload", args.PRELOAD), ("data", "data_root", args.DATA_ROOT),
                  ("data", "drop_missing_images", args.DROP_MISSING), ("data", "check_feats", args.CHECK_FEATS),
                  ("train", "max_epoch", args.MAX_EPOCH), ("train", "accu", args.ACCU),
@@ -165,6 +171,7 @@ def default_version(args: argparse.Namespace) -> str:
 def validate_args(cfg: RunConfig, args: argparse.Namespace) -> None:
     """Checks across flags; each value alone was checked when it was set (config.checked_value)."""
     t = cfg.train
+    cfg.data.validate("the command line with the config")  # splits fit the dataset after the flags
     if t.batch_size % t.accu:
         raise UsageError(f"--BS={t.batch_size} is not divisible by --ACCU={t.accu}; choose an ACCU that divides BS.")
     if args.NPROCS is not None and args.NPROCS < 1:
@@ -228,19 +235,19 @@ def checkpoint_for_eval(cfg: RunConfig):
 
 def run_eval(cfg: RunConfig) -> dict:
     """--RUN=val / --RUN=test: load weights, predict every question, write and score results."""
-    from .data import build_vocab
+    from .data.datasets import dataset_spec
     from .engine.checkpoint import load_weights
-    from .engine.evaluate import evaluate, format_scores
+    from .engine.evaluate import evaluate
     from .engine.logger import RunLogger
     from .engine.train import open_dataset
     from .models import build_model
 
     weights, name = checkpoint_for_eval(cfg)  # its existence is checked by check_paths
-    split = "val" if cfg.run == "val" else "test"
-    vocab = build_vocab(cfg.data.data_root, cfg.data.cache_dir, cfg.data.answer_dict)
+    split = cfg.data.eval_split if cfg.run == "val" else "test"
+    vocab = dataset_spec(cfg.data.dataset).build_vocab(cfg.data, True)
     dataset = open_dataset(cfg, split, vocab, progress=True)
-    if split == "val" and not dataset.has_answers:
-        raise UsageError("--RUN=val needs the val annotations file; use --RUN=test for unannotated questions.")
+    if cfg.run == "val" and not dataset.has_answers:
+        raise UsageError(f"--RUN=val needs the answers of the {split} split; use --RUN=test for unannotated questions.")
     model = build_model(cfg.model, vocab.token_size, vocab.answer_size)
     load_weights(model, weights)
     result = evaluate(model, dataset, name=name, results_dir=cfg.results_dir,
@@ -251,13 +258,15 @@ def run_eval(cfg: RunConfig) -> dict:
     if result.pred_path:
         print(f"wrote {result.pred_path} (logits)")
     if result.scores is not None:
-        line = f"{name} val: {format_scores(result.scores)}"
+        line = f"{name} {split}: {dataset.format_scores(result.scores)}"
         print(line)
         logger = RunLogger(cfg.results_dir, cfg.version, use_vdl=False)
         logger.text(f"weights {weights}")
         logger.text(line)
-        logger.text("per question type: " + ", ".join(
-            f"{k}: {v:.2f}" for k, v in sorted(result.scores["per_question_type"].items())))
+        for table in ("per_question_type", "per_structural_type", "per_semantic_type"):
+            if table in result.scores:
+                logger.text(f"{table.replace('_', ' ')}: " + ", ".join(
+                    f"{k}: {v:.2f}" for k, v in sorted(result.scores[table].items())))
     return {"result_path": result.result_path, "scores": result.scores, "pred_path": result.pred_path}
 
 

@@ -50,11 +50,16 @@ MODEL_ALIASES = {
     "search_tiny": "search/search_vqa_tiny.yml",
     "search_snas": "search/search_vqa_snas.yml",
     "search_snas_tiny": "search/search_vqa_snas_tiny.yml",
+    "gqa_small": "gqa/mmnasnet_small.yml",
+    "gqa_tiny": "gqa/mmnasnet_tiny.yml",
 }
 
-TRAIN_SPLITS = ("train", "train+val", "train+val+vg")  # data.split / --SPLIT
+TRAIN_SPLITS = ("train", "train+val", "train+val+vg")  # data.split / --SPLIT (VQA-v2's)
+DATASETS = ("vqa", "gqa")  # data.dataset / --DATASET (mmnas/data/datasets.py)
+TRAIN_PARTS = {"vqa": ("train", "val", "vg"), "gqa": ("train", "val")}  # a training split '+'-joins these
+EVAL_SPLITS = {"vqa": ("val",), "gqa": ("val", "testdev")}  # data.eval_split / --EVAL_SPLIT (--RUN=val)
 WORD_VECTOR_SOURCES = ("auto", "spacy", "glove", "none")  # data.word_vectors
-LOSSES = ("bce", "kld")  # train.loss
+LOSSES = ("bce", "kld", "ce")  # train.loss (mmnas/engine/loss.py)
 # spellings of a boolean accepted in a quoted YAML string and by the True/False flags
 BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 
@@ -112,8 +117,10 @@ class ModelConfig(_Section):
 @dataclass
 class DataConfig(_Section):
     SECTION: ClassVar[str] = "data"
+    dataset: str = "vqa"  # vqa | gqa: the files under <data_root>/<dataset>/ and their metric
     data_root: str = "./data"
-    split: str = "train+val+vg"  # train | train+val | train+val+vg (training); val; test
+    split: str = "train+val+vg"  # the training split: a '+'-join of TRAIN_PARTS[dataset]
+    eval_split: str = "val"  # what --RUN=val evaluates: val (VQA-v2, GQA) or testdev (GQA)
     cache_dir: str = "results/cache"
     answer_dict: Optional[str] = None  # explicit answer dictionary JSON, else built and cached
     word_vectors: str = "auto"  # auto | spacy | glove | none
@@ -124,6 +131,15 @@ class DataConfig(_Section):
     drop_missing_images: bool = False
     packed_feats: Optional[str] = None  # None: a store beside each feature folder if any; a path; "off"
     check_feats: bool = False  # validate every feature file the split needs before step 1 (--CHECK_FEATS)
+
+    def _check_across(self, where: str) -> None:
+        parts = TRAIN_PARTS[self.dataset]
+        if not all(p in parts for p in self.split.split("+")):
+            raise ConfigError(f"{where}: data.split={self.split} is not a training split of {self.dataset}; "
+                              f"expected a '+'-join of {', '.join(parts)}.")
+        if self.eval_split not in EVAL_SPLITS[self.dataset]:
+            raise ConfigError(f"{where}: data.eval_split={self.eval_split} is not an evaluation split of "
+                              f"{self.dataset}; expected one of {', '.join(EVAL_SPLITS[self.dataset])}.")
 
 
 @dataclass
@@ -139,7 +155,7 @@ class TrainConfig(_Section):
     lr_decay_epochs: List[int] = field(default_factory=lambda: [10, 12])
     lr_decay_rate: float = 0.2
     warmup_epochs: int = 3  # warm-up spans (warmup_epochs + 1) epochs' worth of steps
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # global gradient-norm clip; 0 = none (GQA recipe)
     betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-9
     loss: str = "bce"  # bce | kld
@@ -309,11 +325,12 @@ RULES: Dict[str, Tuple[Rule, ...]] = {
     "model.dropout": (in_range(0, 1),),
     "model.enc": (NOT_EMPTY, KnownOp("enc")), "model.dec": (NOT_EMPTY, KnownOp("dec")),
     "data.split": (TRAINING_SPLIT,), "data.word_vectors": (one_of(*WORD_VECTOR_SOURCES),),
+    "data.dataset": (one_of(*DATASETS),), "data.eval_split": (one_of("val", "testdev"),),
     "data.num_workers": (at_least(0),),
     "train.batch_size": (at_least(1),), "train.accu": (at_least(1),), "train.box_pieces": (at_least(1),),
     "train.max_epoch": (at_least(1),), "train.lr_base": (above(0),), "train.lr_base_vg": (above(0),),
     "train.lr_decay_epochs": (at_least(1),), "train.lr_decay_rate": (above(0),),
-    "train.warmup_epochs": (at_least(0),), "train.grad_clip": (above(0),),
+    "train.warmup_epochs": (at_least(0),), "train.grad_clip": (at_least(0),),
     "train.betas": (PAIR, in_range(0, 1)), "train.eps": (above(0),), "train.loss": (one_of(*LOSSES),),
     "train.seed": (SEED,), "train.eval_batch_size": (at_least(1),), "train.log_every": (at_least(1),),
     "train.amp": (one_of(*AMP_MODES),), "train.eval_engine": (one_of("auto", "dygraph", "inference"),),

@@ -269,7 +269,8 @@ def clip_grad_norm_(parameters, max_norm: float):
     is one BLAS dot (Paddle's p_norm kernel is ~70x slower: 0.46 s of a 19 s step at batch 64),
     and gradients are rescaled only when clipping applies (on CPU reading the scale costs nothing;
     on GPU the multiply stays unconditional, so there is no host synchronisation). Equal to
-    Paddle's to float rounding of the norm (~1e-7 relative). Returns the total norm (a tensor)."""
+    Paddle's to float rounding of the norm (~1e-7 relative). max_norm <= 0 clips nothing.
+    Returns the total norm (a tensor)."""
     import paddle
     parameters = list(parameters)
     grads = [_grad(p) for p in parameters if _grad(p) is not None]
@@ -278,6 +279,8 @@ def clip_grad_norm_(parameters, max_norm: float):
     flat = [g.detach().reshape([-1]) for g in grads]
     squares = [paddle.matmul(f, f).astype("float32") for f in flat]
     total = paddle.sqrt(paddle.add_n([s.reshape([1]) for s in squares])).reshape([])
+    if max_norm <= 0:  # train.grad_clip: 0 = no clipping (the GQA recipe); the norm is still logged
+        return total
     coef = paddle.clip(max_norm / (total + 1e-6), max=1.0)
     if not grads[0].place.is_cpu_place() or float(coef) < 1.0:  # float(): free on CPU, skipped on GPU
         with paddle.no_grad():

@@ -64,7 +64,7 @@ BAD_YAML = [
     ("train:\n  lr_decay_epochs: [10, x]\n", ["train.lr_decay_epochs[1] is 'x'", "a list of integers"]),
     ("train:\n  lr_decay_epochs: 10\n", ["train.lr_decay_epochs is 10", "a list of integers"]),
     ("train:\n  warmup_epochs: -1\n", ["train.warmup_epochs is -1", ">= 0"]),
-    ("train:\n  grad_clip: 0\n", ["train.grad_clip is 0", "> 0"]),
+    ("train:\n  grad_clip: -1\n", ["train.grad_clip is -1", ">= 0"]),  # 0 = no clipping (GQA recipe)
     ("train:\n  betas: [0.9]\n", ["train.betas is [0.9]", "with exactly 2 entries"]),
     ("train:\n  betas: [0.9, 1.5]\n", ["train.betas[1] is 1.5", "each in [0, 1)"]),
     ("train:\n  betas: 0.9\n", ["train.betas is 0.9", "a list of numbers"]),
@@ -239,6 +239,10 @@ BAD_FLAGS = [
     (["--RESUME=True", "--CKPT_V=x", "--CKPT_E=-1"], "--CKPT_E=-1", "an integer >= 1", "ckpt_epoch"),
     (["--GPU=abc"], "--GPU=abc", "GPU ids like 0 or 0,1", "gpu"),
     (["--GPU=0,x"], "--GPU=0,x", "GPU ids like 0 or 0,1", "gpu"),
+    (["--SPLIT=trian"], "--SPLIT=trian", "one of train, train+val, train+val+vg", "data.split"),
+    (["--DATASET=gqa", "--SPLIT=train+vg"], "data.split=train+vg is not a training split of gqa",
+     "a '+'-join of train, val", None),
+    (["--EVAL_SPLIT=testdev"], "data.eval_split=testdev is not an evaluation split of vqa", "one of val", None),
 ]
 
 
@@ -284,7 +288,7 @@ def test_missing_ckpt_path_names_the_flag(tmp_path, capsys, dirs, mode):
 
 
 @pytest.mark.parametrize("flag,value", [("--NW", "abc"), ("--BS", "1.5"), ("--PRELOAD", "maybe"), ("--RUN", "fly"),
-                                        ("--SPLIT", "trian"), ("--AMP", "fp8")])
+                                        ("--DATASET", "coco"), ("--AMP", "fp8")])
 def test_malformed_flag_is_one_line(capsys, flag, value):
     with pytest.raises(SystemExit) as info:
         cli.main(["--RUN=train", f"{flag}={value}"] if flag != "--RUN" else [f"{flag}={value}"])

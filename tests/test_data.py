@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from mmnas.data import vocab as vocab_mod
-from mmnas.data.dataset import VQADataset, collate_batch
+from mmnas.data.dataset import VQADataset
+from mmnas.data.regions import collate_batch
 from mmnas.data.features import DataError, check_raw_files, load_npz, read_box_count
 from mmnas.data.vocab import (Vocab, answer_scores, build_answer_vocab, build_token_vocab, build_vocab,
                               encode_question, tokenize)

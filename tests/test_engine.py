@@ -162,9 +162,21 @@ def test_learning_rate_warmup_steps():
 
 
 def test_learning_rate_truncates_fractional_boundaries():
-    # warmup_epochs=1 (the tiny config): boundaries int(7*2*0.25)=3, int(7*2*0.5)=7, int(7*2*0.75)=10
-    lr = lambda step: learning_rate(step, 0, 7, 1.0, 1, [], 0.2)
-    assert [lr(s) for s in (3, 4, 7, 8, 10, 11)] == [0.25, 0.5, 0.5, 0.75, 0.75, 1.0]
+    # W = 3, E = 1000 / 64 = 15.625 (not 15): boundaries int(62.5 * 0.25) = 15, int(31.25) = 31,
+    # int(46.875) = 46; with E truncated first they would be 15, 30 and 45
+    lr = lambda step: learning_rate(step, 0, 1000 / 64, 1.0, 3, [], 0.2)
+    assert [lr(s) for s in (15, 16, 31, 32, 46, 47)] == [0.25, 0.5, 0.5, 0.75, 0.75, 1.0]
+
+
+def test_learning_rate_warmup_of_other_lengths():
+    """GQA's W = 2 (gqa spec): base/3, 2base/3, then base from the third quarter; W = 1 and W = 0
+    (toy configs) never step above base."""
+    E = 10.0
+    w2 = [learning_rate(s, 0, E, 3.0, 2, [], 0.2) for s in (7, 8, 15, 16, 22, 23)]
+    assert w2 == pytest.approx([1.0, 2.0, 2.0, 3.0, 3.0, 3.0])  # boundaries int(7.5), int(15), int(22.5)
+    w1 = [learning_rate(s, 0, E, 1.0, 1, [], 0.2) for s in (5, 6, 10, 11, 15, 16)]
+    assert w1 == pytest.approx([0.5, 1.0, 1.0, 1.0, 1.0, 1.0])
+    assert all(learning_rate(s, 0, E, 1.0, 0, [], 0.2) == 1.0 for s in range(1, 12))
 
 
 def test_learning_rate_decay_epochs():

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from mmnas.data.check_feats import check_feats, inspect_file
-from mmnas.data.dataset import VQADataset, collate_batch, collate_or_failure, raise_if_failure
+from mmnas.data.dataset import VQADataset
+from mmnas.data.regions import collate_batch, collate_or_failure, raise_if_failure
 from mmnas.data.features import MAX_REGIONS, DataError, load_npz, read_box_count, read_json
 from mmnas.data.synthetic import make_synthetic_vqa
 from mmnas.data.vocab import build_vocab
@@ -347,7 +348,7 @@ def test_check_features_fills_box_counts(clean_root):
 
 def test_failure_batch_round_trip(clean_root):
     """A batch with an unreadable item becomes a 1-array failure batch that raises its DataError."""
-    from mmnas.data.dataset import FailureReportingDataset, LoadFailure
+    from mmnas.data.regions import FailureReportingDataset, LoadFailure
     vocab = build_vocab(clean_root, os.path.join(os.path.dirname(clean_root), "cache"), progress=False)
     dataset = FailureReportingDataset(VQADataset(clean_root, "val", vocab, progress=False))
     good = [dataset[0], dataset[1]]

@@ -47,6 +47,18 @@ def test_bce_is_summed_binary_cross_entropy_of_soft_scores():
     np.testing.assert_allclose(grad, s - targets, atol=1e-5)
 
 
+def test_ce_is_summed_cross_entropy_of_one_answer():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(4, 5))
+    answers = np.array([0, 3, 3, 1])
+    x = paddle.to_tensor(logits.astype("float32"), stop_gradient=False)
+    loss = answer_loss(x, paddle.to_tensor(np.eye(5, dtype="float32")[answers]), "ce")
+    loss.backward()
+    log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    assert float(loss) == pytest.approx(-log_p[np.arange(4), answers].sum(), rel=1e-5)
+    np.testing.assert_allclose(x.grad.numpy(), np.exp(log_p) - np.eye(5)[answers], atol=1e-5)
+
+
 def test_unknown_loss_is_refused():
     with pytest.raises(ValueError, match="train.loss"):
         answer_loss(paddle.zeros([1, 2]), paddle.zeros([1, 2]), "mse")

@@ -4,6 +4,8 @@
         --questions data/vqa/raw/v2_OpenEnded_mscoco_val2014_questions.json
     python tools/check_feats.py data/vqa/feats/train2014 data/vqa/feats/val2014 \
         --questions data/vqa/raw/VG_questions.json      # VG asks about train and val images
+    python tools/check_feats.py data/gqa/feats/gqa-frcn --dataset gqa \
+        --questions data/gqa/raw/questions1.2/val_balanced_questions.json
 
 Exit status 0: nothing would break training; 1: something would (unreadable or malformed
 files, NaN/inf, bad boxes, images asked about without features); 2: bad arguments.
@@ -14,19 +16,21 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mmnas.data.check_feats import USUAL_MIN_REGIONS, check_feats, format_report  # noqa: E402
+from mmnas.data.check_feats import LAYOUTS, USUAL_MIN_REGIONS, check_feats, format_report  # noqa: E402
 from mmnas.data.features import MAX_REGIONS  # noqa: E402
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
-        description="Scan region-feature .npz files (COCO_<split>_<id>.jpg.npz) for anything that would "
+        description="Scan region-feature .npz files (VQA-v2 or GQA layout) for anything that would "
                     "break training, write a JSON report and a PNG histogram of box counts.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("feat_dir", nargs="+", help="feature folder(s), e.g. data/vqa/feats/train2014")
     p.add_argument("--questions", nargs="+", default=None, metavar="JSON",
                    help="question or annotation files: report image ids they ask about that have no "
                         "feature file, and feature files they never ask about")
+    p.add_argument("--dataset", choices=sorted(LAYOUTS), default="vqa",
+                   help="layout of the files: vqa (x [2048, n]) or gqa (x [n, 2048], <imageId>.npz)")
     p.add_argument("--workers", type=int, default=2, help="processes reading files")
     p.add_argument("--report", default=None,
                    help="JSON report path (default: results/check_feats/<folder name>.json)")
@@ -51,7 +55,8 @@ def main(argv=None) -> int:
         report = check_feats(args.feat_dir, question_files=args.questions, workers=args.workers,
                              report_path=report_path, png_path=png_path, progress=not args.quiet,
                              max_regions=args.max_regions,
-                             min_regions=args.min_regions, box_tolerance=args.box_tolerance)
+                             min_regions=args.min_regions, box_tolerance=args.box_tolerance,
+                             dataset=args.dataset)
     except (FileNotFoundError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

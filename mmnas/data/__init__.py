@@ -1,6 +1,7 @@
-"""VQA-v2 data: vocabularies, feature files, the paddle Dataset and word vectors.
+"""The data: VQA-v2 and GQA files, vocabularies, the paddle Datasets (behind one interface,
+datasets.py) and word vectors.
 
-`VQADataset` and `collate_batch` import paddle (~2 s), so they are loaded on first use:
+The Dataset classes and `collate_batch` import paddle (~2 s), so they are loaded on first use:
 tools that only check files (`mmnas.data.features`) stay fast.
 """
 from mmnas.data.features import (DataError, check_raw_files, feature_index, load_npz,
@@ -9,13 +10,14 @@ from mmnas.data.vocab import (VOCAB_FILE, Vocab, answer_scores, build_answer_voc
                                build_vocab, encode_question, read_vocab_file, tokenize)
 from mmnas.data.word_vectors import load_word_vectors
 
-_LAZY = {"VQADataset", "collate_batch", "split_parts", "TRAIN_SPLITS", "EVAL_SPLITS"}
+_LAZY = {"VQADataset": "dataset", "split_parts": "dataset", "EVAL_SPLITS": "dataset",
+         "collate_batch": "regions", "GQADataset": "gqa"}
 
 
 def __getattr__(name):
     if name in _LAZY:
-        from mmnas.data import dataset
-        return getattr(dataset, name)
+        import importlib
+        return getattr(importlib.import_module(f"mmnas.data.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'mmnas.data' has no attribute {name!r}")
 
 

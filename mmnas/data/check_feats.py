@@ -11,6 +11,10 @@ NaN/inf, boxes with x2 < x1 or y2 < y1. Warnings only (training accepts these): 
 feature rows (the loader reads those as padding and masks them out), boxes outside the image.
 With question files, we also list image ids asked about but without a feature file (fatal)
 and feature files nobody asks about (informational).
+
+`dataset` picks the layout of the release: "vqa" (COCO_<split>_<id>.jpg.npz, x [2048, n],
+image_h/image_w/num_bbox, questions files with a "questions" list) or "gqa" (<imageId>.npz,
+x [n, 2048], width/height, questions files keyed by question id with "imageId").
 """
 from __future__ import annotations
 
@@ -24,6 +28,9 @@ import numpy as np
 
 from mmnas.data.features import MAX_REGIONS, BadFeatureFile, validate_features
 
+# per dataset: x regions first?, the image-size keys (width, height), the metadata keys expected
+LAYOUTS = {"vqa": (False, ("image_w", "image_h"), ("image_h", "image_w", "num_bbox")),
+           "gqa": (True, ("width", "height"), ("width", "height"))}
 USUAL_MIN_REGIONS = 10  # fewer regions than this is legal but unusual for bottom-up features: a warning
 
 # Problem kinds that would break or corrupt training (non-zero exit), and mere warnings.
@@ -32,9 +39,12 @@ FATAL_KINDS = ("unreadable", "bad_name", "missing_keys", "bad_shape", "nan_inf",
 WARNING_KINDS = ("missing_meta", "box_count_out_of_range", "x_not_float32", "zero_rows", "boxes_outside_image")
 
 
-def image_id_of(file_name: str) -> Optional[int]:
-    """The integer after the last '_' of the name, before the first '.'; None if there is none."""
+def image_id_of(file_name: str, dataset: str = "vqa") -> Optional[Union[int, str]]:
+    """VQA-v2: the integer after the last '_' of the name, before the first '.' (None if there is
+    none); GQA: the name without .npz (ids are strings)."""
     stem = os.path.basename(file_name).split(".", 1)[0]
+    if dataset == "gqa":
+        return stem or None
     tail = stem.rsplit("_", 1)[-1]
     return int(tail) if tail.isdigit() else None
 
@@ -44,11 +54,12 @@ def _scalar(value) -> float:
 
 
 def inspect_file(path: str, max_regions: int = MAX_REGIONS, min_regions: int = USUAL_MIN_REGIONS,
-                 box_tolerance: float = 1.0) -> dict:
+                 box_tolerance: float = 1.0, dataset: str = "vqa") -> dict:
     """Check one .npz file. Returns {"file", "image_id", "readable", "n", "problems":
     [(kind, detail)], "stats": [min, max, sum, count, zeros] or None}. The one error a file can
     have is the one training would stop on (validate_features); the rest are warnings."""
-    result = {"file": path, "image_id": image_id_of(path), "readable": False, "n": None,
+    regions_first, size_keys, meta_keys = LAYOUTS[dataset]
+    result = {"file": path, "image_id": image_id_of(path, dataset), "readable": False, "n": None,
               "problems": [], "stats": None}
     problems = result["problems"]
     if result["image_id"] is None:
@@ -61,16 +72,18 @@ def inspect_file(path: str, max_regions: int = MAX_REGIONS, min_regions: int = U
         return result
     result["readable"] = True
     try:
-        validate_features(path, arrays, max_regions)
+        validate_features(path, arrays, max_regions, regions_first)
     except BadFeatureFile as e:
         problems.append((e.kind, e.detail))
         if e.kind in ("missing_keys", "bad_shape"):
             return result  # the arrays cannot be interpreted further
 
     x, bbox = arrays["x"], arrays["bbox"]
+    if regions_first:
+        x = x.T  # [2048, n] below, as in the VQA-v2 files
     n = x.shape[1]
     result["n"] = n
-    missing_meta = [k for k in ("image_h", "image_w", "num_bbox") if k not in arrays]
+    missing_meta = [k for k in meta_keys if k not in arrays]
     if missing_meta:
         problems.append(("missing_meta", f"missing {missing_meta}"))
     if x.dtype != np.float32:
@@ -87,9 +100,9 @@ def inspect_file(path: str, max_regions: int = MAX_REGIONS, min_regions: int = U
     if zero_rows:
         problems.append(("zero_rows", f"{zero_rows} all-zero regions (read as padding and masked out)"))
 
-    if np.isfinite(bbox).all() and "image_w" in arrays and "image_h" in arrays:
+    if np.isfinite(bbox).all() and all(k in arrays for k in size_keys):
         b = bbox.astype(np.float64)
-        w, h, tol = _scalar(arrays["image_w"]), _scalar(arrays["image_h"]), box_tolerance
+        w, h, tol = _scalar(arrays[size_keys[0]]), _scalar(arrays[size_keys[1]]), box_tolerance
         outside = (b[:, 0] < -tol) | (b[:, 1] < -tol) | (b[:, 2] > w + tol) | (b[:, 3] > h + tol)
         if outside.any():
             problems.append(("boxes_outside_image", f"{int(outside.sum())} boxes outside the {w:g}x{h:g} image "
@@ -98,12 +111,19 @@ def inspect_file(path: str, max_regions: int = MAX_REGIONS, min_regions: int = U
     return result
 
 
-def question_image_ids(question_files: Iterable[str]) -> Dict[int, str]:
-    """image id -> first file that asks about it, from questions or annotations JSON files."""
-    ids: Dict[int, str] = {}
+def question_image_ids(question_files: Iterable[str], dataset: str = "vqa") -> Dict[Union[int, str], str]:
+    """image id -> first file that asks about it, from questions or annotations JSON files
+    (GQA: questions files, one object keyed by question id)."""
+    ids: Dict[Union[int, str], str] = {}
     for path in question_files:
         with open(path, "r", encoding="utf-8") as f:
             data = json.load(f)
+        if dataset == "gqa":
+            if not isinstance(data, dict):
+                raise ValueError(f"{path} is not a GQA questions file (one object keyed by question id)")
+            for entry in data.values():
+                ids.setdefault(str(entry["imageId"]), os.path.basename(path))
+            continue
         entries = data.get("questions", data.get("annotations")) if isinstance(data, dict) else None
         if entries is None:
             raise ValueError(f"{path} has neither a 'questions' nor an 'annotations' list")
@@ -124,14 +144,15 @@ def _list_npz(feat_dirs: Sequence[str]) -> List[str]:
 def check_feats(feat_dir: Union[str, Sequence[str]], question_files: Optional[Sequence[str]] = None,
                 workers: int = 2, report_path: Optional[str] = None, png_path: Optional[str] = None,
                 progress: bool = True, max_regions: int = MAX_REGIONS,
-                min_regions: int = USUAL_MIN_REGIONS, box_tolerance: float = 1.0, max_listed: int = 10) -> dict:
+                min_regions: int = USUAL_MIN_REGIONS, box_tolerance: float = 1.0, max_listed: int = 10,
+                dataset: str = "vqa") -> dict:
     """Check every .npz in `feat_dir` (one folder or several, e.g. train2014 + val2014 for VG
     questions); optionally write the JSON report and a PNG histogram of box counts.
     `report["ok"]` is False when something would break training."""
     feat_dirs = [feat_dir] if isinstance(feat_dir, str) else list(feat_dir)
     paths = _list_npz(feat_dirs)
-    inspect = functools.partial(inspect_file, max_regions=max_regions,
-                                min_regions=min_regions, box_tolerance=box_tolerance)
+    inspect = functools.partial(inspect_file, max_regions=max_regions, min_regions=min_regions,
+                                box_tolerance=box_tolerance, dataset=dataset)
     results = _map(inspect, paths, workers, progress)
     results.sort(key=lambda r: r["file"])
 
@@ -142,7 +163,7 @@ def check_feats(feat_dir: Union[str, Sequence[str]], question_files: Optional[Se
     if not paths:
         problems["no_files"].append({"file": ", ".join(feat_dirs), "detail": "no .npz files found"})
 
-    files_of_id: Dict[int, List[str]] = {}
+    files_of_id: Dict[Union[int, str], List[str]] = {}
     for r in results:
         if r["image_id"] is not None:
             files_of_id.setdefault(r["image_id"], []).append(r["file"])
@@ -165,7 +186,7 @@ def check_feats(feat_dir: Union[str, Sequence[str]], question_files: Optional[Se
 
     questions = None
     if question_files:
-        asked = question_image_ids(question_files)
+        asked = question_image_ids(question_files, dataset)
         missing = sorted(set(asked) - set(files_of_id))
         unreferenced = sorted(set(files_of_id) - set(asked))
         for image_id in missing:

@@ -188,7 +188,21 @@ def check_box_count(path: str, n: int, max_regions: int = MAX_REGIONS) -> None:
                                  f"in the config (the model takes any n; memory grows with n squared)")
 
 
-def validate_features(path: str, arrays, max_regions: int = MAX_REGIONS) -> Tuple[np.ndarray, np.ndarray]:
+def _region_count(path: str, shape, regions_first: bool) -> int:
+    """n from the shape of 'x': [2048, n] (VQA-v2 release, channels first) or, with regions_first,
+    [n, 2048] (GQA release); BadFeatureFile for any other shape."""
+    axis = 0 if regions_first else 1
+    if len(shape) == 2 and shape[1 - axis] == FEAT_DIM:
+        return int(shape[axis])
+    expected = f"[n, {FEAT_DIM}] (regions first, GQA)" if regions_first else f"[{FEAT_DIM}, n] (channels first)"
+    flipped = len(shape) == 2 and shape[axis] == FEAT_DIM
+    hint = f"; the file looks {'channels first (VQA-v2 layout)' if regions_first else 'regions first (GQA layout)'}" \
+        if flipped else ""
+    raise BadFeatureFile(path, "bad_shape", f"'x' has shape {list(shape)}, expected {expected}{hint}")
+
+
+def validate_features(path: str, arrays, max_regions: int = MAX_REGIONS,
+                      regions_first: bool = False) -> Tuple[np.ndarray, np.ndarray]:
     """What training accepts, one check at a time: `arrays` (the .npz's mapping) ->
     (region_feats float32 [n, 2048], boxes float32 [n, 4]), or BadFeatureFile for the first problem.
     tools/check_feats.py reports exactly these problems as errors."""
@@ -196,10 +210,7 @@ def validate_features(path: str, arrays, max_regions: int = MAX_REGIONS) -> Tupl
         if key not in arrays:
             raise BadFeatureFile(path, "missing_keys", f"key {key!r} is missing (keys present: {sorted(arrays)})")
     x, bbox = arrays["x"], arrays["bbox"]
-    if x.ndim != 2 or x.shape[0] != FEAT_DIM:
-        hint = " (channels last? x must be channels first)" if x.ndim == 2 and x.shape[1] == FEAT_DIM else ""
-        raise BadFeatureFile(path, "bad_shape", f"'x' has shape {list(x.shape)}, expected [{FEAT_DIM}, n]{hint}")
-    n = x.shape[1]
+    n = _region_count(path, x.shape, regions_first)
     check_box_count(path, n, max_regions)
     if bbox.ndim != 2 or bbox.shape != (n, 4):
         raise BadFeatureFile(path, "bad_shape", f"'bbox' has shape {list(bbox.shape)} but 'x' has n={n} regions; "
@@ -209,7 +220,7 @@ def validate_features(path: str, arrays, max_regions: int = MAX_REGIONS) -> Tupl
     for name, arr in (("x", x), ("bbox", bbox)):
         if not (np.issubdtype(arr.dtype, np.number) and not np.issubdtype(arr.dtype, np.complexfloating)):
             raise BadFeatureFile(path, "bad_shape", f"'{name}' has dtype {arr.dtype}, expected real numbers")
-    region_feats = np.ascontiguousarray(x.T, dtype=np.float32)  # [n, 2048]
+    region_feats = np.ascontiguousarray(x if regions_first else x.T, dtype=np.float32)  # [n, 2048]
     boxes = np.ascontiguousarray(bbox, dtype=np.float32)  # [n, 4] x1, y1, x2, y2 in pixels
     for name, arr in (("x", region_feats), ("bbox", boxes)):
         if not np.isfinite(arr).all():
@@ -229,8 +240,9 @@ def _unreadable(path: str, e: Exception) -> BadFeatureFile:
                                               f"({type(e).__name__}: {e})")
 
 
-def load_npz(path: str, max_regions: int = MAX_REGIONS) -> Tuple[np.ndarray, np.ndarray]:
-    """Read and validate one feature file -> (region_feats float32 [n, 2048], boxes float32 [n, 4])."""
+def load_npz(path: str, max_regions: int = MAX_REGIONS, regions_first: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+    """Read and validate one feature file -> (region_feats float32 [n, 2048], boxes float32 [n, 4]);
+    regions_first: the file's x is [n, 2048] (GQA) instead of [2048, n] (VQA-v2)."""
     try:
         with np.load(path) as npz:
             arrays = {key: npz[key] for key in ("x", "bbox", "num_bbox") if key in npz.files}
@@ -242,10 +254,10 @@ def load_npz(path: str, max_regions: int = MAX_REGIONS) -> Tuple[np.ndarray, np.
                         f"dataset was built?).") from None
     except Exception as e:  # zipfile.BadZipFile, EOFError, ValueError, OSError, zlib.error, ...
         raise _unreadable(path, e) from None
-    return validate_features(path, arrays, max_regions)
+    return validate_features(path, arrays, max_regions, regions_first)
 
 
-def read_box_count(path: str, max_regions: int = MAX_REGIONS) -> int:
+def read_box_count(path: str, max_regions: int = MAX_REGIONS, regions_first: bool = False) -> int:
     """Number of regions n in a feature file, from the header of 'x' only (no feature data read);
     BadFeatureFile when n is outside MIN_REGIONS..max_regions."""
     try:
@@ -262,9 +274,7 @@ def read_box_count(path: str, max_regions: int = MAX_REGIONS) -> int:
     except Exception as e:
         raise _unreadable(path, e) from None
     if shape is None:
-        return len(load_npz(path, max_regions)[0])
-    if len(shape) != 2 or shape[0] != FEAT_DIM:
-        raise BadFeatureFile(path, "bad_shape",
-                             f"'x' has shape {list(shape)}, expected [{FEAT_DIM}, n] (channels first)")
-    check_box_count(path, int(shape[1]), max_regions)
-    return int(shape[1])
+        return len(load_npz(path, max_regions, regions_first)[0])
+    n = _region_count(path, shape, regions_first)
+    check_box_count(path, n, max_regions)
+    return n

@@ -111,6 +111,7 @@ class Vocab:
     ans_to_ix: Dict[str, int]
     ix_to_ans: Dict[int, str]
     sources: List[str] = field(default_factory=list)  # the files the vocabularies came from
+    max_token: int = MAX_TOKEN  # question ids per question: 14 on VQA-v2, the longest question on GQA
 
     @property
     def token_size(self) -> int:
@@ -123,7 +124,8 @@ class Vocab:
     def to_dict(self) -> dict:
         """The JSON form: the vocabulary cache and the vocab.json written beside checkpoints."""
         return {"token_to_ix": self.token_to_ix, "ans_to_ix": self.ans_to_ix,
-                "ix_to_ans": {str(ix): a for ix, a in self.ix_to_ans.items()}, "sources": self.sources}
+                "ix_to_ans": {str(ix): a for ix, a in self.ix_to_ans.items()}, "sources": self.sources,
+                "max_token": self.max_token}
 
     @classmethod
     def from_dict(cls, raw: dict) -> "Vocab":
@@ -131,7 +133,7 @@ class Vocab:
         return cls(token_to_ix={str(w): int(ix) for w, ix in raw["token_to_ix"].items()},
                    ans_to_ix={str(a): int(ix) for a, ix in raw["ans_to_ix"].items()},
                    ix_to_ans={int(ix): str(a) for ix, a in raw["ix_to_ans"].items()},
-                   sources=list(raw.get("sources", [])))
+                   sources=list(raw.get("sources", [])), max_token=int(raw.get("max_token", MAX_TOKEN)))
 
 
 VOCAB_FILE = "vocab.json"  # written by training beside its checkpoints (ckpt/ckpt_<VERSION>/)
@@ -206,22 +208,34 @@ def build_vocab(data_root: str, cache_dir: str, answer_dict: Optional[str] = Non
     token_paths = [p for p in question_paths.values() if os.path.exists(p)]
     answer_paths = [answer_dict] if answer_dict else [vqa_path(data_root, ANNOTATION_FILES[p]) for p in ANSWER_PARTS]
 
-    key_src = json.dumps([_CACHE_FORMAT, ANSWER_MIN_COUNT, bool(answer_dict)] +
-                         [_file_key(p) for p in token_paths + answer_paths])
-    cache_path = os.path.join(cache_dir, f"vocab_{hashlib.sha1(key_src.encode()).hexdigest()[:16]}.json")
+    def build():
+        token_to_ix = build_token_vocab((read_json(p, "questions") for p in token_paths), progress=progress)
+        if answer_dict:
+            ans_to_ix, _ = read_answer_dict(answer_dict)
+        else:
+            ans_to_ix, _ = build_answer_vocab(read_json(p, "annotations") for p in answer_paths)
+        return token_to_ix, ans_to_ix, MAX_TOKEN
+
+    return cached_vocab(cache_dir, "vocab", [_CACHE_FORMAT, ANSWER_MIN_COUNT, bool(answer_dict)],
+                        token_paths + answer_paths, build)
+
+
+def cached_vocab(cache_dir: str, prefix: str, key: list, input_paths: List[str], build) -> Vocab:
+    """The vocabularies from `<cache_dir>/<prefix>_<hash>.json` when `key` and the input files
+    (path, size, mtime) are unchanged, else from build() -> (token_to_ix, ans_to_ix, max_token),
+    then cached. Building reads large JSON files; reading the cache takes a moment."""
+    key_src = json.dumps(list(key) + [_file_key(p) for p in input_paths])
+    cache_path = os.path.join(cache_dir, f"{prefix}_{hashlib.sha1(key_src.encode()).hexdigest()[:16]}.json")
     if os.path.isfile(cache_path):
         try:
             return read_vocab_file(cache_path)
         except DataError as e:
             warnings.warn(f"vocabulary cache unreadable, rebuilding it: {e}", stacklevel=2)
 
-    token_to_ix = build_token_vocab((read_json(p, "questions") for p in token_paths), progress=progress)
-    if answer_dict:
-        ans_to_ix, ix_to_ans = read_answer_dict(answer_dict)
-    else:
-        ans_to_ix, ix_to_ans = build_answer_vocab(read_json(p, "annotations") for p in answer_paths)
-    vocab = Vocab(token_to_ix, ans_to_ix, ix_to_ans, sources=[os.path.abspath(p) for p in token_paths + answer_paths])
-
+    token_to_ix, ans_to_ix, max_token = build()
+    ix_to_ans = {ix: answer for answer, ix in ans_to_ix.items()}
+    vocab = Vocab(token_to_ix, ans_to_ix, ix_to_ans, sources=[os.path.abspath(p) for p in input_paths],
+                  max_token=max_token)
     os.makedirs(cache_dir, exist_ok=True)
     tmp_path = f"{cache_path}.tmp{os.getpid()}"
     with open(tmp_path, "w", encoding="utf-8") as f:

@@ -16,9 +16,8 @@ import numpy as np
 import paddle
 
 from ..data import DataError
-from ..data.dataset import FailureCheckedLoader, FailureReportingDataset, collate_or_failure, die_with_parent
+from ..data.regions import FailureCheckedLoader, FailureReportingDataset, collate_or_failure, die_with_parent
 from ..inference import build_predictor
-from ..metrics import evaluate as vqa_accuracy
 from ..progress import progress_bar
 from .checkpoint import write_error
 
@@ -38,7 +37,7 @@ class IndexBatches(paddle.io.BatchSampler):
 
 def init_loader_worker(worker_id: int) -> None:
     """Loader workers leave Ctrl-C to the main process, which stops them (no traceback per
-    worker), and end when that process dies (dataset.die_with_parent)."""
+    worker), and end when that process dies (regions.die_with_parent)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent(worker_id)
 
@@ -106,13 +105,14 @@ def evaluate(model, dataset, *, name: str, results_dir: str, batch_size: int, nu
     """Predict every question of `dataset`, write the result file, score it when annotated.
 
     Annotated splits write `results/cache/result_run_<name>.json`; the test split writes
-    `results/result_test/result_run_<name>.json`, ready for EvalAI. With save_pred, the raw
-    logits and question ids go to `results/pred/result_run_<name>.npz`.
+    `results/result_test/result_run_<name>.json`, ready for the test server (EvalAI for VQA-v2).
+    The entries and the metric are the dataset's (`result_entries`, `score`). With save_pred,
+    the raw logits and question ids go to `results/pred/result_run_<name>.npz`.
     """
     logits = predict(model, dataset, batch_size, num_workers, progress, engine=engine, precision=precision)
     answers = answers_from_logits(logits, dataset.vocab.ix_to_ans)
-    results = [{"question_id": int(qid), "answer": ans} for qid, ans in zip(dataset.question_ids, answers)]
-    folder = "cache" if dataset.has_answers else "result_test"
+    results = dataset.result_entries(answers)  # the dataset's result-file format
+    folder = "cache" if dataset.has_answers else dataset.result_folder_test
     result_path = os.path.join(results_dir, folder, f"result_run_{name}.json")
     write_json_atomic(results, result_path)
     pred_path = None
@@ -120,20 +120,14 @@ def evaluate(model, dataset, *, name: str, results_dir: str, batch_size: int, nu
         pred_path = os.path.join(results_dir, "pred", f"result_run_{name}.npz")
         try:
             os.makedirs(os.path.dirname(pred_path), exist_ok=True)
-            np.savez(pred_path, question_ids=np.asarray(dataset.question_ids, dtype=np.int64), logits=logits)
+            np.savez(pred_path, question_ids=np.asarray(dataset.question_ids), logits=logits)
         except OSError as e:
             raise write_error(pred_path, e, "--RESULTS_DIR") from None
     scores = None
     if dataset.has_answers:
         try:
-            scores = vqa_accuracy(dataset.annotations, results)
+            scores = dataset.score(results)  # the dataset's official metric
         except ValueError as e:  # e.g. no annotation of the split has answers to score against
             raise DataError(f"cannot score {result_path} (written): {e}; check the annotation file(s) of "
                             f"split {dataset.split!r} under {dataset.data_root}.") from None
     return EvalResult(scores, result_path, pred_path)
-
-
-def format_scores(scores: dict) -> str:
-    per_type = ", ".join(f"{k}: {v:.2f}" for k, v in sorted(scores["per_answer_type"].items()))
-    skipped = f" ({scores['n_skipped']} without answers not scored)" if scores.get("n_skipped") else ""
-    return f"overall {scores['overall']:.2f} ({per_type}) on {scores['n_questions']} questions{skipped}"

@@ -3,8 +3,11 @@
 - bce: binary cross-entropy with logits against the soft scores 0 / 0.3 / 0.6 / 0.9 / 1.0 of
   each answer (how many of the 10 human answers it matches), the published setting;
 - kld: KL divergence KL(t || softmax(logits)) against t = matches / 10, the original's
-  alternative (openvqa's LOSS_FUNC kld: log-softmax of the logits into KLDivLoss, summed).
-The targets themselves come from the dataset (`data.vocab.answer_scores`, same `loss` key).
+  alternative (openvqa's LOSS_FUNC kld: log-softmax of the logits into KLDivLoss, summed);
+- ce: cross-entropy of softmax(logits) against one answer per question (a one-hot target),
+  the GQA recipe.
+The targets themselves come from the dataset (`data.vocab.answer_scores` on VQA-v2, one-hot
+rows on GQA).
 """
 from __future__ import annotations
 
@@ -20,4 +23,6 @@ def answer_loss(logits, targets, kind: str = "bce"):
     if kind == "kld":
         # sum over t > 0 of t * (log t - log_softmax(logits)); terms with t = 0 contribute 0
         return F.kl_div(F.log_softmax(logits, axis=-1), targets, reduction="sum")
+    if kind == "ce":
+        return -(targets * F.log_softmax(logits, axis=-1)).sum()
     raise ValueError(f"train.loss must be one of {', '.join(LOSSES)}, not {kind!r}")

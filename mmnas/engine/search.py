@@ -28,7 +28,6 @@ import paddle
 import paddle.distributed as dist
 
 from ..config import RunConfig
-from ..data import build_vocab
 from ..models.supernet import SuperNet, genotype_from_choices
 from ..ops.registry import op_names
 from ..progress import progress_bar
@@ -41,7 +40,7 @@ from .interrupt import RunPosition
 from .logger import RunLogger
 from .schedule import base_learning_rate, learning_rate
 from .train import (TrainingError, check_resume, checkpoint_to_resume, ckpt_paths, epoch_seed,
-                    initial_word_vectors, open_dataset, optimizer_state_to_load, optimizer_state_to_save,
+                    initial_word_vectors, open_dataset, open_vocab, optimizer_state_to_load, optimizer_state_to_save,
                     run_logged, _all_reduce_sum)
 
 
@@ -279,7 +278,7 @@ def search(cfg: RunConfig, rank: int = 0, world: int = 1, progress: Optional[boo
 
 def _search(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLogger, position: RunPosition) -> dict:
     tcfg, dcfg, scfg = cfg.train, cfg.data, cfg.search
-    vocab = build_vocab(dcfg.data_root, dcfg.cache_dir, dcfg.answer_dict, progress=progress)
+    vocab = open_vocab(cfg, progress)
     dataset = open_dataset(cfg, dcfg.split, vocab, progress)
     strategy_type = strategy_class(scfg.algorithm)
     costs = position_costs(target_model_config(scfg.target_model), {p: scfg.pools(p) for p in ("enc", "dec")})

@@ -22,12 +22,13 @@ import paddle
 import paddle.distributed as dist
 
 from ..config import RunConfig
-from ..data import VOCAB_FILE, VQADataset, build_vocab, load_word_vectors
+from ..data import VOCAB_FILE, load_word_vectors
+from ..data.datasets import dataset_spec
 from ..models import build_model
 from ..progress import progress_bar
 from ..runtime import amp_context, clip_and_step, make_grad_scaler, maybe_to_static
 from .checkpoint import load_weights, safe_load, save_checkpoint, to_numpy_state, CheckpointError
-from .evaluate import evaluate, format_scores, make_loader, write_json_atomic
+from .evaluate import evaluate, make_loader, write_json_atomic
 from .interrupt import InterruptGuard, RunInterrupted, RunPosition
 from .logger import RunLogger
 from .loss import answer_loss
@@ -128,7 +129,7 @@ def train_one_epoch(model, optimizer, dataset, cfg: RunConfig, epoch: int, steps
             position.step = step_in_epoch + 1
             position.guard.stop_together()  # data parallel: every process stops at the same step
             step = epoch * steps_per_epoch + step_in_epoch + 1  # counted from 1 over the whole run
-            lr = learning_rate(step, epoch, steps_per_epoch, lr_base, tcfg.warmup_epochs,
+            lr = learning_rate(step, epoch, len(dataset) / tcfg.batch_size, lr_base, tcfg.warmup_epochs,
                                tcfg.lr_decay_epochs, tcfg.lr_decay_rate)
             optimizer.set_lr(lr)
             step_loss = 0.0
@@ -222,12 +223,15 @@ def check_batch_split(cfg: RunConfig, world: int) -> None:
                             f"which is not divisible by --ACCU={accu}.")
 
 
-def open_dataset(cfg: RunConfig, split: str, vocab, progress: bool) -> VQADataset:
-    dcfg = cfg.data
-    return VQADataset(dcfg.data_root, split, vocab, preload=dcfg.preload,
-                      drop_missing_images=dcfg.drop_missing_images, loss=cfg.train.loss, progress=progress,
-                      packed_feats=dcfg.packed_feats, max_regions=cfg.model.max_regions,
-                      check_feats=dcfg.check_feats)
+def open_dataset(cfg: RunConfig, split: str, vocab, progress: bool):
+    """The split of cfg.data.dataset (mmnas/data/datasets.py) with the run's data options."""
+    return dataset_spec(cfg.data.dataset).open(cfg.data, split, vocab, cfg.train.loss, cfg.model.max_regions,
+                                               progress)
+
+
+def open_vocab(cfg: RunConfig, progress: bool):
+    """The token and answer vocabularies of cfg.data.dataset (built once, then cached)."""
+    return dataset_spec(cfg.data.dataset).build_vocab(cfg.data, progress)
 
 
 def checkpoint_to_resume(cfg: RunConfig):
@@ -300,7 +304,7 @@ def check_resume(saved, opt_path: str, cfg: RunConfig, steps_per_epoch: int) -> 
 
 def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLogger, position: RunPosition) -> dict:
     tcfg, dcfg = cfg.train, cfg.data
-    vocab = build_vocab(dcfg.data_root, dcfg.cache_dir, dcfg.answer_dict, progress=progress)
+    vocab = open_vocab(cfg, progress)
     train_set = open_dataset(cfg, dcfg.split, vocab, progress)
     val_set = None
     if dcfg.split == "train" and tcfg.eval_every_epoch and rank == 0:
@@ -376,7 +380,7 @@ def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLog
                                   results_dir=cfg.results_dir, batch_size=tcfg.eval_batch_size,
                                   num_workers=dcfg.num_workers, save_pred=tcfg.save_pred, progress=progress,
                                   engine=tcfg.eval_engine, precision=tcfg.eval_precision)
-                line = f"epoch {epoch + 1} val: {format_scores(result.scores)}"
+                line = f"epoch {epoch + 1} val: {val_set.format_scores(result.scores)}"
                 print(line)
                 logger.text(line)
                 logger.scalars({"val/overall": result.scores["overall"],
