@@ -59,7 +59,7 @@ DATASETS = ("vqa", "gqa")  # data.dataset / --DATASET (mmnas/data/datasets.py)
 TRAIN_PARTS = {"vqa": ("train", "val", "vg"), "gqa": ("train", "val")}  # a training split '+'-joins these
 EVAL_SPLITS = {"vqa": ("val",), "gqa": ("val", "testdev")}  # data.eval_split / --EVAL_SPLIT (--RUN=val)
 WORD_VECTOR_SOURCES = ("auto", "spacy", "glove", "none")  # data.word_vectors
-LOSSES = ("bce", "kld", "ce")  # train.loss (mmnas/engine/loss.py)
+LOSSES = ("bce", "kld", "ce")  # train.loss (mmnas/models/loss.py)
 # spellings of a boolean accepted in a quoted YAML string and by the True/False flags
 BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 

@@ -13,9 +13,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
-import numpy as np
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860

@@ -7,8 +7,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from conftest import REPO
 from mmnas.data.synthetic import make_synthetic_vqa
 from mmnas.metrics import evaluate

@@ -4,7 +4,7 @@ import paddle
 import pytest
 
 from mmnas.data.vocab import answer_scores
-from mmnas.engine.loss import answer_loss
+from mmnas.models.loss import answer_loss
 
 
 def _case():

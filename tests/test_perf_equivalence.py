@@ -6,7 +6,6 @@ import math
 import os
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import paddle
@@ -537,7 +536,7 @@ def test_packed_float16_preload_holds_half_the_memory(tmp_path):
 
 
 def test_dataset_warns_when_the_folder_changed_after_packing(tmp_path):
-    from tests.test_data import make_root, tiny_vocab, write_npz
+    from tests.test_data import make_root, tiny_vocab
     from mmnas.data.dataset import VQADataset
     from tools.pack_feats import pack_folder
     root = make_root(tmp_path)

@@ -85,7 +85,7 @@ def test_cli_answer_equals_val_and_the_picture_has_the_image_size(trained, capsy
              if read_image_features(feature_path(trained["data_root"], q["image_id"])).image_w >= 480)
     feats = feature_path(trained["data_root"], q["image_id"])
     out_json = tmp_path / "answer.json"
-    code, out, err = run(["predict", f"--CKPT_V=ask", f"--CKPT_E={EPOCHS}", f"--FEATS={feats}",
+    code, out, err = run(["predict", "--CKPT_V=ask", f"--CKPT_E={EPOCHS}", f"--FEATS={feats}",
                           f"--QUESTION={q['question']}", "--TOPK=4", f"--OUT={out_json}", *trained["dirs"]], capsys)
     assert code == 0, err
     result = json.loads(out_json.read_text())

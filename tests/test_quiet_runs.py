@@ -2,7 +2,6 @@
 USE OMP_NUM_THREADS WISELY"), progress bars that write a few plain lines into a log file instead
 of thousands of carriage returns, a --MODEL help naming every config, and a standalone --RUN=val
 logging beside its training run (log_run_<CKPT_V>.txt)."""
-import argparse
 import io
 import os
 import subprocess

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict
 
 from mmnas.data.features import DataError
 from mmnas.data.vocab import _prep_ans_cached, build_token_vocab, cached_vocab, tokenize

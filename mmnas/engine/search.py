@@ -28,12 +28,12 @@ import paddle
 import paddle.distributed as dist
 
 from ..config import RunConfig
+from ..models.loss import answer_loss
 from ..models.supernet import SuperNet, genotype_from_choices
 from ..ops.registry import op_names
 from ..progress import progress_bar
 from ..search import Partition, SearchStrategy, StepAt, strategy_class
 from ..search.budget import check_feasible, expected_gflops, genotype_gflops, position_costs, target_model_config
-from ..search.strategy import bce_sum
 from .checkpoint import load_weights, safe_load, save_checkpoint, to_numpy_state, write_error
 from .evaluate import make_loader, write_json_atomic
 from .interrupt import RunPosition
@@ -111,8 +111,8 @@ def search_one_epoch(net, strategy: SearchStrategy, weight_opt, arch_opt, datase
             position.step = step_in_epoch + 1
             position.guard.stop_together()  # data parallel: every process stops at the same step
             step = epoch * steps + step_in_epoch + 1
-            lr = learning_rate(step, epoch, steps, lr_base, tcfg.warmup_epochs, tcfg.lr_decay_epochs,
-                               tcfg.lr_decay_rate)
+            lr = learning_rate(step, epoch, len(parts.weight) / tcfg.batch_size, lr_base, tcfg.warmup_epochs,
+                               tcfg.lr_decay_epochs, tcfg.lr_decay_rate)
             with position.guard.deferred():  # Ctrl-C waits for the end of the backward passes (see train.py)
                 out = strategy.train_step(net, weight_opt, arch_opt, batch, lr, rng,
                                           StepAt(epoch, step_in_epoch, steps, tcfg.max_epoch), arch_iter, world)
@@ -134,7 +134,8 @@ def search_one_epoch(net, strategy: SearchStrategy, weight_opt, arch_opt, datase
     return EpochStats(w_loss, steps * per_rank, a_loss, n_arch * per_rank, n_arch, time.time() - start, lr)
 
 
-def score_top_path(model: SuperNet, choices, dataset, indices: np.ndarray, batch_size: int, num_workers: int):
+def score_top_path(model: SuperNet, choices, dataset, indices: np.ndarray, batch_size: int, num_workers: int,
+                   loss: str = "bce"):
     """(mean loss, mean answer score of the predicted answer) of the path `choices` on `indices`.
     The score is the training target of the argmax answer: a quick VQA-accuracy proxy."""
     model.set_path(choices)
@@ -145,7 +146,7 @@ def score_top_path(model: SuperNet, choices, dataset, indices: np.ndarray, batch
         with paddle.no_grad():
             for region_feats, boxes, question_ids, answer_scores, _ in make_loader(dataset, batches, num_workers):
                 logits = model(region_feats, None, boxes, question_ids)
-                loss_sum += float(bce_sum(logits, answer_scores))
+                loss_sum += float(answer_loss(logits, answer_scores, loss))
                 top = logits.argmax(axis=1).numpy()
                 score_sum += float(answer_scores.numpy()[np.arange(len(top)), top].sum())
     finally:
@@ -345,7 +346,7 @@ def _search(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLo
             if scfg.eval_top_path:
                 position.phase = "scoring the top path"
                 summary["top_path_loss"], summary["top_path_score"] = score_top_path(
-                    model, strategy.choices(), dataset, parts.arch, tcfg.eval_batch_size, dcfg.num_workers)
+                    model, strategy.choices(), dataset, parts.arch, tcfg.eval_batch_size, dcfg.num_workers, tcfg.loss)
             params_path, opt_path = ckpt_paths(cfg.ckpt_dir, cfg.version, epoch + 1)
             position.phase = "saving its checkpoint"
             with position.guard.deferred():  # Ctrl-C waits until both files are complete

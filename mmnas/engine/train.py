@@ -25,13 +25,13 @@ from ..config import RunConfig
 from ..data import VOCAB_FILE, load_word_vectors
 from ..data.datasets import dataset_spec
 from ..models import build_model
+from ..models.loss import answer_loss
 from ..progress import progress_bar
 from ..runtime import amp_context, clip_and_step, make_grad_scaler, maybe_to_static
 from .checkpoint import load_weights, safe_load, save_checkpoint, to_numpy_state, CheckpointError
 from .evaluate import evaluate, make_loader, write_json_atomic
 from .interrupt import InterruptGuard, RunInterrupted, RunPosition
 from .logger import RunLogger
-from .loss import answer_loss
 from .resume import mismatched_setting, resume_command
 from .schedule import base_learning_rate, learning_rate
 from .watch_attention import HPARAM_METRICS, AttentionWatch, hparams_of

@@ -21,9 +21,10 @@ import contextlib
 import numpy as np
 import paddle
 
-from ..runtime import clip_grad_norm_
+from ..models.loss import answer_loss
 from ..models.supernet import SuperNet
-from .strategy import (Partition, SearchStrategy, StepAt, all_reduce_array, bce_sum, partition_split,
+from ..runtime import clip_grad_norm_
+from .strategy import (Partition, SearchStrategy, StepAt, all_reduce_array, partition_split,
                        register_strategy, sub_batches)
 
 
@@ -35,22 +36,18 @@ def weight_step(net, model: SuperNet, optimizer, batch, lr: float, cfg, rng: np.
     for last, (region_feats, boxes, question_ids, answer_scores) in sub_batches(batch, cfg.train.accu):
         sync = net.no_sync() if (world > 1 and not last) else contextlib.nullcontext()
         with sync:
-            loss = bce_sum(net(region_feats, None, boxes, question_ids), answer_scores)
+            loss = answer_loss(net(region_feats, None, boxes, question_ids), answer_scores, cfg.train.loss)
             (loss * world).backward()  # DataParallel averages: x world gives the global sum
         loss_sum += float(loss)
     # DataParallel zero-fills the gradients of unused candidates; drop them so Adam skips them
     for p in model.inactive_parameters():
         p.clear_gradient(False)
     params = [p for p in model.weight_parameters() if p.grad is not None]
-    grad_norm = clip_grad_norm_(params, weight_clip(cfg.train.grad_clip))
+    grad_norm = clip_grad_norm_(params, cfg.train.grad_clip)  # 0: no clipping, the norm is still measured
     optimizer.step()
     optimizer.clear_grad(set_to_zero=False)  # None, not zero: a zero grad would still move Adam
     return loss_sum, float(grad_norm)
 
-
-def weight_clip(grad_clip: float) -> float:
-    """train.grad_clip, with <= 0 meaning no clipping (the norm is still measured)."""
-    return grad_clip if grad_clip > 0 else float("inf")
 
 
 def arch_step(net, model: SuperNet, arch_optimizer, weight_optimizer, batch, cfg, rng: np.random.Generator,
@@ -64,7 +61,7 @@ def arch_step(net, model: SuperNet, arch_optimizer, weight_optimizer, batch, cfg
     sync = net.no_sync() if world > 1 else contextlib.nullcontext()  # alpha grads reduced below
     with sync:
         for _, (region_feats, boxes, question_ids, answer_scores) in sub_batches(batch, cfg.train.accu):
-            loss = bce_sum(net(region_feats, None, boxes, question_ids), answer_scores)
+            loss = answer_loss(net(region_feats, None, boxes, question_ids), answer_scores, cfg.train.loss)
             loss.backward()
             loss_sum += float(loss)
     grads = model.alpha_grads()  # per position, numpy

@@ -30,9 +30,9 @@ import paddle
 import paddle.nn.functional as F
 
 from ..config import TAU_ANNEALS
+from ..models.loss import answer_loss
 from ..runtime import clip_grad_norm_
-from .binary_gate import weight_clip
-from .strategy import (Partition, SearchStrategy, StepAt, all_reduce_array, bce_sum, partition_split,
+from .strategy import (Partition, SearchStrategy, StepAt, all_reduce_array, partition_split,
                        register_strategy, sub_batches)
 
 
@@ -103,7 +103,7 @@ class SNAS(SearchStrategy):
             self.sample(noise, tau)
             sync = net.no_sync() if (world > 1 and not last) else contextlib.nullcontext()
             with sync:
-                loss = bce_sum(net(region_feats, None, boxes, question_ids), answer_scores)
+                loss = answer_loss(net(region_feats, None, boxes, question_ids), answer_scores, self.cfg.train.loss)
                 (loss * world).backward()  # DataParallel averages the weights' gradients: x world = sum
             loss_sum += float(loss)
         for p in model.inactive_parameters():  # zero-filled by DataParallel: not on the sampled path
@@ -121,7 +121,7 @@ class SNAS(SearchStrategy):
         if scfg.arch_grad_clip > 0:
             clip_grad_norm_(alphas, scfg.arch_grad_clip)
         params = [p for p in model.weight_parameters() if p.grad is not None]
-        grad_norm = clip_grad_norm_(params, weight_clip(self.cfg.train.grad_clip))
+        grad_norm = clip_grad_norm_(params, self.cfg.train.grad_clip)  # 0: no clipping
         weight_opt.step()
         arch_opt.step()
         weight_opt.clear_grad(set_to_zero=False)

@@ -25,7 +25,6 @@ from typing import Dict, Iterator, List, NamedTuple, Optional, Type
 
 import numpy as np
 import paddle
-import paddle.nn.functional as F
 
 from ..config import ConfigError, RunConfig
 from ..models.supernet import SuperNet, genotype_from_choices
@@ -83,10 +82,6 @@ class StepAt(NamedTuple):
     def progress(self) -> float:
         """Fraction of the run done before this step, in [0, 1)."""
         return (self.epoch * self.steps + self.step) / (self.epochs * self.steps)
-
-
-def bce_sum(logits, targets):
-    return F.binary_cross_entropy_with_logits(logits, targets, reduction="sum")
 
 
 def sub_batches(batch, accu: int):

@@ -1,4 +1,5 @@
-"""The answer loss of the original recipe, `train.loss` in the config; summed over the batch.
+"""The answer loss, `train.loss` in the config, summed over the batch: one definition for
+training (engine/train.py) and every search strategy (mmnas/search/).
 
 - bce: binary cross-entropy with logits against the soft scores 0 / 0.3 / 0.6 / 0.9 / 1.0 of
   each answer (how many of the 10 human answers it matches), the published setting;
