@@ -41,7 +41,8 @@ def kernels_enabled(environ=os.environ) -> bool:
 
 def use_fast(x) -> bool:
     """True where the forms below apply: switched on, eager mode, CPU, float32, not empty."""
-    return (kernels_enabled() and paddle.in_dynamic_mode() and x.place.is_cpu_place()
+    # in_dynamic_mode first: under paddle.jit.to_static the rest is never evaluated
+    return (paddle.in_dynamic_mode() and kernels_enabled() and x.place.is_cpu_place()
             and x.dtype == paddle.float32 and int(np.prod(x.shape)) > 0)
 
 
