@@ -307,6 +307,16 @@ def test_check_feats_agrees_with_training(clean_root, tmp_path, fault):
     assert len(errors) == 1 and errors[0][1] in str(refused.value)
 
 
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_unreadable_permissions_named(clean_root, tmp_path):
+    path = str(tmp_path / "COCO_train2014_000000000001.jpg.npz")
+    shutil.copy(feature_files(clean_root, "train2014")[0], path)
+    os.chmod(path, 0)
+    for read in (load_npz, read_box_count):
+        with pytest.raises(DataError, match=r"permission denied. Fix: make it readable by this user"):
+            read(path)
+
+
 def test_box_range_is_model_max_regions(root):
     """150 boxes: refused with the default max_regions (also from the header alone), accepted when
     model.max_regions allows it, through the same open_dataset the engine uses."""

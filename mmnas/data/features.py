@@ -7,8 +7,10 @@ Layout under `<data_root>/vqa/` (see README.md, section "Real VQA-v2 data"):
     raw/VG_questions.json, raw/VG_annotations.json
     feats/{train2014,val2014,test2015}/COCO_<split>_<12-digit image id>.jpg.npz
 
-A bad file must stop the run before training starts, with a message that names the file,
-says what is wrong with it and how to fix it. Every error here is a `DataError`.
+A bad file stops the run with a message that names the file, says what is wrong with it and
+how to fix it: raw files and feature-file headers before training starts, a feature file's
+contents when a batch first reads it (or all of them up front with --CHECK_FEATS=True).
+Every error here is a `DataError`.
 """
 from __future__ import annotations
 
@@ -235,6 +237,11 @@ def _unreadable(path: str, e: Exception) -> BadFeatureFile:
                                               f"({type(e).__name__}: {e})")
 
 
+def _not_permitted(path: str) -> BadFeatureFile:
+    return BadFeatureFile(path, "unreadable", "permission denied",
+                          fix="make it readable by this user (e.g. chmod a+r), or run as its owner")
+
+
 def load_npz(path: str, max_regions: int = MAX_REGIONS) -> Tuple[np.ndarray, np.ndarray]:
     """Read and validate one feature file -> (region_feats float32 [n, 2048], boxes float32 [n, 4])."""
     try:
@@ -246,6 +253,8 @@ def load_npz(path: str, max_regions: int = MAX_REGIONS) -> Tuple[np.ndarray, np.
     except FileNotFoundError:
         raise DataError(f"feature file {path} does not exist (was it moved or deleted after the "
                         f"dataset was built?).") from None
+    except PermissionError:
+        raise _not_permitted(path) from None
     except Exception as e:  # zipfile.BadZipFile, EOFError, ValueError, OSError, zlib.error, ...
         raise _unreadable(path, e) from None
     return validate_features(path, arrays, max_regions)
@@ -265,6 +274,8 @@ def read_box_count(path: str, max_regions: int = MAX_REGIONS) -> int:
                 shape = None
     except KeyError:
         raise BadFeatureFile(path, "missing_keys", "key 'x' is missing") from None
+    except PermissionError:
+        raise _not_permitted(path) from None
     except Exception as e:
         raise _unreadable(path, e) from None
     if shape is None:
