@@ -22,7 +22,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 
-from mmnas.data.features import MAX_REGIONS, BadFeatureFile, validate_features
+from mmnas.data.features import FEAT_DIM, MAX_REGIONS, BadFeatureFile, validate_features
 
 USUAL_MIN_REGIONS = 10  # fewer regions than this is legal but unusual for bottom-up features: a warning
 
@@ -60,6 +60,9 @@ def inspect_file(path: str, max_regions: int = MAX_REGIONS, min_regions: int = U
         problems.append(("unreadable", f"{type(e).__name__}: {e}"))
         return result
     result["readable"] = True
+    x = arrays.get("x")
+    if x is not None and x.ndim == 2 and x.shape[0] == FEAT_DIM:
+        result["n"] = x.shape[1]  # in the histogram even when n is out of range
     try:
         validate_features(path, arrays, max_regions)
     except BadFeatureFile as e:
@@ -69,7 +72,6 @@ def inspect_file(path: str, max_regions: int = MAX_REGIONS, min_regions: int = U
 
     x, bbox = arrays["x"], arrays["bbox"]
     n = x.shape[1]
-    result["n"] = n
     missing_meta = [k for k in ("image_h", "image_w", "num_bbox") if k not in arrays]
     if missing_meta:
         problems.append(("missing_meta", f"missing {missing_meta}"))

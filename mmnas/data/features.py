@@ -212,8 +212,10 @@ def validate_features(path: str, arrays, max_regions: int = MAX_REGIONS) -> Tupl
     if bbox.ndim != 2 or bbox.shape != (n, 4):
         raise BadFeatureFile(path, "bad_shape", f"'bbox' has shape {list(bbox.shape)} but 'x' has n={n} regions; "
                                                 f"expected [{n}, 4]")
-    if "num_bbox" in arrays and np.asarray(arrays["num_bbox"]).size == 1 and int(arrays["num_bbox"]) != n:
-        raise BadFeatureFile(path, "bad_shape", f"'num_bbox' = {int(arrays['num_bbox'])} but 'x' has n={n} regions")
+    num_bbox = np.asarray(arrays.get("num_bbox", n)).reshape(-1)
+    if num_bbox.size != 1 or not np.issubdtype(num_bbox.dtype, np.number) or num_bbox[0] != n:
+        value = num_bbox[0].item() if num_bbox.size == 1 else num_bbox.tolist()
+        raise BadFeatureFile(path, "bad_shape", f"'num_bbox' = {_short(value)} but 'x' has n={n} regions")
     for name, arr in (("x", x), ("bbox", bbox)):
         if not (np.issubdtype(arr.dtype, np.number) and not np.issubdtype(arr.dtype, np.complexfloating)):
             raise BadFeatureFile(path, "bad_shape", f"'{name}' has dtype {arr.dtype}, expected real numbers")
