@@ -91,6 +91,8 @@ def rewrite(path, fault):
         arrays["bbox"] = bbox[:-1]
     elif fault == "num_bbox":
         arrays["num_bbox"] = np.int64(n + 4)
+    elif fault == "num_bbox_nan":
+        arrays["num_bbox"] = np.float64("nan")
     elif fault == "too_many":
         rng = np.random.default_rng(0)
         x1y1 = rng.uniform(0, 100, (150, 2))
@@ -121,6 +123,7 @@ FAULT_MESSAGES = {
     "inverted": r"1 box\(es\) have x2 < x1 or y2 < y1 \(first: row 1",
     "n_mismatch": r"'bbox' has shape \[\d+, 4\] but 'x' has n=\d+ regions",
     "num_bbox": r"'num_bbox' = \d+ but 'x' has n=\d+ regions",
+    "num_bbox_nan": r"'num_bbox' = nan but 'x' has n=\d+ regions",
     "too_many": r"'x' holds 150 regions, more than model.max_regions=100",
     "truncated": r"cannot be read, it is truncated or not an .npz",
     "corrupt_bytes": r"cannot be read, it is truncated or not an .npz \(BadZipFile: Bad CRC-32",
@@ -308,6 +311,16 @@ def test_check_feats_agrees_with_training(clean_root, tmp_path, fault):
     assert len(errors) == 1 and errors[0][1] in str(refused.value)
 
 
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_unreadable_permissions_named(clean_root, tmp_path):
+    path = str(tmp_path / "COCO_train2014_000000000001.jpg.npz")
+    shutil.copy(feature_files(clean_root, "train2014")[0], path)
+    os.chmod(path, 0)
+    for read in (load_npz, read_box_count):
+        with pytest.raises(DataError, match=r"permission denied. Fix: make it readable by this user"):
+            read(path)
+
+
 def test_box_range_is_model_max_regions(root):
     """150 boxes: refused with the default max_regions (also from the header alone), accepted when
     model.max_regions allows it, through the same open_dataset the engine uses."""
@@ -320,7 +333,8 @@ def test_box_range_is_model_max_regions(root):
         read_box_count(victim)
     assert read_box_count(victim, max_regions=150) == 150
     assert check_feats(os.path.dirname(victim), workers=1, progress=False, max_regions=150)["ok"]
-    assert not check_feats(os.path.dirname(victim), workers=1, progress=False)["ok"]
+    refused = check_feats(os.path.dirname(victim), workers=1, progress=False)
+    assert not refused["ok"] and refused["box_count_hist"]["150"] == 1  # still in the histogram
 
     cfg = load_config("tiny")
     cfg.data.data_root, cfg.data.cache_dir = root, os.path.join(os.path.dirname(root), "cache")

@@ -26,7 +26,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 
-from mmnas.data.features import MAX_REGIONS, BadFeatureFile, validate_features
+from mmnas.data.features import FEAT_DIM, MAX_REGIONS, BadFeatureFile, validate_features
 
 # per dataset: x regions first?, the image-size keys (width, height), the metadata keys expected
 LAYOUTS = {"vqa": (False, ("image_w", "image_h"), ("image_h", "image_w", "num_bbox")),
@@ -71,6 +71,10 @@ def inspect_file(path: str, max_regions: int = MAX_REGIONS, min_regions: int = U
         problems.append(("unreadable", f"{type(e).__name__}: {e}"))
         return result
     result["readable"] = True
+    x = arrays.get("x")
+    regions_axis = 0 if regions_first else 1
+    if x is not None and x.ndim == 2 and x.shape[1 - regions_axis] == FEAT_DIM:
+        result["n"] = x.shape[regions_axis]  # in the histogram even when n is out of range
     try:
         validate_features(path, arrays, max_regions, regions_first)
     except BadFeatureFile as e:
@@ -82,7 +86,6 @@ def inspect_file(path: str, max_regions: int = MAX_REGIONS, min_regions: int = U
     if regions_first:
         x = x.T  # [2048, n] below, as in the VQA-v2 files
     n = x.shape[1]
-    result["n"] = n
     missing_meta = [k for k in meta_keys if k not in arrays]
     if missing_meta:
         problems.append(("missing_meta", f"missing {missing_meta}"))

@@ -7,8 +7,10 @@ Layout under `<data_root>/vqa/` (see README.md, section "Real VQA-v2 data"):
     raw/VG_questions.json, raw/VG_annotations.json
     feats/{train2014,val2014,test2015}/COCO_<split>_<12-digit image id>.jpg.npz
 
-A bad file must stop the run before training starts, with a message that names the file,
-says what is wrong with it and how to fix it. Every error here is a `DataError`.
+A bad file stops the run with a message that names the file, says what is wrong with it and
+how to fix it: raw files and feature-file headers before training starts, a feature file's
+contents when a batch first reads it (or all of them up front with --CHECK_FEATS=True).
+Every error here is a `DataError`.
 """
 from __future__ import annotations
 
@@ -215,8 +217,10 @@ def validate_features(path: str, arrays, max_regions: int = MAX_REGIONS,
     if bbox.ndim != 2 or bbox.shape != (n, 4):
         raise BadFeatureFile(path, "bad_shape", f"'bbox' has shape {list(bbox.shape)} but 'x' has n={n} regions; "
                                                 f"expected [{n}, 4]")
-    if "num_bbox" in arrays and np.asarray(arrays["num_bbox"]).size == 1 and int(arrays["num_bbox"]) != n:
-        raise BadFeatureFile(path, "bad_shape", f"'num_bbox' = {int(arrays['num_bbox'])} but 'x' has n={n} regions")
+    num_bbox = np.asarray(arrays.get("num_bbox", n)).reshape(-1)
+    if num_bbox.size != 1 or not np.issubdtype(num_bbox.dtype, np.number) or num_bbox[0] != n:
+        value = num_bbox[0].item() if num_bbox.size == 1 else num_bbox.tolist()
+        raise BadFeatureFile(path, "bad_shape", f"'num_bbox' = {_short(value)} but 'x' has n={n} regions")
     for name, arr in (("x", x), ("bbox", bbox)):
         if not (np.issubdtype(arr.dtype, np.number) and not np.issubdtype(arr.dtype, np.complexfloating)):
             raise BadFeatureFile(path, "bad_shape", f"'{name}' has dtype {arr.dtype}, expected real numbers")
@@ -240,6 +244,11 @@ def _unreadable(path: str, e: Exception) -> BadFeatureFile:
                                               f"({type(e).__name__}: {e})")
 
 
+def _not_permitted(path: str) -> BadFeatureFile:
+    return BadFeatureFile(path, "unreadable", "permission denied",
+                          fix="make it readable by this user (e.g. chmod a+r), or run as its owner")
+
+
 def load_npz(path: str, max_regions: int = MAX_REGIONS, regions_first: bool = False) -> Tuple[np.ndarray, np.ndarray]:
     """Read and validate one feature file -> (region_feats float32 [n, 2048], boxes float32 [n, 4]);
     regions_first: the file's x is [n, 2048] (GQA) instead of [2048, n] (VQA-v2)."""
@@ -252,6 +261,8 @@ def load_npz(path: str, max_regions: int = MAX_REGIONS, regions_first: bool = Fa
     except FileNotFoundError:
         raise DataError(f"feature file {path} does not exist (was it moved or deleted after the "
                         f"dataset was built?).") from None
+    except PermissionError:
+        raise _not_permitted(path) from None
     except Exception as e:  # zipfile.BadZipFile, EOFError, ValueError, OSError, zlib.error, ...
         raise _unreadable(path, e) from None
     return validate_features(path, arrays, max_regions, regions_first)
@@ -271,6 +282,8 @@ def read_box_count(path: str, max_regions: int = MAX_REGIONS, regions_first: boo
                 shape = None
     except KeyError:
         raise BadFeatureFile(path, "missing_keys", "key 'x' is missing") from None
+    except PermissionError:
+        raise _not_permitted(path) from None
     except Exception as e:
         raise _unreadable(path, e) from None
     if shape is None:
