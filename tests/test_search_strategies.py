@@ -25,7 +25,7 @@ from mmnas.search import StepAt, strategy_class, strategy_names
 from mmnas.search.budget import (expected_gflops, fit_budget, genotype_gflops, position_costs,
                                  target_model_config)
 from mmnas.search.snas import SNAS, sample_position, temperature
-from mmnas.search.strategy import bce_sum
+from mmnas.models.loss import answer_loss
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(os.path.dirname(HERE), "configs")
@@ -120,7 +120,7 @@ def test_toy_op_registered_from_the_test_alone_is_searchable_and_trainable(toy_o
     model = MMNasNet(model_cfg, 40, 6)
     optimizer = paddle.optimizer.Adam(learning_rate=1e-2, parameters=model.parameters())
     feats, boxes, ids, scores = random_batch(np.random.default_rng(2))
-    loss = bce_sum(model(feats, None, boxes, ids), scores)
+    loss = answer_loss(model(feats, None, boxes, ids), scores)
     loss.backward()
     optimizer.step()
     assert np.isfinite(float(loss))
@@ -224,7 +224,7 @@ def test_snas_steps_weights_and_logits_on_the_same_batch():
     rng = np.random.default_rng(6)
     strategy.sample([rng.gumbel(size=len(m.ops)) for m in net.mixed_ops()], strategy.temperature(at))
     feats, boxes, ids, scores = batch
-    bce_sum(net(feats, None, boxes, ids), scores).backward()
+    answer_loss(net(feats, None, boxes, ids), scores).backward()
     grads = {p.name: p.grad.numpy().copy() for p in net.parameters() if p.grad is not None}
     alphas = {p.name: p.numpy().copy() for p in net.arch_parameters()}
     net.clear_gradients(set_to_zero=False)
