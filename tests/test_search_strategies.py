@@ -58,7 +58,7 @@ def snas_run_cfg(model_cfg=None, **search):
                                        "enc_ops": ["SA", "FFN", "skip"], "dec_ops": ["SA", "GA", "RSA", "FFN", "skip"],
                                        "arch_lr": 3e-4, "arch_betas": [0.5, 0.999], "arch_weight_decay": 1e-3,
                                        **search},
-                            "train": {"grad_clip": -1, "lr_base": 1e-3}})
+                            "train": {"grad_clip": 0, "lr_base": 1e-3}})
     cfg.model = model_cfg or tiny_model_cfg()
     return cfg
 
@@ -130,7 +130,7 @@ def test_toy_op_registered_from_the_test_alone_is_searchable_and_trainable(toy_o
 
 def test_without_registration_the_toy_op_is_refused():
     assert "TOY" not in op_names(search=True)
-    with pytest.raises(ConfigError, match="unknown op"):
+    with pytest.raises(ConfigError, match="is 'TOY'; expected .* each one of SA, FFN"):
         tiny_model_cfg(enc=["TOY"]).validate()
     with pytest.raises(ConfigError, match="position 0"):
         SearchConfig(enc_ops=["SA", "TOY"]).validate()
@@ -368,11 +368,14 @@ def test_snas_search_resumes_exactly_and_reports(tmp_path, synthetic_root):
         assert report["top_ops"] == {part: [ops[int(np.argmax(p))] for ops, p in zip(report["ops"][part], report["probabilities"][part])]
                                      for part in ("enc", "dec")}
         assert report["gflops"] == pytest.approx(genotype_gflops(load_config("small").model, report["genotype"]), abs=1e-4)
-    # the resumed run refuses a different algorithm
+    # resumed under a binary_gate config, the run takes the checkpoint's search settings
+    # (engine/resume.py restores them) and ends exactly as the uninterrupted SNAS search
     code = cli_main(["--RUN=search", f"--MODEL={reference.search_yaml(str(tmp_path))}", f"--DATA_ROOT={synthetic_root}",
-                     "--RESUME=True", "--CKPT_V=part", "--CKPT_E=2", "--MAX_EPOCH=3", "--VERSION=wrong",
+                     "--RESUME=True", "--CKPT_V=part", "--CKPT_E=2", "--MAX_EPOCH=3", "--VERSION=other",
                      f"--CKPT_DIR={tmp_path / 'ckpt'}", f"--RESULTS_DIR={tmp_path / 'results'}"])
-    assert code == 2
+    assert code == 0
+    other = json.load(open(folder / "other" / "epoch3.json"))
+    assert other["algorithm"] == "snas" and other["probabilities"] == reports[-1]["probabilities"]
 
 
 def budget_search(tmp_path, root, algorithm, flops_weight, version):
