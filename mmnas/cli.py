@@ -217,11 +217,11 @@ def check_paths(cfg: RunConfig, args: argparse.Namespace) -> None:
                 raise UsageError(f"--CKPT_PATH={weights} does not exist; expected a weights file (.pdparams).")
             raise UsageError(f"--CKPT_V={cfg.ckpt_version} --CKPT_E={cfg.ckpt_epoch} names {weights}, which does "
                              f"not exist; check the version and epoch (or --CKPT_DIR).")
-    if not os.path.isdir(cfg.data.data_root):
+    if not os.path.isdir(cfg.data.data_root) and cfg.run != "predict":  # predict reads data only without a vocab
         given = (f"--DATA_ROOT={cfg.data.data_root}" if args.DATA_ROOT is not None else
                  f"data.data_root={cfg.data.data_root} (from {cfg.config_path}; --DATA_ROOT overrides it)")
-        raise UsageError(f"{given} is not an existing folder; expected the folder holding vqa/raw and vqa/feats "
-                         f"(README.md, \"Real VQA-v2 data\").")
+        raise UsageError(f"{given} is not an existing folder; expected the folder holding {cfg.data.dataset}/raw "
+                         f"and {cfg.data.dataset}/feats (README.md, \"Real VQA-v2 data\" or \"GQA\").")
 
 
 def checkpoint_for_eval(cfg: RunConfig):

@@ -222,7 +222,7 @@ def test_ctrl_c_at_a_random_moment_then_the_printed_command_resumes_exactly(worl
 
 def test_ctrl_c_before_the_first_checkpoint_has_nothing_to_resume(world, tmp_path):
     run = Run(run_args(world, tmp_path, "early"), tmp_path)
-    run.wait_for(rf"epoch 1/{EPOCHS}:\s+\d+%\|[^|]*\| [1-5]/7")
+    run.wait_for(rf"epoch 1/{EPOCHS}:\s+0%")  # the bar starts with the epoch (in a pipe it prints no step lines)
     run.interrupt()
     assert run.finish() == 130, run.stderr[-3000:]
     match = the_interrupt_line(run.stderr)
@@ -349,7 +349,7 @@ def test_a_second_run_of_the_same_version_is_refused_and_a_killed_run_leaves_no_
     long_run[long_run.index(f"--MAX_EPOCH={EPOCHS}")] = "--MAX_EPOCH=200"
     owner = Run(long_run, tmp_path)
     try:
-        owner.wait_for(r"epoch 1/200:\s+\d+%\|[^|]*\| [1-7]/7")
+        owner.wait_for(r"epoch 1/200:\s+0%")
         # the same VERSION, train or search, same folders or only the same log: refused at once
         for run, folders in (("train", []), ("search", []),
                              ("train", [f"--CKPT_DIR={tmp_path / 'other_ckpt'}"])):
@@ -467,7 +467,9 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(world, tmp_path, m
     assert (f"error: cannot write {target}: No space left on device; free some space or choose another "
             f"--CKPT_DIR") in err, err[-3000:]
     assert "Traceback" not in err
-    assert sorted(n for n in os.listdir(full / "ckpt_full") if not n.startswith(".run")) == sorted(files)
+    # vocab.json is rewritten when the run starts (it fits); the lock and it aside, only epoch 1 is there
+    assert sorted(n for n in os.listdir(full / "ckpt_full")
+                  if not n.startswith(".run") and n != "vocab.json") == sorted(files)
     for name, data in files.items():
         assert (full / "ckpt_full" / name).read_bytes() == data
 
