@@ -20,6 +20,7 @@ rate measured right before that engine's pass.
     python bench/eval.py [--model small|large] [--n100] [--questions 1024] [--batch 256]
                          [--engines dygraph,inference,...] [--repeats 2]
 """
+import importlib.util
 import json
 import os
 import sys
@@ -66,9 +67,7 @@ def build_engines(names, model, cfg, threads):
             except OnnxUnavailable as e:
                 skipped[name] = str(e)
         elif name in ("torch", "torch_bf16"):
-            try:
-                import torch
-            except ImportError:
+            if importlib.util.find_spec("torch") is None:
                 skipped[name] = "torch is not installed (pip install torch==2.13.0)"
                 continue
             if name == "torch_bf16" and not bf16_cpu:

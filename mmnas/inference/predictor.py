@@ -35,7 +35,9 @@ from .. import runtime
 ENGINES = ("auto", "dygraph", "inference")
 PRECISIONS = ("fp32", "bf16")
 # On the 2-core AMD EPYC this was built on, bench/eval.py measured the dygraph model (with the
-# numpy kernels of ops/fast.py on both cores) faster than Paddle Inference + oneDNN in fp32.
+# numpy kernels of ops/fast.py on both cores) faster than Paddle Inference + oneDNN in fp32 at
+# n = 100 and level with it at mixed n, per unit of GEMM rate (README "Evaluation engines"); it
+# also needs no export.
 FASTEST_FP32_CPU_ENGINE = "dygraph"
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of oneDNN's bf16 paths
 
