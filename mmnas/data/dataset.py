@@ -16,7 +16,7 @@ from mmnas.config import LOSSES, TRAIN_SPLITS
 from mmnas.data.features import (ANNOTATION_FILES, FEATURE_DIRS, MAX_REGIONS, QUESTION_FILES, README_DATA,
                                   DataError, check_raw_files, feature_index, read_json)
 from mmnas.data.regions import RegionDataset
-from mmnas.data.vocab import Vocab, answer_scores, encode_question
+from mmnas.data.vocab import Vocab, answer_scores
 from mmnas.metrics import evaluate as vqa_accuracy
 
 EVAL_SPLITS = ("val", "test")
@@ -99,14 +99,10 @@ class VQADataset(RegionDataset):
                             f"questions with drop_missing_images=True (CLI flag --DROP_MISSING).")
         warnings.warn(f"{what}. Dropping them (drop_missing_images=True).", stacklevel=3)
 
-    def __len__(self) -> int:
-        return len(self.question_ids)
-
     def __getitem__(self, i):
         i = int(i)
         region_feats, boxes = self.region_arrays(i)  # [n, 2048], [n, 4]
-        question_ids = encode_question(self._question_texts[i], self.vocab.token_to_ix,
-                                       self.vocab.max_token)  # [14]
+        question_ids = self.encoded_question(i)  # [14]
         if self.has_answers:
             scores = answer_scores(self.annotations[i]["answers"], self.vocab.ans_to_ix, self.loss)  # [A]
         else:

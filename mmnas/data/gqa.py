@@ -19,7 +19,7 @@ from mmnas.data.features import DataError
 from mmnas.data.gqa_files import (ANSWERED_PARTS, CHOICES_FILES, FEATURE_DIR, QUESTION_FILES, README_GQA,
                                   gqa_path, read_questions)
 from mmnas.data.regions import RegionDataset
-from mmnas.data.vocab import Vocab, _prep_ans_cached, encode_question
+from mmnas.data.vocab import Vocab, _prep_ans_cached
 from mmnas.metrics.gqa_accuracy import evaluate as gqa_accuracy
 from mmnas.metrics.gqa_accuracy import format_scores as format_gqa_scores
 
@@ -105,14 +105,10 @@ class GQADataset(RegionDataset):
             raise DataError(f"GQA choices file {path} must be an object {{question id: {{valid, plausible}}}}.")
         return choices
 
-    def __len__(self) -> int:
-        return len(self.question_ids)
-
     def __getitem__(self, i):
         i = int(i)
         region_feats, boxes = self.region_arrays(i)  # [n, 2048], [n, 4]
-        question_ids = encode_question(self._question_texts[i], self.vocab.token_to_ix,
-                                       self.vocab.max_token)  # [max_token]
+        question_ids = self.encoded_question(i)  # [max_token]
         target = np.zeros(self.vocab.answer_size, dtype=np.float32)  # [A]: one-hot of the answer
         if self.has_answers and self._answer_ix[i] >= 0:
             target[self._answer_ix[i]] = 1.0

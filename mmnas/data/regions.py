@@ -29,6 +29,7 @@ import paddle
 from mmnas.data.features import (FEAT_DIM, BadFeatureFile, DataError, check_box_count, load_npz,
                                   read_box_count)
 from mmnas.data.packed import PackedFeatures, is_store, store_dir_for
+from mmnas.data.vocab import encode_question
 from mmnas.progress import progress_bar
 
 
@@ -194,8 +195,15 @@ class RegionDataset(paddle.io.Dataset):
     def image_path(self, i: int) -> str:
         return self._image_paths[self._item_image[i]]
 
+    def __len__(self) -> int:
+        return len(self.question_ids)
+
     def question_text(self, i: int) -> str:
         return self._question_texts[i]
+
+    def encoded_question(self, i: int) -> np.ndarray:
+        """int64 [vocab.max_token]: item i's question as word ids (UNK for unknown words, 0-padded)."""
+        return encode_question(self._question_texts[i], self.vocab.token_to_ix, self.vocab.max_token)
 
     def region_arrays(self, i: int) -> Tuple[np.ndarray, np.ndarray]:
         """(region_feats float32 [n, 2048], boxes float32 [n, 4]) of item i's image; preloaded
