@@ -143,6 +143,18 @@ def test_tiny_mmnasnet_learns_synthetic_gqa(tmp_path):
     majority = 100 * summary["val_majority_share"]
     print(f"synthetic GQA val: accuracy {accuracy:.2f} vs majority {majority:.2f}")
     assert accuracy >= majority + 12
+    # predict on a GQA feature file (regions-first layout) answers as --RUN=val did, with softmax scores
+    val_entries = json.load(open(tmp_path / "results" / "cache" / "result_run_g_epoch5.json"))
+    questions = read(str(data), "val")
+    entry = val_entries[0]
+    image = questions[entry["questionId"]]["imageId"]
+    out_json = tmp_path / "answer.json"
+    asked = run("--RUN=predict", "--CKPT_V=g", "--CKPT_E=5", f"--OUT={out_json}",
+                f"--FEATS={data / 'gqa' / 'feats' / 'gqa-frcn' / (image + '.npz')}",
+                f"--QUESTION={questions[entry['questionId']]['question']}")
+    assert asked.returncode == 0, asked.stderr[-3000:]
+    answers = json.load(open(out_json))["answers"]
+    assert answers[0]["answer"] == entry["prediction"] and sum(a["score"] for a in answers) <= 1.0 + 1e-6
     testdev = run("--RUN=val", "--CKPT_V=g", "--CKPT_E=5", "--EVAL_SPLIT=testdev")
     assert testdev.returncode == 0 and "testdev: accuracy" in testdev.stdout
     test = run("--RUN=test", "--CKPT_V=g", "--CKPT_E=5")

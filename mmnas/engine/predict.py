@@ -11,6 +11,7 @@ the data files as --RUN=val/test build them; one that does not fit the weights i
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
@@ -21,7 +22,8 @@ import paddle
 
 from ..config import ModelConfig, RunConfig, load_config
 from ..data import VOCAB_FILE, DataError, Vocab, build_vocab, encode_question, load_npz, read_vocab_file, tokenize
-from ..data.features import FEAT_DIM
+from ..data.datasets import dataset_spec
+from ..data.features import FEAT_DIM, BadFeatureFile
 from ..data.vocab import MAX_TOKEN
 from ..models import build_model
 from .checkpoint import extract_state_dict, load_weights, safe_load
@@ -66,7 +68,7 @@ class Answer:
     """The model's answer to one question about one image, with its attention."""
     question: str
     answers: List[str]  # top-k, best first
-    scores: List[float]  # sigmoid of the logits (the model is trained with BCE), same order
+    scores: List[float]  # sigmoid of the logits (trained with BCE) or their softmax (ce/kld), same order
     tokens: List[Token]  # every word of the question; token i is read at position i if used
     # AttFlat weights; masked positions get < 1e-20 (masked with -1e9 before Paddle's softmax)
     lang_attention: np.ndarray  # [14] over word positions, sums to 1 over the question's words
@@ -104,13 +106,21 @@ class Answer:
 # ---- inputs -------------------------------------------------------------------------------
 
 def read_image_features(path: str) -> ImageFeatures:
-    """One feature file in the real layout (x [2048, n], bbox [n, 4], image_w, image_h); DataError
-    naming the file otherwise. Without image_w/image_h the canvas is the boxes' extent."""
+    """One feature file in a real layout: VQA-v2's (x [2048, n], bbox [n, 4], image_w, image_h)
+    or GQA's (x [n, 2048], bbox, width, height); DataError naming the file otherwise. Without the
+    image size the canvas is the boxes' extent."""
     if not os.path.isfile(path):
         raise DataError(f"feature file {path} does not exist; check --FEATS.")
-    region_feats, boxes = load_npz(path)  # validates the layout
+    try:
+        region_feats, boxes = load_npz(path)  # validates the layout
+        size_keys = ("image_w", "image_h")
+    except BadFeatureFile as e:
+        if e.kind != "bad_shape":
+            raise
+        region_feats, boxes = load_npz(path, regions_first=True)  # GQA's layout, or the error naming both
+        size_keys = ("width", "height")
     with np.load(path) as npz:
-        size = [int(np.asarray(npz[k]).reshape(-1)[0]) if k in npz.files else None for k in ("image_w", "image_h")]
+        size = [int(np.asarray(npz[k]).reshape(-1)[0]) if k in npz.files else None for k in size_keys]
     fallback = (int(np.ceil(boxes[:, 2].max())) + 1, int(np.ceil(boxes[:, 3].max())) + 1)
     image_w, image_h = (s if s is not None else f for s, f in zip(size, fallback))
     if image_w <= 0 or image_h <= 0:
@@ -164,7 +174,7 @@ def check_vocab_fits(vocab: Vocab, state: dict, weights_path: str, vocab_source:
 
 
 def resolve_vocab(weights_path: str, vocab_path: Optional[str], data_root: str, cache_dir: str,
-                  answer_dict: Optional[str] = None) -> Tuple[Vocab, str]:
+                  answer_dict: Optional[str] = None, data_cfg=None) -> Tuple[Vocab, str]:
     """(vocab, where it came from): --VOCAB, else the vocab.json beside the weights, else built
     from the data files (as --RUN=val/test do; how the released .pdparams gets its vocabularies)."""
     if vocab_path:
@@ -173,11 +183,22 @@ def resolve_vocab(weights_path: str, vocab_path: Optional[str], data_root: str, 
     if os.path.isfile(beside):
         return read_vocab_file(beside), beside
     try:
+        if data_cfg is not None and data_cfg.dataset != "vqa":  # built as that dataset's val/test build it
+            spec_cfg = dataclasses.replace(data_cfg, data_root=data_root, cache_dir=cache_dir)
+            return dataset_spec(data_cfg.dataset).build_vocab(spec_cfg, False), f"the data files under {data_root}"
         return build_vocab(data_root, cache_dir, answer_dict, progress=False), f"the data files under {data_root}"
     except DataError:
         raise PredictError(f"{weights_path} has no {VOCAB_FILE} beside it and the vocabularies cannot be built "
                            f"from --DATA_ROOT={data_root} (its question/annotation files are missing); pass "
                            f"--VOCAB=<the vocab.json of the training run> or the --DATA_ROOT it was trained on.") from None
+
+
+def answer_probabilities(logits: np.ndarray, softmax: bool) -> np.ndarray:
+    """[A] scores of the answers: one sigmoid per answer (BCE training), or the softmax."""
+    if softmax:
+        e = np.exp(logits - logits.max())
+        return e / e.sum()
+    return 1.0 / (1.0 + np.exp(-logits))
 
 
 # ---- the predictor -----------------------------------------------------------------------
@@ -186,8 +207,9 @@ class Predictor:
     """Load once, ask many. Wraps a model (a live one works too, e.g. during training) and its
     vocabulary; ask() runs one question in eval mode without gradients and restores the mode."""
 
-    def __init__(self, model, vocab: Vocab, max_token: int = MAX_TOKEN):
+    def __init__(self, model, vocab: Vocab, max_token: int = MAX_TOKEN, softmax_scores: bool = False):
         self.model, self.vocab, self.max_token = model, vocab, max_token
+        self.softmax_scores = softmax_scores  # scores: softmax (ce/kld training) instead of sigmoids (bce)
         self.vocab_source = None  # set by from_checkpoint: where the vocabulary came from
 
     @classmethod
@@ -205,12 +227,15 @@ class Predictor:
             raise PredictError(f"weights file {weights_path} does not exist; check --CKPT_PATH or --CKPT_V/--CKPT_E.")
         state = extract_state_dict(safe_load(weights_path), weights_path)
         vocab, source = resolve_vocab(weights_path, vocab_path, data_root, cache_dir,
-                                      data_cfg.answer_dict if data_cfg else None)
+                                      data_cfg.answer_dict if data_cfg else None, data_cfg)
         check_vocab_fits(vocab, state, weights_path, source)
         model = build_model(model_cfg, vocab.token_size, vocab.answer_size)
         load_weights(model, weights_path, state)
         model.eval()
-        predictor = cls(model, vocab, model_cfg.max_token)
+        # max_token: 14 on VQA-v2, the longest question on GQA; a model trained with a softmax loss
+        # (GQA's ce, kld) scores its answers by their softmax
+        predictor = cls(model, vocab, vocab.max_token,
+                        softmax_scores=isinstance(run_cfg, RunConfig) and run_cfg.train.loss in ("ce", "kld"))
         predictor.vocab_source = source
         return predictor
 
@@ -233,7 +258,7 @@ class Predictor:
         return Answer(
             question=question,
             answers=[self.vocab.ix_to_ans[int(i)] for i in top],
-            scores=[float(1.0 / (1.0 + np.exp(-logits[i]))) for i in top],
+            scores=[float(p) for p in answer_probabilities(logits, self.softmax_scores)[top]],
             tokens=tokens,
             lang_attention=maps.lang.numpy()[0].mean(axis=1),  # [T, G] -> [T] (glimpses averaged)
             image_attention=maps.img.numpy()[0].mean(axis=1),  # [N, G] -> [N]
