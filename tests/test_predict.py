@@ -160,10 +160,10 @@ def ask_cli(trained, capsys, *extra, question="what colour is the dog?", feats=N
 
 def test_error_feature_file_of_the_wrong_layout(trained, capsys, tmp_path):
     good = read_image_features(feature_path(trained["data_root"], trained["by_family"]["exist"][0]["image_id"]))
-    bad = tmp_path / "rows_first.npz"
-    np.savez(bad, x=good.region_feats, bbox=good.boxes, image_w=good.image_w, image_h=good.image_h)  # x [n, 2048]
+    bad = tmp_path / "narrow.npz"  # x [n, 1024]: neither VQA-v2's [2048, n] nor GQA's [n, 2048]
+    np.savez(bad, x=good.region_feats[:, :1024], bbox=good.boxes, image_w=good.image_w, image_h=good.image_h)
     line = error_line(*ask_cli(trained, capsys, feats=bad)[::2])
-    assert str(bad) in line and "[2048, n]" in line
+    assert str(bad) in line and "expected [n, 2048]" in line
 
 
 @pytest.mark.parametrize("question", ["", "  ?? "])
