@@ -31,6 +31,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(os.path.dirname(HERE), "configs")
 sys.path.insert(0, os.path.join(HERE, "reference"))
 import binary_gate_search as reference  # noqa: E402
+from test_search import random_batch  # noqa: E402
 
 
 def tiny_model_cfg(**overrides):
@@ -39,18 +40,6 @@ def tiny_model_cfg(**overrides):
     for k, v in overrides.items():
         setattr(cfg, k, v)
     return cfg
-
-
-def random_batch(rng, b=3, n=7, vocab=40, answers=6):
-    feats = rng.uniform(0, 2, (b, n, 2048)).astype("float32")
-    xy = rng.uniform(0, 300, (b, n, 2))
-    boxes = np.concatenate([xy, xy + rng.uniform(5, 150, (b, n, 2))], -1).astype("float32")
-    ids = rng.integers(1, vocab, (b, 14)).astype("int64")
-    feats[1, -2:] = 0
-    boxes[1, -2:] = 0
-    ids[:, 9:] = 0
-    scores = (rng.random((b, answers)) < 0.3).astype("float32")
-    return [paddle.to_tensor(x) for x in (feats, boxes, ids, scores)]
 
 
 def snas_run_cfg(model_cfg=None, **search):
