@@ -79,8 +79,7 @@ def answer_notes(answer) -> str:
     """Markdown under the answers: the words the model could not read, and where the image came from."""
     notes = [f"**{answer.answers[0]}** ({answer.scores[0]:.3f}): scores are sigmoids of the logits, "
              f"one per answer, so they need not sum to 1."]
-    unknown = [t.word for t in answer.tokens if not t.known]
-    cut = [t.word for t in answer.tokens if not t.used]
+    unknown, cut = answer.unread_words()
     if unknown:
         notes.append(f"Not in the vocabulary (read as UNK): {', '.join(unknown)}.")
     if cut:

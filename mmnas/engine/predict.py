@@ -85,6 +85,10 @@ class Answer:
         """Indices of the k regions with the most image attention, strongest first."""
         return [int(i) for i in np.argsort(-self.image_attention, kind="stable")[:k]]
 
+    def unread_words(self) -> Tuple[List[str], List[str]]:
+        """(words not in the vocabulary, read as UNK; words past the last position, not read)."""
+        return ([t.word for t in self.tokens if not t.known], [t.word for t in self.tokens if not t.used])
+
     def word_weights(self) -> List[float]:
         """The language attention of each word of `tokens` (0 for words past the 14th)."""
         return [float(self.lang_attention[i]) if t.used else 0.0 for i, t in enumerate(self.tokens)]
@@ -278,8 +282,7 @@ def default_picture_path(results_dir: str, image: ImageFeatures, question: str) 
 def format_answer(answer: Answer) -> str:
     width = max(len(a) for a in answer.answers)
     lines = [f"question: {answer.question}"]
-    unknown = [t.word for t in answer.tokens if not t.known]
-    cut = [t.word for t in answer.tokens if not t.used]
+    unknown, cut = answer.unread_words()
     if unknown:
         lines.append(f"  (not in the vocabulary, read as UNK: {', '.join(unknown)})")
     if cut:
