@@ -236,10 +236,10 @@ def checkpoint_for_eval(cfg: RunConfig):
 def run_eval(cfg: RunConfig) -> dict:
     """--RUN=val / --RUN=test: load weights, predict every question, write and score results."""
     from .data.datasets import dataset_spec
-    from .engine.checkpoint import load_weights
+    from .checkpoint_files import load_weights
     from .engine.evaluate import evaluate
     from .engine.logger import RunLogger
-    from .engine.train import open_dataset
+    from .engine.runner import open_dataset
     from .models import build_model
 
     weights, name = checkpoint_for_eval(cfg)  # its existence is checked by check_paths
@@ -283,12 +283,12 @@ def _search_entry(cfg, rank, world):
 def expected_errors():
     """Errors that mean "change the command or the files", reported as one sentence, exit 2."""
     from .data.features import DataError
-    from .engine.checkpoint import CheckpointError, WriteError
+    from .checkpoint_files import CheckpointError, WriteError
     from .engine.distributed import WorkerStopped
     from .engine.predict import PredictError
     from .engine.resume import ResumeError
     from .engine.runlock import RunBusyError
-    from .engine.train import TrainingError
+    from .engine.checkpoint import TrainingError
     from .inference import InferenceError
     return (UsageError, ConfigError, DataError, CheckpointError, TrainingError, WorkerStopped, WriteError,
             ResumeError, RunBusyError, PredictError, InferenceError)

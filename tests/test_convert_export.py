@@ -20,7 +20,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from mmnas.config import ModelConfig, load_config  # noqa: E402
-from mmnas.engine.checkpoint import CheckpointError, load_weights, match_state_dict, safe_load  # noqa: E402
+from mmnas.checkpoint_files import CheckpointError, load_weights, match_state_dict, safe_load  # noqa: E402
 from mmnas.models import MMNasNet  # noqa: E402
 from mmnas.models.convert import (TORCH_MISSING, convert_openvqa_checkpoint, paddle_to_torch_state,  # noqa: E402
                                   torch_to_paddle_state)
@@ -197,7 +197,7 @@ def test_legacy_fp16_flat_torch_file(reference, tmp_path):
 
 
 def test_paddle_file_is_not_converted(reference, tmp_path):
-    from mmnas.engine.checkpoint import atomic_save
+    from mmnas.checkpoint_files import atomic_save
     src = str(tmp_path / "already.pdparams")
     atomic_save(reference[1], src)
     with pytest.raises(SystemExit) as e:
@@ -247,7 +247,7 @@ def test_export_matches_dygraph(reference, tmp_path):
 
 
 def test_export_tool_default_path(reference, tmp_path, monkeypatch, capsys):
-    from mmnas.engine.checkpoint import atomic_save
+    from mmnas.checkpoint_files import atomic_save
     ckpt = tmp_path / "ckpt" / "epoch3.pdparams"
     atomic_save(reference[1], str(ckpt))
     monkeypatch.chdir(tmp_path)

@@ -17,7 +17,7 @@ from mmnas.config import load_config  # noqa: E402
 from mmnas.data import VOCAB_FILE, build_vocab  # noqa: E402
 from mmnas.data.synthetic import make_synthetic_vqa  # noqa: E402
 from mmnas.engine.attention_picture import attention_image, find_photo  # noqa: E402
-from mmnas.engine.checkpoint import atomic_save, to_numpy_state  # noqa: E402
+from mmnas.checkpoint_files import atomic_save, to_numpy_state  # noqa: E402
 from mmnas.engine.evaluate import write_json_atomic  # noqa: E402
 from mmnas.engine.predict import Predictor  # noqa: E402
 from mmnas.models import build_model  # noqa: E402

@@ -23,10 +23,11 @@ from mmnas.config import load_config
 from mmnas.data import VQADataset, build_vocab, collate_batch
 from mmnas.data.synthetic import make_synthetic_vqa
 from mmnas.engine import train as train_mod
-from mmnas.engine.checkpoint import atomic_save, load_weights, safe_load
+from mmnas.checkpoint_files import atomic_save, load_weights, safe_load
 from mmnas.engine.evaluate import predict
 from mmnas.engine.schedule import base_learning_rate, learning_rate
-from mmnas.engine.train import TrainingError, ckpt_paths, sorted_pieces, train
+from mmnas.engine.checkpoint import TrainingError, ckpt_paths
+from mmnas.engine.train import sorted_pieces, train
 from mmnas.metrics import evaluate as vqa_accuracy
 from mmnas.models import build_model
 
@@ -329,7 +330,7 @@ def test_error_inside_data_parallel_processes_is_one_sentence(world, base_run, t
 KILLED_WRITER = r"""
 import sys, time
 import numpy as np
-from mmnas.engine.checkpoint import atomic_save
+from mmnas.checkpoint_files import atomic_save
 
 class Stall:
     # pickled after the arrays: signals that they are in the temporary file, then waits to be killed

@@ -42,7 +42,7 @@ def clean_root(tmp_path_factory):
     root = str(base / "data")
     make_synthetic_vqa(root, workers=1, **SIZES)
     from mmnas.config import load_config
-    from mmnas.engine.checkpoint import atomic_save, to_numpy_state
+    from mmnas.checkpoint_files import atomic_save, to_numpy_state
     from mmnas.models import build_model
     vocab = build_vocab(root, str(base / "cache"), progress=False)
     model = build_model(load_config("tiny").model, vocab.token_size, vocab.answer_size)
@@ -325,7 +325,7 @@ def test_box_range_is_model_max_regions(root):
     """150 boxes: refused with the default max_regions (also from the header alone), accepted when
     model.max_regions allows it, through the same open_dataset the engine uses."""
     from mmnas.config import ModelConfig, load_config
-    from mmnas.engine.train import open_dataset
+    from mmnas.engine.runner import open_dataset
     assert ModelConfig().max_regions == MAX_REGIONS == 100
     victim = feature_files(root, "val2014")[2]
     rewrite(victim, "too_many")

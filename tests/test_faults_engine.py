@@ -25,12 +25,13 @@ import pytest
 from mmnas.config import load_config
 from mmnas.data.synthetic import make_synthetic_vqa
 from mmnas.engine import train as train_mod
-from mmnas.engine.checkpoint import (CheckpointError, WriteError, atomic_save, extract_state_dict,
+from mmnas.checkpoint_files import (CheckpointError, WriteError, atomic_save, extract_state_dict,
                                      match_state_dict, safe_load)
 from mmnas.engine.evaluate import write_json_atomic
 from mmnas.engine.interrupt import InterruptGuard
 from mmnas.engine.logger import RunLogger
-from mmnas.engine.train import ckpt_paths, train
+from mmnas.engine.checkpoint import ckpt_paths
+from mmnas.engine.train import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_PY = os.path.join(REPO, "run.py")
@@ -244,20 +245,21 @@ def _small_cfg(world, folder, version, **train_overrides):
 def test_ctrl_c_during_checkpoint_save_completes_the_pair(world, tmp_path, monkeypatch):
     """A real SIGINT arrives between the weights file and the optimizer file of epoch 2: it waits
     until both are written, then the run stops and offers to resume from epoch 2."""
-    real = train_mod.save_checkpoint
+    from mmnas import checkpoint_files
+    from mmnas.engine import checkpoint
+    real = checkpoint.save_checkpoint
     calls = []
 
     def save_with_sigint_between(params, params_path, extra, extra_path, flag=""):
         calls.append(params_path)
         if len(calls) == 2:
-            from mmnas.engine import checkpoint
-            checkpoint.atomic_save(params, params_path, flag)
+            checkpoint_files.atomic_save(params, params_path, flag)
             os.kill(os.getpid(), signal.SIGINT)  # handled at the next bytecode: inside the save
-            checkpoint.atomic_save(extra, extra_path, flag)
+            checkpoint_files.atomic_save(extra, extra_path, flag)
             return
         real(params, params_path, extra, extra_path, flag)
 
-    monkeypatch.setattr(train_mod, "save_checkpoint", save_with_sigint_between)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save_with_sigint_between)
     cfg = _small_cfg(world, tmp_path, "save", max_epoch=3)
     with pytest.raises(KeyboardInterrupt) as info:
         train(cfg, progress=False)
@@ -382,7 +384,7 @@ def test_a_second_run_of_the_same_version_is_refused_and_a_killed_run_leaves_no_
 CONCURRENT_WRITER = r"""
 import sys
 import numpy as np
-from mmnas.engine.checkpoint import atomic_save
+from mmnas.checkpoint_files import atomic_save
 value = float(sys.argv[2])
 for _ in range(40):
     atomic_save({"w": np.full(1 << 19, value, dtype=np.float32)}, sys.argv[1])
@@ -404,7 +406,7 @@ def test_concurrent_writers_of_one_file_never_remove_each_others_temporaries(tmp
 
 
 def test_atomic_save_removes_only_dead_processes_temporaries(tmp_path):
-    from mmnas.engine.checkpoint import _host_tag
+    from mmnas.checkpoint_files import _host_tag
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])

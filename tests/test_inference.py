@@ -162,7 +162,7 @@ def test_export_tool_writes_a_verified_onnx_file(model, tmp_path, capsys):
     pytest.importorskip("onnxruntime", reason="the ONNX check needs onnxruntime (pip install -e '.[onnx]')")
     import importlib.util
 
-    from mmnas.engine.checkpoint import atomic_save
+    from mmnas.checkpoint_files import atomic_save
     ckpt = tmp_path / "w.pdparams"
     atomic_save({k: v.numpy() for k, v in model.state_dict().items()}, str(ckpt))
     spec = importlib.util.spec_from_file_location("export_inference", os.path.join(REPO, "tools", "export_inference.py"))

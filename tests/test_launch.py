@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 from mmnas.data.synthetic import make_synthetic_vqa
-from mmnas.engine.checkpoint import safe_load
+from mmnas.checkpoint_files import safe_load
 
 from test_engine import TINY_YML, assert_same_weights  # noqa: E402
 

@@ -9,7 +9,7 @@ import paddle
 import pytest
 
 from mmnas.config import ModelConfig, load_config
-from mmnas.engine.checkpoint import CheckpointError, load_weights, match_state_dict, safe_load
+from mmnas.checkpoint_files import CheckpointError, load_weights, match_state_dict, safe_load
 from mmnas.models import MMNasNet
 from mmnas.ops import FFN, GA, RSA, SA, BoxRelations, LayerNorm, box_relation_geometry, make_mask, make_token_mask
 

@@ -10,8 +10,8 @@ import pytest
 
 from mmnas.cli import main as cli_main
 from mmnas.config import ConfigError, ModelConfig, SearchConfig, config_from_dict, load_config, read_genotype
-from mmnas.engine.checkpoint import load_weights, match_state_dict, safe_load
-from mmnas.engine.search import materialize_optimizer_state
+from mmnas.checkpoint_files import load_weights, match_state_dict, safe_load
+from mmnas.engine.checkpoint import materialize_optimizer_state
 from mmnas.search import partition_split
 from mmnas.search.binary_gate import BinaryGate, arch_step, weight_step
 from mmnas.models import MMNasNet

@@ -15,7 +15,7 @@ import pytest
 
 from mmnas.cli import main as cli_main
 from mmnas.config import ConfigError, ModelConfig, SearchConfig, config_from_dict, load_config, read_genotype
-from mmnas.engine.checkpoint import safe_load
+from mmnas.checkpoint_files import safe_load
 from mmnas.engine.search import epoch_report, heatmap_grid
 from mmnas.models import MMNasNet
 from mmnas.models.flops import forward_flops

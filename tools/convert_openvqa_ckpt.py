@@ -12,7 +12,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mmnas.config import ConfigError, load_config  # noqa: E402
-from mmnas.engine.checkpoint import CheckpointError  # noqa: E402
+from mmnas.checkpoint_files import CheckpointError  # noqa: E402
 from mmnas.models.convert import convert_openvqa_checkpoint  # noqa: E402
 
 

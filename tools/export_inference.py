@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 
 from mmnas.config import ConfigError, load_config  # noqa: E402
-from mmnas.engine.checkpoint import CheckpointError, extract_state_dict, match_state_dict, safe_load  # noqa: E402
+from mmnas.checkpoint_files import CheckpointError, extract_state_dict, match_state_dict, safe_load  # noqa: E402
 from mmnas.models import MMNasNet  # noqa: E402
 from mmnas.models.convert import check_hidden_size, checkpoint_sizes  # noqa: E402
 from mmnas.inference.onnx_export import OnnxUnavailable, export_onnx, onnx_predictor  # noqa: E402

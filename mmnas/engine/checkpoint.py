@@ -1,301 +1,157 @@
-"""Reading weights safely, checking them against a model, and writing checkpoints atomically.
+"""The checkpoints of a run, for training and search alike: where they are, what they hold,
+writing one after an epoch, and reading one back to resume (or to fine-tune from).
 
-`.pdparams` / `.pdopt` / `.pkl` files are pickles, and a pickle can run any code when it is
-loaded. We never hand a file to `pickle.load` as is: `safe_load` uses an unpickler that can
-only build containers, numbers, strings and numpy arrays, and refuses anything else by name.
+A checkpoint is a pair of files in <CKPT_DIR>/ckpt_<VERSION>/: epoch<E>.pdparams (the model's
+weights, a plain dict of numpy arrays) and epoch<E>.pdopt (every optimizer's state under
+structured parameter names, plus the run's meta data: epoch, seed, steps per epoch, config...).
+The file format itself (safe unpickling, atomic writes) is mmnas/checkpoint_files.py.
 """
 from __future__ import annotations
 
-import errno
-import io
 import os
-import re
-import pickle
-import pickletools
-import socket
-import tempfile
-import warnings
-from typing import Any, Dict, Mapping, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
+import paddle
 
-# (module, name) pairs a weights file may reference: numpy array reconstruction (numpy 1.x
-# and 2.x spellings), OrderedDict, and the helper protocol-2 pickles use to encode bytes.
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("collections", "OrderedDict"),
-    ("_codecs", "encode"),
-}
-
-# Paddle's own bookkeeping entry in saved state dicts: not a parameter.
-_PADDLE_NAME_TABLE = "StructuredToParameterName@@"
-_WRAPPER_PREFIXES = ("_layers.", "module.")
+from ..checkpoint_files import CheckpointError, load_weights, safe_load, save_checkpoint, to_numpy_state
+from ..config import RunConfig
+from .interrupt import RunPosition
+from .resume import mismatched_setting
 
 
-class CheckpointError(ValueError):
-    """A weights file that cannot be used; the message names the file and the problem."""
+class TrainingError(RuntimeError):
+    """Training or search cannot go on (non-finite loss, missing checkpoint, unusable weights);
+    the message says why and what to do."""
 
 
-class WriteError(RuntimeError):
-    """A file the run must write cannot be written (disk full, read-only, permission denied);
-    the message names the path and what to change."""
+def ckpt_folder(ckpt_dir: str, version: str) -> str:
+    return os.path.join(ckpt_dir, f"ckpt_{version}")
 
 
-def write_error(path: str, error: OSError, flag: str = "") -> WriteError:
-    """One sentence for an OSError met while writing `path`; `flag` names the folder option
-    (e.g. --CKPT_DIR) that moves it elsewhere."""
-    reason = error.strerror or str(error)
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        fix = "free some space"
-    elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        fix = "make the folder writable"
-    else:
-        fix = "check the folder"
-    where = f" or choose another {flag}" if flag else " or write elsewhere"
-    return WriteError(f"cannot write {path}: {reason}; {fix}{where}")
+def ckpt_paths(ckpt_dir: str, version: str, epoch: int) -> Tuple[str, str]:
+    """(weights path, optimizer path) of the checkpoint after `epoch` epochs of run `version`."""
+    folder = ckpt_folder(ckpt_dir, version)
+    return os.path.join(folder, f"epoch{epoch}.pdparams"), os.path.join(folder, f"epoch{epoch}.pdopt")
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        if (module, name) in _ALLOWED_GLOBALS:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(
-            f"refusing to load {module}.{name}: a weights file may only hold containers, numbers, "
-            f"strings and numpy arrays")
+# ---- optimizer state under structured names -----------------------------------------------
+# Paddle keys optimizer state by each parameter's generated name (e.g. linear_12.w_0), which
+# depends on how many layers the process built before. We store it under the structured
+# parameter names instead, so a checkpoint resumes in any process.
+
+def _match_param(key: str, generated_names):
+    best = None
+    for name in generated_names:
+        if key.startswith(name + "_") and (best is None or len(name) > len(best)):
+            best = name
+    return best
 
 
-def safe_load(path: str) -> Any:
-    """Unpickle `path` allowing only containers, numbers, strings and numpy arrays."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint file not found: {path}")
-    with open(path, "rb") as f:
-        data = f.read()
-    if data[:2] == b"PK":
-        raise CheckpointError(
-            f"{path} is a zip archive (a PyTorch checkpoint?). Convert it first with "
-            f"`python tools/convert_openvqa_ckpt.py {path} out.pdparams`")
-    try:
-        _check_opcodes(data)
-        return _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path}: {_one_line(e)}") from None
-    except (Exception, RecursionError) as e:
-        # a damaged file can make the unpickler fail in many ways: a length field read as a
-        # huge size (MemoryError, OverflowError), bad arguments to numpy's reconstruction
-        # (ValueError, TypeError), deep nesting (RecursionError), a stray opcode (KeyError ...)
-        raise CheckpointError(f"{path} is not a readable weights file (truncated, damaged or not a "
-                              f"pickle): {type(e).__name__}: {_one_line(e)[:200]}") from None
-
-
-def _check_opcodes(data: bytes) -> None:
-    """Walk the pickle's opcodes once before unpickling: a damaged length field then fails here,
-    and a memo index far beyond the opcodes seen so far (which would make the unpickler allocate
-    and zero a memo table of that size: gigabytes, tens of seconds) is refused."""
-    with warnings.catch_warnings():  # a damaged text opcode can make codecs warn about escapes
-        warnings.simplefilter("ignore", DeprecationWarning)
-        for count, (opcode, arg, _) in enumerate(pickletools.genops(io.BytesIO(data))):
-            if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT") and not 0 <= int(arg) <= count:
-                raise pickle.UnpicklingError(f"memo index {arg} at opcode {count}: the file is damaged")
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())
-
-
-def extract_state_dict(obj: Any, path: str = "<checkpoint>") -> Dict[str, np.ndarray]:
-    """Accept a flat state dict or a dict with a `state_dict` entry; strip `_layers.` /
-    `module.` prefixes left by a data-parallel wrapper; drop Paddle's name table."""
-    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict")
-    state = {}
-    for key, value in obj.items():
-        if key == _PADDLE_NAME_TABLE:
-            continue
-        if not isinstance(key, str):
-            raise CheckpointError(f"{path} has a key {key!r} that is not a parameter name")
-        for prefix in _WRAPPER_PREFIXES:
-            if key.startswith(prefix):
-                key = key[len(prefix):]
-                break
-        try:
-            array = np.asarray(value)
-        except Exception:  # ragged nested lists and the like
-            array = None
-        if array is None or array.dtype.kind not in "biuf":
-            raise CheckpointError(f"{path}: entry {key} holds a {type(value).__name__}, not an array of numbers")
-        state[key] = array
-    return state
-
-
-# What a shape mismatch in one dimension of these keys means for the user.
-_ANSWERS = ("the answer vocabulary size differs (A): the answer dictionary differs from the "
-            "checkpoint's (3129 answers on VQA-v2); pass the dictionary it was trained with")
-_DIM_MEANINGS = {
-    ("embedding.weight", 0): "the question vocabulary size differs (T): the token vocabulary was built "
-                             "from different question files than the checkpoint's, e.g. VG questions "
-                             "absent or present when the vocabulary was built",
-    ("embedding.weight", 1): "the word vector width differs (model.word_embed): the checkpoint was "
-                             "trained with another config; --MODEL chooses it",
-    ("proj.weight", 0): "the fused feature width differs (model.flat_out, which follows the hidden "
-                        "size): the checkpoint was trained with another model size; --MODEL chooses it",
-    ("proj.weight", 1): _ANSWERS,
-    ("proj.bias", 0): _ANSWERS,
-}
-
-
-def mismatch_meaning(key: str, expected, found) -> str:
-    """What a mis-shaped `key` means: one clause per differing dimension ('' if unknown)."""
-    if len(expected) != len(found):
-        return ""
-    meanings = [f"dimension {dim} ({expected[dim]} vs {found[dim]}): {_DIM_MEANINGS[key, dim]}"
-                for dim in range(len(expected))
-                if expected[dim] != found[dim] and (key, dim) in _DIM_MEANINGS]
-    return "; ".join(meanings)
-
-
-def match_state_dict(model, state: Dict[str, np.ndarray], path: str = "<checkpoint>") -> Dict[str, np.ndarray]:
-    """Check `state` against `model` key by key and shape by shape; raise one error listing
-    every missing, unexpected and mis-shaped key. Fills aliases (Paddle's LSTM exposes each
-    weight under two names) from whichever name the file has."""
-    own = model.state_dict()
-    # keys naming the same tensor, e.g. lstm.weight_ih_l0 and lstm.0.cell.weight_ih
-    by_tensor: Dict[str, list] = {}
-    for key, tensor in own.items():
-        by_tensor.setdefault(tensor.name, []).append(key)
-    state = dict(state)
-    for keys in by_tensor.values():
-        present = [k for k in keys if k in state]
-        for k in present[1:]:
-            if not np.array_equal(state[k], state[present[0]]):
-                raise CheckpointError(f"{path}: {present[0]} and {k} name the same tensor but "
-                                      f"hold different values; the file is inconsistent")
-        for k in keys:
-            if k not in state and present:
-                state[k] = state[present[0]]
-
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    misshaped = [(k, tuple(own[k].shape), tuple(state[k].shape)) for k in own
-                 if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
-    if missing or unexpected or misshaped:
-        lines = [f"{path} does not fit the model:"]
-        if missing:
-            lines.append(f"  missing keys ({len(missing)}): " + ", ".join(missing[:20])
-                         + (" ..." if len(missing) > 20 else ""))
-        if unexpected:
-            lines.append(f"  unexpected keys ({len(unexpected)}): " + ", ".join(unexpected[:20])
-                         + (" ..." if len(unexpected) > 20 else ""))
-        for key, expected, found in misshaped:
-            meaning = mismatch_meaning(key, expected, found)
-            meaning = f" -> {meaning}" if meaning else ""
-            lines.append(f"  {key}: model expects {list(expected)}, file has {list(found)}{meaning}")
-        if missing or unexpected:
-            lines.append("  (is the config/genotype the one this checkpoint was trained with? "
-                         "--MODEL and --ARCH_PATH choose it)")
-        raise CheckpointError("\n".join(lines))
-    return state
-
-
-def load_weights(model, path: str, state: Optional[Dict[str, np.ndarray]] = None) -> None:
-    """Load a weights file into `model` safely, with a full report of any mismatch. `state`: the
-    file's extract_state_dict(safe_load(path)) when the caller has read it already."""
-    if state is None:
-        state = extract_state_dict(safe_load(path), path)
-    state = match_state_dict(model, state, path)
-    model.set_state_dict({k: v.astype(np.float32) if v.dtype == np.float64 else v
-                          for k, v in state.items()})
-
-
-def to_numpy_state(state: Mapping) -> Dict[str, Any]:
-    """Paddle tensors -> numpy arrays, so the file is a plain pickle anyone can read safely."""
+def optimizer_state_to_save(optimizer, model) -> dict:
+    generated = {p.name: name for name, p in model.named_parameters()}
     out = {}
-    for key, value in state.items():
-        if hasattr(value, "numpy"):
-            value = value.numpy()
-        elif isinstance(value, Mapping):
-            value = to_numpy_state(value)
-        out[key] = value
+    for key, value in optimizer.state_dict().items():
+        owner = _match_param(key, generated)
+        new_key = f"param:{generated[owner]}{key[len(owner):]}" if owner else key
+        out[new_key] = value.numpy() if hasattr(value, "numpy") else value
     return out
 
 
-def _host_tag() -> str:
-    """This machine's name as it may appear in a file name."""
-    return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+def optimizer_state_to_load(saved: dict, model) -> dict:
+    structured = {name: p.name for name, p in model.named_parameters()}
+    out = {}
+    for key, value in saved.items():
+        if key.startswith("param:"):
+            rest = key[len("param:"):]
+            owner = _match_param(rest, structured)
+            if owner is None:
+                raise CheckpointError(f"optimizer state entry {key} names no parameter of this model")
+            key = structured[owner] + rest[len(owner):]
+        out[key] = paddle.to_tensor(value) if isinstance(value, np.ndarray) else value
+    return out
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by another user
-        return True
-    return True
+def materialize_optimizer_state(optimizer, params) -> None:
+    """Create Adam's moments for every parameter now, not at its first step.
+
+    Paddle creates them lazily, for parameters that have a gradient. A search steps only the
+    sampled candidates, so without this the saved state misses never-sampled ones, and after
+    a resume Paddle refuses to create them ("should in state dict"). Called after loading a
+    state, it also moves every loaded entry into place, so the next save is complete again."""
+    block = paddle.static.default_main_program().global_block()
+    optimizer._create_accumulators(block, [p for p in params if not p.stop_gradient])
 
 
-def atomic_save(obj: Any, path: str, flag: str = "") -> None:
-    """Pickle `obj` to `path` so that a kill at any moment leaves either the old file or the
-    complete new one: write a temporary file in the same folder, fsync, then rename.
+# ---- writing ------------------------------------------------------------------------------
 
-    The temporary's name carries this host and pid (`.tmp-<host>-<pid>-<random><file name>`):
-    after the rename, temporaries of this same file left by *dead* processes of this host (a
-    killed earlier write) are removed; a temporary of a live process, or of another host, is
-    never touched. An OSError (disk full, read-only folder) becomes a WriteError naming `path`
-    (and `flag`, the option that moves it), with the temporary removed and the old file intact.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    prefix = f".tmp-{_host_tag()}-{os.getpid()}-"
-    tmp = None
-    try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=os.path.basename(path), dir=folder)
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(obj, f, protocol=4)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a checkpoint is an ordinary file
-        os.replace(tmp, path)
-    except BaseException as e:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
-        if isinstance(e, OSError):
-            raise write_error(path, e, flag) from None
-        raise
-    remove_dead_temporaries(folder, os.path.basename(path))
+def save_epoch(cfg: RunConfig, epoch: int, model, optimizers: Dict[str, object], meta: dict,
+               position: RunPosition) -> str:
+    """Write the checkpoint after `epoch` epochs: the weights, each optimizer's state under its
+    key (train: "optimizer"; search: also "arch_optimizer") and `meta`. Ctrl-C waits until both
+    files are complete; `position` then names this checkpoint as the one to resume from.
+    Returns the weights path."""
+    params_path, opt_path = ckpt_paths(cfg.ckpt_dir, cfg.version, epoch)
+    extra = {key: optimizer_state_to_save(opt, model) for key, opt in optimizers.items()}
+    extra.update(meta, epoch=epoch, seed=cfg.train.seed, config=cfg.to_dict())
+    position.phase = "saving its checkpoint"
+    with position.guard.deferred():
+        save_checkpoint(to_numpy_state(model.state_dict()), params_path, extra, opt_path, "--CKPT_DIR")
+        position.last_ckpt, position.phase = (cfg.version, epoch), "after saving its checkpoint"
+    return params_path
 
 
-def remove_dead_temporaries(folder: str, name: str) -> None:
-    """Remove `.tmp-<this host>-<pid>-XXXXXXXX<name>` files in `folder` whose pid is dead."""
-    stale = re.compile(r"\.tmp-" + re.escape(_host_tag()) + r"-(\d+)-[a-z0-9_]{8}" + re.escape(name) + "$")
-    for entry in os.listdir(folder):
-        match = stale.match(entry)
-        if match and not _process_alive(int(match.group(1))):
-            try:
-                os.remove(os.path.join(folder, entry))
-            except OSError:
-                pass
+# ---- reading back -------------------------------------------------------------------------
+
+def checkpoint_to_resume(cfg: RunConfig) -> Tuple[str, str]:
+    """(params path, optimizer path) of --CKPT_V/--CKPT_E, both required to exist."""
+    params_path, opt_path = ckpt_paths(cfg.ckpt_dir, cfg.ckpt_version, cfg.ckpt_epoch)
+    for path in (params_path, opt_path):
+        if not os.path.isfile(path):
+            raise TrainingError(f"--RESUME needs {path}, which does not exist; check --CKPT_V/--CKPT_E "
+                                f"(checkpoints are in {os.path.dirname(path)}).")
+    return params_path, opt_path
 
 
-def save_checkpoint(params: Any, params_path: str, extra: Any, extra_path: str, flag: str = "") -> None:
-    """Write a checkpoint's weights and optimizer files (each atomically). If the second
-    write fails, the first is removed again, so an epoch has both files or neither."""
-    existed = os.path.exists(params_path)
-    atomic_save(params, params_path, flag)
-    try:
-        atomic_save(extra, extra_path, flag)
-    except BaseException:
-        if not existed:
-            try:
-                os.remove(params_path)
-            except OSError:
-                pass
-        raise
+def check_resume(saved: dict, opt_path: str, cfg: RunConfig, steps_per_epoch: int) -> None:
+    """Refuse to resume a checkpoint whose run differs from this one in what decides the result."""
+    if saved.get("steps_per_epoch") != steps_per_epoch:
+        raise TrainingError(f"{opt_path} was trained with {saved.get('steps_per_epoch')} steps per epoch, this "
+                            f"run has {steps_per_epoch}: resume with the same --SPLIT and --BS, or the data "
+                            f"order and LR schedule would differ from the interrupted run.")
+    differs = mismatched_setting(saved, cfg)
+    if differs:
+        raise TrainingError(f"{opt_path} was trained with other settings ({differs}); resume through run.py "
+                            f"--RESUME=True, which takes them from the checkpoint.")
+
+
+def resume_from(cfg: RunConfig, model, optimizers: Dict[str, object], steps_per_epoch: int,
+                same: Optional[Dict[str, Tuple[object, object]]] = None) -> str:
+    """Load --CKPT_V/--CKPT_E into `model` and `optimizers` (keyed as in save_epoch) after
+    checking that the checkpoint belongs to this run: the same steps per epoch and settings
+    (check_resume), and for each `key: (value, default)` of `same`, the same value in its meta
+    data (`default` stands for a key older checkpoints lack). Returns the weights path."""
+    params_path, opt_path = checkpoint_to_resume(cfg)
+    load_weights(model, params_path)
+    saved = safe_load(opt_path)
+    for key, (expected, default) in (same or {}).items():
+        found = saved.get(key, default)
+        if found != expected:
+            raise TrainingError(f"{opt_path} was saved by a run with {key} = {found}; this run has {expected}. "
+                                f"Resume with the config and data of the interrupted run.")
+    check_resume(saved, opt_path, cfg, steps_per_epoch)
+    for key, optimizer in optimizers.items():
+        optimizer.set_state_dict(optimizer_state_to_load(saved[key], model))
+    return params_path
+
+
+def load_pretrained(model, path: str) -> None:
+    """Start a run from the weights in `path` (fine-tuning: the released model, a converted
+    PyTorch checkpoint, an earlier run's epoch): weights only; the optimizer and the LR schedule
+    start fresh. Shapes that do not fit this run (vocabulary sizes: the embedding's tokens, the
+    classifier's answers; another width or genotype) are refused with the report --RUN=val/test
+    gives (checkpoint_files.match_state_dict)."""
+    if not os.path.isfile(path):
+        raise TrainingError(f"--CKPT_PATH={path} does not exist; expected a weights file (.pdparams) to "
+                            f"start training from.")
+    load_weights(model, path)

@@ -19,7 +19,7 @@ from ..data import DataError
 from ..data.regions import FailureCheckedLoader, FailureReportingDataset, collate_or_failure, die_with_parent
 from ..inference import build_predictor
 from ..progress import progress_bar
-from .checkpoint import write_error
+from ..checkpoint_files import write_error
 
 
 class IndexBatches(paddle.io.BatchSampler):

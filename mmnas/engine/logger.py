@@ -3,7 +3,7 @@ import json
 import os
 import time
 
-from .checkpoint import write_error
+from ..checkpoint_files import write_error
 
 
 class RunLogger:

@@ -26,7 +26,7 @@ from ..data.datasets import dataset_spec
 from ..data.features import FEAT_DIM, BadFeatureFile
 from ..data.vocab import MAX_TOKEN
 from ..models import build_model
-from .checkpoint import extract_state_dict, load_weights, safe_load
+from ..checkpoint_files import extract_state_dict, load_weights, safe_load
 
 
 class PredictError(ValueError):

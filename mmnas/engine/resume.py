@@ -15,7 +15,7 @@ import shlex
 from typing import Any, Dict, List, Optional
 
 from ..config import MODEL_ALIASES, CONFIG_DIR, REPO_ROOT, RunConfig
-from .checkpoint import CheckpointError, safe_load
+from ..checkpoint_files import CheckpointError, safe_load
 
 
 class ResumeError(ValueError):

@@ -18,7 +18,7 @@ import sys
 import time
 from typing import List, Optional
 
-from .checkpoint import write_error
+from ..checkpoint_files import write_error
 
 
 class RunBusyError(RuntimeError):

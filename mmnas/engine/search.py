@@ -17,62 +17,29 @@ k+1.. exactly. Data parallel: see each strategy's docstring.
 from __future__ import annotations
 
 import io
-import math
 import os
-import time
-from dataclasses import dataclass
 from typing import Dict, Optional
 
 import numpy as np
 import paddle
 import paddle.distributed as dist
 
+from ..checkpoint_files import write_error
 from ..config import RunConfig
 from ..models.loss import answer_loss
 from ..models.supernet import SuperNet, genotype_from_choices
 from ..ops.registry import op_names
-from ..progress import progress_bar
 from ..search import Partition, SearchStrategy, StepAt, strategy_class
 from ..search.budget import check_feasible, expected_gflops, genotype_gflops, position_costs, target_model_config
-from .checkpoint import load_weights, safe_load, save_checkpoint, to_numpy_state, write_error
+from .checkpoint import TrainingError, ckpt_paths, materialize_optimizer_state, resume_from, save_epoch
 from .evaluate import make_loader, write_json_atomic
 from .interrupt import RunPosition
 from .logger import RunLogger
-from .schedule import base_learning_rate, learning_rate
-from .train import (TrainingError, check_resume, checkpoint_to_resume, ckpt_paths, epoch_seed,
-                    initial_word_vectors, open_dataset, open_vocab, optimizer_state_to_load, optimizer_state_to_save,
-                    run_logged, _all_reduce_sum)
-
-
-def materialize_optimizer_state(optimizer, params) -> None:
-    """Create Adam's moments for every parameter now, not at its first step.
-
-    Paddle creates them lazily, for parameters that have a gradient. A search steps only the
-    sampled candidates, so without this the saved state misses never-sampled ones, and after
-    a resume Paddle refuses to create them ("should in state dict"). Called after loading a
-    state, it also moves every loaded entry into place, so the next save is complete again."""
-    block = paddle.static.default_main_program().global_block()
-    optimizer._create_accumulators(block, [p for p in params if not p.stop_gradient])
-
-
-def _check_finite(loss: float, what: str, epoch: int, step: int) -> None:
-    if not math.isfinite(loss):
-        raise TrainingError(f"non-finite {what} loss ({loss}) at epoch {epoch + 1}, step {step + 1}; "
-                            f"nothing was saved for this epoch")
+from .runner import epoch_seed, initial_word_vectors, open_dataset, open_vocab, run_epoch, run_logged, seed_epoch
+from .schedule import base_learning_rate
 
 
 # ---- one epoch ---------------------------------------------------------------------------------
-
-@dataclass
-class EpochStats:
-    weight_loss: float  # summed over this process's weight-step samples
-    weight_samples: int
-    arch_loss: float
-    arch_samples: int
-    arch_steps: int
-    seconds: float
-    lr: float
-
 
 def epoch_batches(strategy: SearchStrategy, parts: Partition, cfg: RunConfig, epoch: int, steps: int, rank: int,
                   world: int):
@@ -91,47 +58,23 @@ def epoch_batches(strategy: SearchStrategy, parts: Partition, cfg: RunConfig, ep
 
 def search_one_epoch(net, strategy: SearchStrategy, weight_opt, arch_opt, dataset, parts: Partition,
                      cfg: RunConfig, epoch: int, steps: int, lr_base: float, rank: int, world: int, logger: RunLogger,
-                     progress: bool, position: Optional[RunPosition] = None) -> EpochStats:
+                     progress: bool, position: RunPosition):
+    """One epoch of search steps (runner.run_epoch, the epoch loop of training); the strategy
+    takes each step."""
     tcfg = cfg.train
-    position = position or RunPosition()
-    position.epoch, position.step, position.phase = epoch, 1, ""
-    paddle.seed(epoch_seed(tcfg.seed, epoch))  # dropout masks of this epoch
+    seed_epoch(tcfg.seed, epoch)
     rng = np.random.default_rng([tcfg.seed, epoch, 1])  # the sampled paths of this epoch
     weight_batches, arch_batches = epoch_batches(strategy, parts, cfg, epoch, steps, rank, world)
     arch_iter = iter(make_loader(dataset, arch_batches, cfg.data.num_workers)) if arch_batches else None
-    per_rank = tcfg.batch_size // world
+
+    def step(step_in_epoch, batch, lr):
+        return strategy.train_step(net, weight_opt, arch_opt, batch, lr, rng,
+                                   StepAt(epoch, step_in_epoch, steps, tcfg.max_epoch), arch_iter, world)
 
     net.train()
-    w_loss, a_loss, n_arch, lr, start = 0.0, 0.0, 0, 0.0, time.time()
-    phase = strategy.phase(epoch)
-    with progress_bar(make_loader(dataset, weight_batches, cfg.data.num_workers), total=steps,
-                      desc=f"search epoch {epoch + 1}/{tcfg.max_epoch} ({phase})", disable=not progress,
-                      dynamic_ncols=True, mininterval=1.0) as bar:  # closed on any exit (Ctrl-C message on its own line)
-        for step_in_epoch, batch in enumerate(bar):
-            position.step = step_in_epoch + 1
-            position.guard.stop_together()  # data parallel: every process stops at the same step
-            step = epoch * steps + step_in_epoch + 1
-            lr = learning_rate(step, epoch, len(parts.weight) / tcfg.batch_size, lr_base, tcfg.warmup_epochs,
-                               tcfg.lr_decay_epochs, tcfg.lr_decay_rate)
-            with position.guard.deferred():  # Ctrl-C waits for the end of the backward passes (see train.py)
-                out = strategy.train_step(net, weight_opt, arch_opt, batch, lr, rng,
-                                          StepAt(epoch, step_in_epoch, steps, tcfg.max_epoch), arch_iter, world)
-            _check_finite(out["weight_loss"], "weight-step", epoch, step_in_epoch)
-            w_loss += out["weight_loss"]
-            scalars = {"search/weight_loss": out["weight_loss"] / per_rank, "search/lr": lr,
-                       "search/grad_norm": out["grad_norm"]}
-            if "temperature" in out:
-                scalars["search/temperature"] = out["temperature"]
-            if "arch_loss" in out:
-                _check_finite(out["arch_loss"], "architecture-step", epoch, step_in_epoch)
-                a_loss += out["arch_loss"]
-                n_arch += 1
-                scalars["search/arch_loss"] = out["arch_loss"] / per_rank
-            if progress:
-                bar.set_postfix(loss=f"{scalars['search/weight_loss']:.4f}", lr=f"{lr:.2e}")
-            if rank == 0:
-                logger.scalars(scalars, step)
-    return EpochStats(w_loss, steps * per_rank, a_loss, n_arch * per_rank, n_arch, time.time() - start, lr)
+    return run_epoch(cfg, epoch, weight_batches, dataset, step, len(parts.weight), lr_base, rank, world, logger,
+                     progress, position, tag="search",
+                     desc=f"search epoch {epoch + 1}/{tcfg.max_epoch} ({strategy.phase(epoch)})")
 
 
 def score_top_path(model: SuperNet, choices, dataset, indices: np.ndarray, batch_size: int, num_workers: int,
@@ -295,26 +238,16 @@ def _search(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLo
                   "seed": scfg.split_seed, "split": dcfg.split}
 
     start_epoch = cfg.ckpt_epoch if cfg.resume else 0
-    if cfg.resume:
-        params_path, opt_path = checkpoint_to_resume(cfg)
-
     paddle.seed(tcfg.seed)
     model = SuperNet(cfg.model, scfg, vocab.token_size, vocab.answer_size, initial_word_vectors(cfg, vocab))
     lr_base = base_learning_rate(tcfg, dcfg.split)
     strategy = strategy_type(model, cfg, costs)
     weight_opt, arch_opt = strategy.build_optimizers(lr_base)
+    optimizers = {"optimizer": weight_opt, "arch_optimizer": arch_opt}
     if cfg.resume:
-        load_weights(model, params_path)
-        saved = safe_load(opt_path)
-        if saved.get("algorithm", "binary_gate") != scfg.algorithm:
-            raise TrainingError(f"{opt_path} is a search.algorithm={saved.get('algorithm', 'binary_gate')} search; "
-                                f"this run asks for {scfg.algorithm}. Resume with the same search config.")
-        if saved.get("split") != split_info:
-            raise TrainingError(f"{opt_path} was searched on a different split partition ({saved.get('split')}); "
-                                f"this run has {split_info}. Resume with the same data and search config.")
-        check_resume(saved, opt_path, cfg, steps)
-        weight_opt.set_state_dict(optimizer_state_to_load(saved["optimizer"], model))
-        arch_opt.set_state_dict(optimizer_state_to_load(saved["arch_optimizer"], model))
+        # searches saved before there were strategies were binary-gate searches
+        params_path = resume_from(cfg, model, optimizers, steps,
+                                  same={"algorithm": (scfg.algorithm, "binary_gate"), "split": (split_info, None)})
         if rank == 0:
             print(f"resumed search from {params_path} (epoch {start_epoch} done)")
     materialize_optimizer_state(weight_opt, model.weight_parameters())
@@ -329,38 +262,28 @@ def _search(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLo
                     f"for architecture steps, {steps} steps/epoch, {world} process(es), hidden size "
                     f"{cfg.model.hidden_size}, {len(model.mixed_ops('enc'))} encoder + "
                     f"{len(model.mixed_ops('dec'))} decoder positions")
-    history = []
-    last_ckpt = ckpt_paths(cfg.ckpt_dir, cfg.ckpt_version, start_epoch)[0] if cfg.resume else None
-    last_json = None
+    history, last_json = [], None
     for epoch in range(start_epoch, tcfg.max_epoch):
         position.epoch, position.step, position.phase = epoch, 0, ""
         stats = search_one_epoch(net, strategy, weight_opt, arch_opt, dataset, parts, cfg, epoch, steps,
                                  lr_base, rank, world, logger, progress, position)
         position.phase = "after its last step"
-        weight_loss = _all_reduce_sum(stats.weight_loss, world) / (stats.weight_samples * world)
-        arch_loss = (_all_reduce_sum(stats.arch_loss, world) / (stats.arch_samples * world)
-                     if stats.arch_steps else None)
+        per_rank = tcfg.batch_size // world
+        weight_loss, arch_loss = stats.mean("weight_loss", per_rank, world), stats.mean("arch_loss", per_rank, world)
+        arch_steps = stats.loss_steps.get("arch_loss", 0)
         if rank == 0:
-            summary = {"weight_loss": weight_loss, "arch_loss": arch_loss, "arch_steps": stats.arch_steps,
+            summary = {"weight_loss": weight_loss, "arch_loss": arch_loss, "arch_steps": arch_steps,
                        "lr": stats.lr, "seconds": round(stats.seconds, 2)}
             if scfg.eval_top_path:
                 position.phase = "scoring the top path"
                 summary["top_path_loss"], summary["top_path_score"] = score_top_path(
                     model, strategy.choices(), dataset, parts.arch, tcfg.eval_batch_size, dcfg.num_workers, tcfg.loss)
-            params_path, opt_path = ckpt_paths(cfg.ckpt_dir, cfg.version, epoch + 1)
-            position.phase = "saving its checkpoint"
-            with position.guard.deferred():  # Ctrl-C waits until both files are complete
-                save_checkpoint(to_numpy_state(model.state_dict()), params_path,
-                                {"optimizer": optimizer_state_to_save(weight_opt, model),
-                                 "arch_optimizer": optimizer_state_to_save(arch_opt, model),
-                                 "epoch": epoch + 1, "seed": tcfg.seed, "split": split_info,
-                                 "algorithm": scfg.algorithm, "steps_per_epoch": steps, "lr_base": lr_base,
-                                 "lr": stats.lr, "processes": world, "config": cfg.to_dict()}, opt_path, "--CKPT_DIR")
-                last_ckpt = params_path
-                position.last_ckpt, position.phase = (cfg.version, epoch + 1), "after saving its checkpoint"
+            params_path = save_epoch(cfg, epoch + 1, model, optimizers,
+                                     {"split": split_info, "algorithm": scfg.algorithm, "steps_per_epoch": steps,
+                                      "lr_base": lr_base, "lr": stats.lr, "processes": world}, position)
             report = epoch_report(strategy, cfg, epoch + 1, steps, {**summary, "checkpoint": params_path})
             last_json = publish_report(report, cfg.results_dir, cfg.version, logger)
-            arch_text = f", arch loss {arch_loss:.5f} ({stats.arch_steps} steps)" if arch_loss is not None else ""
+            arch_text = f", arch loss {arch_loss:.5f} ({arch_steps} steps)" if arch_loss is not None else ""
             score_text = (f", top path score {summary['top_path_score']:.4f}" if scfg.eval_top_path else "")
             line = (f"search epoch {epoch + 1}/{tcfg.max_epoch}: weight loss {weight_loss:.5f}{arch_text}"
                     f"{score_text}, lr {stats.lr:.3e}, {stats.seconds:.1f}s, saved {params_path}, {last_json}")
@@ -372,4 +295,6 @@ def _search(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLo
             history.append(report)
         if world > 1:
             dist.barrier()
-    return {"history": history, "last_checkpoint": last_ckpt, "genotype_path": last_json, "version": cfg.version}
+    last = position.last_ckpt
+    return {"history": history, "last_checkpoint": ckpt_paths(cfg.ckpt_dir, *last)[0] if last else None,
+            "genotype_path": last_json, "version": cfg.version}

@@ -20,7 +20,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 from ..config import ModelConfig
-from ..engine.checkpoint import CheckpointError, atomic_save, extract_state_dict, match_state_dict, safe_load
+from ..checkpoint_files import CheckpointError, atomic_save, extract_state_dict, match_state_dict, safe_load
 from .mmnasnet import MMNasNet
 
 TORCH_MISSING = "reading a PyTorch checkpoint needs torch: pip install torch (CPU build is enough)"

@@ -44,7 +44,7 @@ def make_data(folder: str) -> str:
 def run(folder: str, data_root: str, version: str = "reference") -> dict:
     """Run the search through the CLI; returns what the reference stores."""
     from mmnas.cli import main as cli_main
-    from mmnas.engine.checkpoint import safe_load
+    from mmnas.checkpoint_files import safe_load
     code = cli_main(["--RUN=search", f"--MODEL={search_yaml(folder)}", f"--DATA_ROOT={data_root}",
                      f"--CKPT_DIR={os.path.join(folder, 'ckpt')}", f"--RESULTS_DIR={os.path.join(folder, 'results')}",
                      f"--VERSION={version}", f"--MAX_EPOCH={EPOCHS}"])
