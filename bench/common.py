@@ -20,7 +20,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from mmnas.models.flops import MAX_TOKEN, forward_flops  # noqa: E402  (after the sys.path line)
+from mmnas.data.vocab import MAX_TOKEN  # noqa: E402  (after the sys.path line)
+from mmnas.models.flops import forward_flops  # noqa: E402
 from mmnas.models.flops import VQA_ANSWERS as ANSWER_SIZE  # noqa: E402
 
 FEAT_DIM = 2048

@@ -130,7 +130,6 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     cfg.run = args.RUN
     cfg.gpu = _from_flag("gpu", args.GPU)
     cfg.ckpt_dir, cfg.results_dir = args.CKPT_DIR, args.RESULTS_DIR
-    cfg.data.cache_dir = os.path.join(args.RESULTS_DIR, "cache")
     overrides = [("data", "dataset", args.DATASET), ("data", "eval_split", args.EVAL_SPLIT),
                  ("data", "split", args.SPLIT), ("data", "num_workers", args.NW),
                  ("data", "preload", args.PRELOAD), ("data", "data_root", args.DATA_ROOT),
@@ -235,17 +234,16 @@ def checkpoint_for_eval(cfg: RunConfig):
 
 def run_eval(cfg: RunConfig) -> dict:
     """--RUN=val / --RUN=test: load weights, predict every question, write and score results."""
-    from .data.datasets import dataset_spec
     from .checkpoint_files import load_weights
     from .engine.evaluate import evaluate
     from .engine.logger import RunLogger
-    from .engine.runner import open_dataset
+    from .engine.runner import open_dataset, open_vocab
     from .models import build_model
 
     weights, name = checkpoint_for_eval(cfg)  # its existence is checked by check_paths
     split = cfg.data.eval_split if cfg.run == "val" else "test"
-    vocab = dataset_spec(cfg.data.dataset).build_vocab(cfg.data, True)
-    dataset = open_dataset(cfg, split, vocab, progress=True)
+    vocab = open_vocab(cfg, True)
+    dataset = open_dataset(cfg, split, vocab, True)
     if cfg.run == "val" and not dataset.has_answers:
         raise UsageError(f"--RUN=val needs the answers of the {split} split; use --RUN=test for unannotated questions.")
     model = build_model(cfg.model, vocab.token_size, vocab.answer_size)

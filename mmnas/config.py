@@ -94,8 +94,9 @@ class ModelConfig(_Section):
     glimpses: int = 1
     flat_out: int = 1024
     word_embed: int = 300
-    feat_size: int = 2048
-    max_token: int = 14
+    feat_size: int = 2048  # width of a region feature; the data side refuses files of another width
+    max_token: int = 14  # question length in word ids: the dataset, the exported model and predict
+    #                      (GQA keeps questions whole: its configs set the longest question, 29)
     max_regions: int = MAX_REGIONS  # images with more regions are refused (MIN_REGIONS above)
     dropout: float = 0.1
     enc: List[str] = field(default_factory=lambda: ["SA"] * 4 + ["FFN"] * 4 + ["SA"] + ["FFN"] * 3)
@@ -121,7 +122,7 @@ class DataConfig(_Section):
     data_root: str = "./data"
     split: str = "train+val+vg"  # the training split: a '+'-join of TRAIN_PARTS[dataset]
     eval_split: str = "val"  # what --RUN=val evaluates: val (VQA-v2, GQA) or testdev (GQA)
-    cache_dir: str = "results/cache"
+    cache_dir: Optional[str] = None  # vocabulary cache; None: <results_dir>/cache (RunConfig.cache_dir)
     answer_dict: Optional[str] = None  # explicit answer dictionary JSON, else built and cached
     word_vectors: str = "auto"  # auto | spacy | glove | none
     spacy_model: str = "en_vectors_web_lg"
@@ -252,6 +253,12 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+
+    @property
+    def cache_dir(self) -> str:
+        """Where the vocabularies are cached: data.cache_dir when the config gives one (relative
+        to the working directory, like data.data_root), else <results_dir>/cache."""
+        return self.data.cache_dir or os.path.join(self.results_dir, "cache")
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)

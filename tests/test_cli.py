@@ -150,7 +150,7 @@ def test_overrides_reach_the_config(tmp_path):
     t = cfg.train
     assert (t.batch_size, t.accu, t.max_epoch, t.seed) == (32, 4, 2, 5)
     assert (cfg.data.split, cfg.data.num_workers, cfg.data.data_root) == ("train+val", 0, str(tmp_path))
-    assert cfg.data.cache_dir == os.path.join(str(tmp_path / "r"), "cache") and cfg.version == "v1"
+    assert cfg.data.cache_dir is None and cfg.cache_dir == os.path.join(str(tmp_path / "r"), "cache") and cfg.version == "v1"
     resumed = cli.config_from_args(cli.build_parser().parse_args(
         ["--RUN=train", "--MODEL=tiny", "--RESUME=True", "--CKPT_V=old", "--CKPT_E=2"]))
     assert resumed.version == "old" and resumed.resume and resumed.ckpt_epoch == 2

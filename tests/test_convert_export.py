@@ -218,7 +218,7 @@ def test_tool_without_torch_says_how_to_fix(tmp_path, monkeypatch):
 
 
 def test_mmnas_does_not_import_torch():
-    code = ("import sys, mmnas.models, mmnas.models.convert, mmnas.models.export, mmnas.engine.checkpoint; "
+    code = ("import sys, mmnas.models, mmnas.models.convert, mmnas.models.export, mmnas.checkpoint_files, mmnas.engine.checkpoint; "
             "sys.exit('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": REPO},
                             capture_output=True, text=True)

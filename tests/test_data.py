@@ -359,6 +359,77 @@ def test_split_contents(root):
         VQADataset(root, "train+test", vocab, progress=False)
 
 
+LONG_QUESTION = "Is the small red cat on the left of the big blue dog near the old tree?"  # 16 words
+
+
+def config_with(tmp_path, root, body=""):
+    """The tiny config plus `body` (YAML), reading `root`, results (and the vocabulary cache) under tmp_path."""
+    from mmnas.config import CONFIG_DIR, load_config
+    path = tmp_path / "cfg.yml"
+    path.write_text(f"base: {os.path.join(CONFIG_DIR, 'vqa', 'mmnasnet_tiny.yml')}\n{body}")
+    cfg = load_config(str(path))
+    cfg.data.data_root, cfg.results_dir = root, str(tmp_path / "results")
+    return cfg
+
+
+@pytest.mark.parametrize("body, width", [("", 14), ("model:\n  max_token: 8\n", 8), ("model:\n  max_token: 20\n", 20)])
+def test_model_max_token_is_the_question_width(root, tmp_path, body, width):
+    """model.max_token decides the question_ids of the dataset: a 16-word question is cut to its
+    first `width` word ids (or zero-padded to 20); the default 14 is openvqa's cut."""
+    from mmnas.data.datasets import dataset_spec
+    from mmnas.data.regions import collate_batch
+    q_path = os.path.join(root, "vqa", RAW["val_q"])
+    questions = json.load(open(q_path))
+    questions["questions"][0]["question"] = LONG_QUESTION
+    json.dump(questions, open(q_path, "w"))
+    cfg = config_with(tmp_path, root, body)
+    spec = dataset_spec("vqa")
+    vocab = spec.build_vocab(cfg, False)
+    assert vocab.max_token == width  # what training writes into vocab.json for predict
+    dataset = spec.open(cfg, "val", vocab, False)
+    words = tokenize(LONG_QUESTION)
+    expected = [vocab.token_to_ix[w] for w in words[:width]] + [0] * max(0, width - len(words))
+    assert dataset[0][2].tolist() == expected
+    assert collate_batch([dataset[i] for i in range(4)])[2].shape == (4, width)
+    if width == 14:  # bit-identical to the dataset before model.max_token was read
+        plain = VQADataset(root, "val", build_vocab(root, str(tmp_path / "plain"), progress=False), progress=False)
+        assert all(np.array_equal(plain[i][2], dataset[i][2]) for i in range(len(plain)))
+
+
+def test_vocabulary_of_another_question_length_is_refused(root, tmp_path):
+    from mmnas.data.datasets import dataset_spec
+    cfg = config_with(tmp_path, root, "model:\n  max_token: 8\n")
+    vocab = build_vocab(root, str(tmp_path / "cache"), progress=False)  # 14, not through the config
+    with pytest.raises(DataError, match=r"cuts questions at 14 words but model.max_token is 8"):
+        dataset_spec("vqa").open(cfg, "val", vocab, False)
+
+
+def test_data_cache_dir_from_yaml_holds_the_vocabulary(root, tmp_path):
+    """data.cache_dir given in a YAML is where the vocabulary cache lands (the command line no
+    longer overwrites it); left out, the cache is <results_dir>/cache."""
+    from mmnas import cli
+    from mmnas.config import CONFIG_DIR
+    from mmnas.data.datasets import dataset_spec
+    results, yaml_cache = tmp_path / "results", tmp_path / "my_vocab_cache"
+    configured = tmp_path / "with.yml"
+    configured.write_text(f"base: {os.path.join(CONFIG_DIR, 'vqa', 'mmnasnet_tiny.yml')}\n"
+                          f"data:\n  cache_dir: {yaml_cache}\n")
+
+    def vocab_files(folder):
+        return [n for n in os.listdir(folder) if n.startswith("vocab_")] if os.path.isdir(folder) else []
+
+    def build_through_the_command_line(model):
+        cfg = cli.config_from_args(cli.build_parser().parse_args(
+            ["--RUN=train", f"--MODEL={model}", f"--DATA_ROOT={root}", f"--RESULTS_DIR={results}", "--NW=0"]))
+        dataset_spec(cfg.data.dataset).build_vocab(cfg, False)  # what training and --RUN=val do first
+        return cfg
+
+    assert build_through_the_command_line(str(configured)).cache_dir == str(yaml_cache)
+    assert len(vocab_files(yaml_cache)) == 1 and vocab_files(results / "cache") == []
+    assert build_through_the_command_line("tiny").cache_dir == str(results / "cache")
+    assert len(vocab_files(results / "cache")) == 1
+
+
 def test_collate_pads_to_batch_max(root):
     dataset = VQADataset(root, "val", tiny_vocab(root), progress=False)  # n = 6, 2, 6, 2
     items = [dataset[1], dataset[0], dataset[3]]

@@ -98,6 +98,8 @@ def rewrite(path, fault):
         x1y1 = rng.uniform(0, 100, (150, 2))
         arrays.update(x=rng.random((2048, 150), dtype=np.float32), num_bbox=np.int64(150),
                       bbox=np.concatenate([x1y1, x1y1 + 20], 1).astype(np.float32))
+    elif fault == "narrow":  # features of another width than model.feat_size (1024 instead of 2048)
+        arrays["x"] = x[:1024]
     elif fault == "outside_image":  # accepted by training, so only a warning in check_feats
         bbox[0, 2] = float(arrays["image_w"]) + 50
     elif fault not in ("truncated", "corrupt_bytes"):
@@ -127,6 +129,8 @@ FAULT_MESSAGES = {
     "too_many": r"'x' holds 150 regions, more than model.max_regions=100",
     "truncated": r"cannot be read, it is truncated or not an .npz",
     "corrupt_bytes": r"cannot be read, it is truncated or not an .npz \(BadZipFile: Bad CRC-32",
+    "narrow": r"its features are 1024 wide \('x' has shape \[1024, \d+\]\) but model.feat_size is 2048\. "
+              r"Fix: set model.feat_size: 1024 in the config",
 }
 
 
@@ -289,6 +293,25 @@ def test_check_feats_flag_lists_every_bad_file_before_training(root, tmp_path):
     assert f"... and {len(faults) - 5} more" in message and "tools/check_feats.py" in message
     assert "check feats train" in proc.stderr  # the progress bar
     assert "epoch 1/1" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_feature_width_is_model_feat_size(root, tmp_path):
+    """model.feat_size is what the feature files must hold: with features 2048 wide, a config of
+    1024 stops before any step naming the first feature file, its width and the key (it used to
+    be a matmul shape error inside Paddle); with the default 2048, one 1024-wide file among them
+    stops the run naming that file."""
+    config = tmp_path / "narrow_model.yml"
+    config.write_text(f"base: {os.path.join(REPO, 'configs', 'vqa', 'mmnasnet_tiny.yml')}\nmodel:\n  feat_size: 1024\n")
+    first = feature_files(root, "train2014")[0]
+    proc = run_cli(tmp_path, *[a if a != "--MODEL=tiny" else f"--MODEL={config}" for a in TRAIN], "--NW=0",
+                   f"--DATA_ROOT={root}", "--VERSION=wide")
+    assert_stopped_on(proc, r"its features are 2048 wide \('x' has shape \[2048, \d+\]\) but model.feat_size "
+                            r"is 1024\. Fix: set model.feat_size: 2048 in the config", [first])
+    assert "epoch 1/1:" not in proc.stderr
+    victim = feature_files(root, "train2014")[9]
+    rewrite(victim, "narrow")
+    proc = run_cli(tmp_path, *TRAIN, "--NW=2", f"--DATA_ROOT={root}", "--VERSION=narrow")
+    assert_stopped_on(proc, FAULT_MESSAGES["narrow"], [victim])
 
 
 # ----------------------------------------------------------------------------- one box range

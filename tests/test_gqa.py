@@ -88,6 +88,25 @@ def test_items_targets_and_result_file(gqa_root, tmp_path):
     assert not test.has_answers and test[0][3].sum() == 0
 
 
+def test_questions_kept_whole_at_model_max_token(gqa_root, tmp_path):
+    """GQA keeps questions whole: the GQA configs set model.max_token to the longest question of
+    the release (29), shorter ones are zero-padded to it; a config shorter than the longest
+    question of the files is refused by name."""
+    cfg = load_config("gqa_tiny")
+    cfg.data.data_root, cfg.results_dir = gqa_root, str(tmp_path / "results")
+    assert cfg.model.max_token == load_config("gqa_small").model.max_token == 29
+    longest = build_gqa_vocab(gqa_root, str(tmp_path / "plain"), progress=False).max_token
+    spec = dataset_spec("gqa")
+    vocab = spec.build_vocab(cfg, False)
+    val = spec.open(cfg, "val", vocab, False)
+    words = tokenize(val.question_text(0))
+    assert vocab.max_token == 29 and val[0][2].tolist() == [vocab.token_to_ix[w] for w in words] + [0] * (29 - len(words))
+    cfg.model.max_token = longest - 1
+    with pytest.raises(DataError, match=rf"the longest GQA question under {gqa_root} has {longest} words but "
+                                        rf"model.max_token is {longest - 1}.*set model.max_token: {longest}"):
+        spec.build_vocab(cfg, False)
+
+
 def test_bad_input_is_one_named_error(gqa_root, tmp_path):
     import shutil
     root = tmp_path / "copy"

@@ -101,6 +101,54 @@ def test_evaluate_through_both_engines_writes_identical_results(synthetic):
     np.testing.assert_allclose(logits_i, logits_d, atol=1e-4, rtol=0)
 
 
+def test_model_max_token_is_one_number_for_dataset_export_and_predict(synthetic, tmp_path):
+    """A YAML with model.max_token: 8 gives question_ids [8] from the dataset, an export whose
+    question_ids input is [B, 8] (evaluated through it as through the dygraph model), and a
+    predictor that reads 8 words, from the config or from the vocab.json training writes."""
+    from mmnas.config import CONFIG_DIR
+    from mmnas.data import VOCAB_FILE
+    from mmnas.data.datasets import dataset_spec
+    from mmnas.checkpoint_files import atomic_save, to_numpy_state
+    from mmnas.engine.evaluate import write_json_atomic
+    from mmnas.engine.predict import Predictor
+    from mmnas.models.export import export_inference
+    root, _, _ = synthetic
+    path = tmp_path / "short.yml"
+    path.write_text(f"base: {os.path.join(CONFIG_DIR, 'vqa', 'mmnasnet_tiny.yml')}\nmodel:\n  max_token: 8\n")
+    cfg = load_config(str(path))
+    cfg.data.data_root, cfg.results_dir = str(root / "data"), str(tmp_path / "results")
+    spec = dataset_spec("vqa")
+    vocab = spec.build_vocab(cfg, False)
+    dataset = spec.open(cfg, "val", vocab, False)
+    assert vocab.max_token == 8 and all(dataset[i][2].shape == (8,) for i in range(len(dataset)))
+
+    paddle.seed(3)
+    model = MMNasNet(cfg.model, vocab.token_size, vocab.answer_size)
+    model.eval()
+    export_inference(model, str(tmp_path / "export" / "model"), max_token=cfg.model.max_token)
+    spec_of = {s.name: s.shape for s in paddle.jit.load(str(tmp_path / "export" / "model"))._input_spec()}
+    assert spec_of["question_ids"] == (-1, 8)
+    answers = {}
+    for engine in ("dygraph", "inference"):  # the inference engine exports with model.max_token
+        r = evaluate(model, dataset, name=engine, results_dir=str(tmp_path / "results"), batch_size=16,
+                     progress=False, engine=engine)
+        answers[engine] = json.load(open(r.result_path))
+    assert answers["inference"] == answers["dygraph"]
+
+    question = "is there a red cube to the left of the blue sphere in this picture"  # 15 words
+    feats = dataset.image_path(0)
+    weights = tmp_path / "run" / "epoch1.pdparams"
+    os.makedirs(weights.parent)
+    atomic_save(to_numpy_state(model.state_dict()), str(weights))
+    from_config = Predictor.from_checkpoint(str(weights), cfg)  # no vocab.json: built with the config
+    write_json_atomic(vocab.to_dict(), str(weights.parent / VOCAB_FILE))  # as training writes it
+    from_vocab_json = Predictor.from_checkpoint(str(weights), "tiny")  # default config (14): vocab.json wins
+    for predictor in (from_config, from_vocab_json):
+        answer = predictor.ask(feats, question)
+        assert predictor.max_token == 8 and [t.used for t in answer.tokens] == [True] * 8 + [False] * 7
+        assert answer.lang_attention.shape == (8,)
+
+
 def test_auto_engine_and_errors():
     assert resolve_engine("dygraph", "fp32") == "dygraph"
     assert resolve_engine("inference", "fp32") == "inference"

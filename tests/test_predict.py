@@ -160,10 +160,16 @@ def ask_cli(trained, capsys, *extra, question="what colour is the dog?", feats=N
 
 def test_error_feature_file_of_the_wrong_layout(trained, capsys, tmp_path):
     good = read_image_features(feature_path(trained["data_root"], trained["by_family"]["exist"][0]["image_id"]))
-    bad = tmp_path / "narrow.npz"  # x [n, 1024]: neither VQA-v2's [2048, n] nor GQA's [n, 2048]
+    bad = tmp_path / "narrow.npz"  # x [n, 1024]: GQA's regions-first layout, but 1024 wide
+    n = len(good.region_feats)
     np.savez(bad, x=good.region_feats[:, :1024], bbox=good.boxes, image_w=good.image_w, image_h=good.image_h)
     line = error_line(*ask_cli(trained, capsys, feats=bad)[::2])
-    assert str(bad) in line and "expected [n, 2048]" in line
+    assert f"feature file {bad}: its features are 1024 wide ('x' has shape [{n}, 1024]) but model.feat_size " \
+           f"is 2048. Fix: set model.feat_size: 1024" in line
+    square = tmp_path / "square.npz"  # x [n, n]: no layout at all
+    np.savez(square, x=good.region_feats[:, :n], bbox=good.boxes, image_w=good.image_w, image_h=good.image_h)
+    line = error_line(*ask_cli(trained, capsys, feats=square)[::2])
+    assert str(square) in line and "expected [n, 2048]" in line
 
 
 @pytest.mark.parametrize("question", ["", "  ?? "])

@@ -17,7 +17,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mmnas.data.check_feats import LAYOUTS, USUAL_MIN_REGIONS, check_feats, format_report  # noqa: E402
-from mmnas.data.features import MAX_REGIONS  # noqa: E402
+from mmnas.data.features import FEAT_DIM, MAX_REGIONS  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -38,6 +38,8 @@ def parse_args(argv=None):
     p.add_argument("--no-png", action="store_true", help="do not draw the histogram")
     p.add_argument("--max-regions", type=int, default=MAX_REGIONS,
                    help="more boxes than this is an error (use the config's model.max_regions)")
+    p.add_argument("--feat-size", type=int, default=FEAT_DIM,
+                   help="width of a region feature; another width is an error (use the config's model.feat_size)")
     p.add_argument("--min-regions", type=int, default=USUAL_MIN_REGIONS,
                    help="fewer boxes than this is a warning (fewer than 1 is an error)")
     p.add_argument("--box-tolerance", type=float, default=1.0,
@@ -54,7 +56,7 @@ def main(argv=None) -> int:
     try:
         report = check_feats(args.feat_dir, question_files=args.questions, workers=args.workers,
                              report_path=report_path, png_path=png_path, progress=not args.quiet,
-                             max_regions=args.max_regions,
+                             max_regions=args.max_regions, feat_size=args.feat_size,
                              min_regions=args.min_regions, box_tolerance=args.box_tolerance,
                              dataset=args.dataset)
     except (FileNotFoundError, ValueError, OSError) as e:

@@ -4,8 +4,9 @@ Why: a single truncated download, a NaN or an inverted box shows up hours into a
 crash or a silently poisoned loss. Reading every file once, up front, in parallel, is cheap.
 
 Per file, the errors are exactly what training refuses (features.validate_features, the check
-behind the data loader): unreadable/truncated files, missing `x`/`bbox`, `x` not [2048, n],
-n outside 1..max_regions (model.max_regions, default 100), `bbox` not [n, 4], `num_bbox` != n,
+behind the data loader): unreadable/truncated files, missing `x`/`bbox`, `x` not [feat_size, n]
+(model.feat_size, default 2048), n outside 1..max_regions (model.max_regions, default 100),
+`bbox` not [n, 4], `num_bbox` != n,
 NaN/inf, boxes with x2 < x1 or y2 < y1. Warnings only (training accepts these): missing
 `image_h`/`image_w`/`num_bbox`, n outside the usual 10..max_regions, non-float32 `x`, all-zero
 feature rows (the loader reads those as padding and masks them out), boxes outside the image.
@@ -54,7 +55,7 @@ def _scalar(value) -> float:
 
 
 def inspect_file(path: str, max_regions: int = MAX_REGIONS, min_regions: int = USUAL_MIN_REGIONS,
-                 box_tolerance: float = 1.0, dataset: str = "vqa") -> dict:
+                 box_tolerance: float = 1.0, dataset: str = "vqa", feat_size: int = FEAT_DIM) -> dict:
     """Check one .npz file. Returns {"file", "image_id", "readable", "n", "problems":
     [(kind, detail)], "stats": [min, max, sum, count, zeros] or None}. The one error a file can
     have is the one training would stop on (validate_features); the rest are warnings."""
@@ -73,10 +74,10 @@ def inspect_file(path: str, max_regions: int = MAX_REGIONS, min_regions: int = U
     result["readable"] = True
     x = arrays.get("x")
     regions_axis = 0 if regions_first else 1
-    if x is not None and x.ndim == 2 and x.shape[1 - regions_axis] == FEAT_DIM:
+    if x is not None and x.ndim == 2 and x.shape[1 - regions_axis] == feat_size:
         result["n"] = x.shape[regions_axis]  # in the histogram even when n is out of range
     try:
-        validate_features(path, arrays, max_regions, regions_first)
+        validate_features(path, arrays, max_regions, regions_first, feat_size)
     except BadFeatureFile as e:
         problems.append((e.kind, e.detail))
         if e.kind in ("missing_keys", "bad_shape"):
@@ -84,7 +85,7 @@ def inspect_file(path: str, max_regions: int = MAX_REGIONS, min_regions: int = U
 
     x, bbox = arrays["x"], arrays["bbox"]
     if regions_first:
-        x = x.T  # [2048, n] below, as in the VQA-v2 files
+        x = x.T  # [feat_size, n] below, as in the VQA-v2 files
     n = x.shape[1]
     missing_meta = [k for k in meta_keys if k not in arrays]
     if missing_meta:
@@ -148,14 +149,14 @@ def check_feats(feat_dir: Union[str, Sequence[str]], question_files: Optional[Se
                 workers: int = 2, report_path: Optional[str] = None, png_path: Optional[str] = None,
                 progress: bool = True, max_regions: int = MAX_REGIONS,
                 min_regions: int = USUAL_MIN_REGIONS, box_tolerance: float = 1.0, max_listed: int = 10,
-                dataset: str = "vqa") -> dict:
+                dataset: str = "vqa", feat_size: int = FEAT_DIM) -> dict:
     """Check every .npz in `feat_dir` (one folder or several, e.g. train2014 + val2014 for VG
     questions); optionally write the JSON report and a PNG histogram of box counts.
     `report["ok"]` is False when something would break training."""
     feat_dirs = [feat_dir] if isinstance(feat_dir, str) else list(feat_dir)
     paths = _list_npz(feat_dirs)
     inspect = functools.partial(inspect_file, max_regions=max_regions, min_regions=min_regions,
-                                box_tolerance=box_tolerance, dataset=dataset)
+                                box_tolerance=box_tolerance, dataset=dataset, feat_size=feat_size)
     results = _map(inspect, paths, workers, progress)
     results.sort(key=lambda r: r["file"])
 

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from mmnas.config import LOSSES, TRAIN_SPLITS
-from mmnas.data.features import (ANNOTATION_FILES, FEATURE_DIRS, MAX_REGIONS, QUESTION_FILES, README_DATA,
+from mmnas.data.features import (ANNOTATION_FILES, FEAT_DIM, FEATURE_DIRS, MAX_REGIONS, QUESTION_FILES, README_DATA,
                                   DataError, check_raw_files, feature_index, read_json)
 from mmnas.data.regions import RegionDataset
 from mmnas.data.vocab import Vocab, answer_scores
@@ -38,7 +38,8 @@ class VQADataset(RegionDataset):
     def __init__(self, data_root: str, split: str, vocab: Vocab, *, preload: bool = False,
                  preload_workers: int = 8, drop_missing_images: bool = False, loss: str = "bce",
                  progress: bool = True, packed_feats: Optional[str] = None, max_regions: int = MAX_REGIONS,
-                 check_feats: bool = False):
+                 check_feats: bool = False,
+                 feat_size: int = FEAT_DIM):
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
@@ -86,7 +87,7 @@ class VQADataset(RegionDataset):
 
         self._setup_images(image_paths, split=split, progress=progress, max_regions=max_regions,
                            packed_feats=packed_feats, check_feats=check_feats, preload=preload,
-                           preload_workers=preload_workers)
+                           preload_workers=preload_workers, feat_size=feat_size)
 
     def _report_missing(self, missing, total, drop):
         folders = sorted({d for part, _, _ in missing for d in FEATURE_DIRS[part]})

@@ -1,12 +1,15 @@
 """The datasets behind one interface: what training, evaluation and search ask of a dataset.
 
 An entry of DATASETS (`data.dataset` in the config, `--DATASET` on the command line) gives
-- build_vocab(data_config, progress) -> Vocab: token and answer vocabularies, cached;
-- open(data_config, split, vocab, loss, max_regions, progress) -> a RegionDataset whose items are
-  (region_feats [n, 2048], boxes [n, 4], question_ids [max_token], target [A], index), which
-  knows `question_ids`, `has_answers`, `box_counts`, turns answers into result-file entries
+- build_vocab(run_config, progress) -> Vocab: token and answer vocabularies, cached under
+  run_config.cache_dir, cutting questions at model.max_token (Vocab.max_token);
+- open(run_config, split, vocab, progress) -> a RegionDataset whose items are
+  (region_feats [n, model.feat_size], boxes [n, 4], question_ids [model.max_token], target [A], index),
+  which knows `question_ids`, `has_answers`, `box_counts`, turns answers into result-file entries
   (`result_entries`), scores them (`score` -> a dict with "overall" and "per_answer_type")
   and formats them as one line for the log (`format_scores`).
+Both take the whole RunConfig: the data section, model.max_token / feat_size / max_regions and
+train.loss all shape the items.
 The splits each dataset accepts are plain data in config.py (TRAIN_PARTS, EVAL_SPLITS); the test
 split is always "test".
 Adding a third dataset: its files/vocabulary module, a RegionDataset subclass (see gqa.py), its
@@ -14,41 +17,66 @@ metric under mmnas/metrics/, an entry here, a name in config.DATASETS and config
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
-from mmnas.config import DataConfig
+from mmnas.config import RunConfig
+from mmnas.data.features import DataError
 from mmnas.data.vocab import Vocab, build_vocab
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
     name: str
-    build_vocab: Callable[[DataConfig, bool], Vocab]
-    open: Callable
+    build_vocab: Callable[[RunConfig, bool], Vocab]
+    open: Callable  # (RunConfig, split, Vocab, progress) -> RegionDataset
 
 
-def _vqa_vocab(dcfg: DataConfig, progress: bool) -> Vocab:
-    return build_vocab(dcfg.data_root, dcfg.cache_dir, dcfg.answer_dict, progress=progress)
+def _vqa_vocab(cfg: RunConfig, progress: bool) -> Vocab:
+    """VQA-v2 cuts questions (openvqa: at 14 words, the default of model.max_token)."""
+    vocab = build_vocab(cfg.data.data_root, cfg.cache_dir, cfg.data.answer_dict, progress=progress)
+    return dataclasses.replace(vocab, max_token=cfg.model.max_token)
 
 
-def _vqa_open(dcfg: DataConfig, split: str, vocab: Vocab, loss: str, max_regions: int, progress: bool):
+def _check_question_length(vocab: Vocab, cfg: RunConfig) -> None:
+    """The items' question_ids are vocab.max_token long; the model is exported with model.max_token."""
+    if vocab.max_token != cfg.model.max_token:
+        raise DataError(f"the vocabulary cuts questions at {vocab.max_token} words but model.max_token is "
+                        f"{cfg.model.max_token}; build the vocabulary with the same config "
+                        f"(dataset_spec(...).build_vocab) or set model.max_token: {vocab.max_token}.")
+
+
+def _vqa_open(cfg: RunConfig, split: str, vocab: Vocab, progress: bool):
     from mmnas.data.dataset import VQADataset  # imports paddle
+    _check_question_length(vocab, cfg)
+    dcfg = cfg.data
     return VQADataset(dcfg.data_root, split, vocab, preload=dcfg.preload,
-                      drop_missing_images=dcfg.drop_missing_images, loss=loss, progress=progress, packed_feats=dcfg.packed_feats, max_regions=max_regions,
-                      check_feats=dcfg.check_feats)
+                      drop_missing_images=dcfg.drop_missing_images, loss=cfg.train.loss, progress=progress,
+                      packed_feats=dcfg.packed_feats, max_regions=cfg.model.max_regions,
+                      check_feats=dcfg.check_feats, feat_size=cfg.model.feat_size)
 
 
-def _gqa_vocab(dcfg: DataConfig, progress: bool) -> Vocab:
+def _gqa_vocab(cfg: RunConfig, progress: bool) -> Vocab:
+    """GQA keeps questions whole (openvqa): model.max_token must hold the longest question of the
+    GQA files (29 on the balanced release, what configs/gqa/ set); shorter ones are zero-padded."""
     from mmnas.data.gqa_files import build_gqa_vocab
-    return build_gqa_vocab(dcfg.data_root, dcfg.cache_dir, progress=progress)
+    vocab = build_gqa_vocab(cfg.data.data_root, cfg.cache_dir, progress=progress)  # max_token: the longest
+    if vocab.max_token > cfg.model.max_token:
+        raise DataError(f"the longest GQA question under {cfg.data.data_root} has {vocab.max_token} words but "
+                        f"model.max_token is {cfg.model.max_token}, and GQA keeps questions whole; set "
+                        f"model.max_token: {vocab.max_token} (or more) in the config.")
+    return dataclasses.replace(vocab, max_token=cfg.model.max_token)
 
 
-def _gqa_open(dcfg: DataConfig, split: str, vocab: Vocab, loss: str, max_regions: int, progress: bool):
+def _gqa_open(cfg: RunConfig, split: str, vocab: Vocab, progress: bool):
     from mmnas.data.gqa import GQADataset  # imports paddle
+    _check_question_length(vocab, cfg)
+    dcfg = cfg.data
     return GQADataset(dcfg.data_root, split, vocab, preload=dcfg.preload,
-                      drop_missing_images=dcfg.drop_missing_images, progress=progress, packed_feats=dcfg.packed_feats, max_regions=max_regions,
-                      check_feats=dcfg.check_feats)
+                      drop_missing_images=dcfg.drop_missing_images, progress=progress,
+                      packed_feats=dcfg.packed_feats, max_regions=cfg.model.max_regions,
+                      check_feats=dcfg.check_feats, feat_size=cfg.model.feat_size)
 
 
 DATASETS = {

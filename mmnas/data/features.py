@@ -190,29 +190,52 @@ def check_box_count(path: str, n: int, max_regions: int = MAX_REGIONS) -> None:
                                  f"in the config (the model takes any n; memory grows with n squared)")
 
 
-def _region_count(path: str, shape, regions_first: bool) -> int:
-    """n from the shape of 'x': [2048, n] (VQA-v2 release, channels first) or, with regions_first,
-    [n, 2048] (GQA release); BadFeatureFile for any other shape."""
+def feature_width_error(path: str, width: int, feat_size: int, shape=None) -> BadFeatureFile:
+    """The error for features `width` wide where the model reads model.feat_size (kind bad_shape)."""
+    shown = f" ('x' has shape {list(shape)})" if shape is not None else ""
+    return BadFeatureFile(path, "bad_shape", f"its features are {width} wide{shown} but model.feat_size is {feat_size}",
+                          fix=f"set model.feat_size: {width} in the config if these are the features to "
+                              f"train on, or use {feat_size}-wide features")
+
+
+def _other_width(shape, regions_first: bool, feat_size: int) -> Optional[int]:
+    """The width of an 'x' of the right layout but another width than feat_size, else None.
+    The layout fits when the features axis is the longer one (n <= 100 regions, features are
+    hundreds wide) and the regions axis is not feat_size (that is the other layout)."""
+    if len(shape) != 2:
+        return None
+    axis = 0 if regions_first else 1  # the regions axis
+    width, n = shape[1 - axis], shape[axis]
+    return int(width) if width != feat_size and n != feat_size and width > n else None
+
+
+def _region_count(path: str, shape, regions_first: bool, feat_size: int = FEAT_DIM) -> int:
+    """n from the shape of 'x': [feat_size, n] (VQA-v2 release, channels first) or, with
+    regions_first, [n, feat_size] (GQA release); BadFeatureFile for any other shape, naming
+    model.feat_size when only the width differs."""
     axis = 0 if regions_first else 1
-    if len(shape) == 2 and shape[1 - axis] == FEAT_DIM:
+    if len(shape) == 2 and shape[1 - axis] == feat_size:
         return int(shape[axis])
-    expected = f"[n, {FEAT_DIM}] (regions first, GQA)" if regions_first else f"[{FEAT_DIM}, n] (channels first)"
-    flipped = len(shape) == 2 and shape[axis] == FEAT_DIM
+    width = _other_width(shape, regions_first, feat_size)
+    if width is not None:
+        raise feature_width_error(path, width, feat_size, shape)
+    expected = f"[n, {feat_size}] (regions first, GQA)" if regions_first else f"[{feat_size}, n] (channels first)"
+    flipped = len(shape) == 2 and shape[axis] == feat_size
     hint = f"; the file looks {'channels first (VQA-v2 layout)' if regions_first else 'regions first (GQA layout)'}" \
         if flipped else ""
     raise BadFeatureFile(path, "bad_shape", f"'x' has shape {list(shape)}, expected {expected}{hint}")
 
 
 def validate_features(path: str, arrays, max_regions: int = MAX_REGIONS,
-                      regions_first: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+                      regions_first: bool = False, feat_size: int = FEAT_DIM) -> Tuple[np.ndarray, np.ndarray]:
     """What training accepts, one check at a time: `arrays` (the .npz's mapping) ->
-    (region_feats float32 [n, 2048], boxes float32 [n, 4]), or BadFeatureFile for the first problem.
-    tools/check_feats.py reports exactly these problems as errors."""
+    (region_feats float32 [n, feat_size], boxes float32 [n, 4]), or BadFeatureFile for the first
+    problem. tools/check_feats.py reports exactly these problems as errors."""
     for key in ("x", "bbox"):
         if key not in arrays:
             raise BadFeatureFile(path, "missing_keys", f"key {key!r} is missing (keys present: {sorted(arrays)})")
     x, bbox = arrays["x"], arrays["bbox"]
-    n = _region_count(path, x.shape, regions_first)
+    n = _region_count(path, x.shape, regions_first, feat_size)
     check_box_count(path, n, max_regions)
     if bbox.ndim != 2 or bbox.shape != (n, 4):
         raise BadFeatureFile(path, "bad_shape", f"'bbox' has shape {list(bbox.shape)} but 'x' has n={n} regions; "
@@ -224,7 +247,7 @@ def validate_features(path: str, arrays, max_regions: int = MAX_REGIONS,
     for name, arr in (("x", x), ("bbox", bbox)):
         if not (np.issubdtype(arr.dtype, np.number) and not np.issubdtype(arr.dtype, np.complexfloating)):
             raise BadFeatureFile(path, "bad_shape", f"'{name}' has dtype {arr.dtype}, expected real numbers")
-    region_feats = np.ascontiguousarray(x if regions_first else x.T, dtype=np.float32)  # [n, 2048]
+    region_feats = np.ascontiguousarray(x if regions_first else x.T, dtype=np.float32)  # [n, feat_size]
     boxes = np.ascontiguousarray(bbox, dtype=np.float32)  # [n, 4] x1, y1, x2, y2 in pixels
     for name, arr in (("x", region_feats), ("bbox", boxes)):
         if not np.isfinite(arr).all():
@@ -249,9 +272,10 @@ def _not_permitted(path: str) -> BadFeatureFile:
                           fix="make it readable by this user (e.g. chmod a+r), or run as its owner")
 
 
-def load_npz(path: str, max_regions: int = MAX_REGIONS, regions_first: bool = False) -> Tuple[np.ndarray, np.ndarray]:
-    """Read and validate one feature file -> (region_feats float32 [n, 2048], boxes float32 [n, 4]);
-    regions_first: the file's x is [n, 2048] (GQA) instead of [2048, n] (VQA-v2)."""
+def load_npz(path: str, max_regions: int = MAX_REGIONS, regions_first: bool = False,
+             feat_size: int = FEAT_DIM) -> Tuple[np.ndarray, np.ndarray]:
+    """Read and validate one feature file -> (region_feats float32 [n, feat_size], boxes float32 [n, 4]);
+    regions_first: the file's x is [n, feat_size] (GQA) instead of [feat_size, n] (VQA-v2)."""
     try:
         with np.load(path) as npz:
             arrays = {key: npz[key] for key in ("x", "bbox", "num_bbox") if key in npz.files}
@@ -265,29 +289,47 @@ def load_npz(path: str, max_regions: int = MAX_REGIONS, regions_first: bool = Fa
         raise _not_permitted(path) from None
     except Exception as e:  # zipfile.BadZipFile, EOFError, ValueError, OSError, zlib.error, ...
         raise _unreadable(path, e) from None
-    return validate_features(path, arrays, max_regions, regions_first)
+    return validate_features(path, arrays, max_regions, regions_first, feat_size)
 
 
-def read_box_count(path: str, max_regions: int = MAX_REGIONS, regions_first: bool = False) -> int:
-    """Number of regions n in a feature file, from the header of 'x' only (no feature data read);
-    BadFeatureFile when n is outside MIN_REGIONS..max_regions."""
+def _x_shape(path: str) -> Optional[tuple]:
+    """The shape of 'x' from its .npy header only (no feature data read); None for the rare .npy
+    format 3.0; BadFeatureFile when the file cannot be opened or has no 'x'."""
     try:
         with zipfile.ZipFile(path) as zf, zf.open("x.npy") as f:
             version = np.lib.format.read_magic(f)
             if version == (1, 0):
-                shape, _, _ = np.lib.format.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, _, _ = np.lib.format.read_array_header_2_0(f)
-            else:  # rare .npy format 3.0: read the whole file instead
-                shape = None
+                return np.lib.format.read_array_header_1_0(f)[0]
+            if version == (2, 0):
+                return np.lib.format.read_array_header_2_0(f)[0]
+            return None
     except KeyError:
         raise BadFeatureFile(path, "missing_keys", "key 'x' is missing") from None
     except PermissionError:
         raise _not_permitted(path) from None
     except Exception as e:
         raise _unreadable(path, e) from None
-    if shape is None:
-        return len(load_npz(path, max_regions, regions_first)[0])
-    n = _region_count(path, shape, regions_first)
+
+
+def read_box_count(path: str, max_regions: int = MAX_REGIONS, regions_first: bool = False,
+                   feat_size: int = FEAT_DIM) -> int:
+    """Number of regions n in a feature file, from the header of 'x' only (no feature data read);
+    BadFeatureFile when n is outside MIN_REGIONS..max_regions or 'x' is not feat_size wide."""
+    shape = _x_shape(path)
+    if shape is None:  # rare .npy format 3.0: read the whole file instead
+        return len(load_npz(path, max_regions, regions_first, feat_size)[0])
+    n = _region_count(path, shape, regions_first, feat_size)
     check_box_count(path, n, max_regions)
     return n
+
+
+def check_feature_width(path: str, regions_first: bool = False, feat_size: int = FEAT_DIM) -> None:
+    """BadFeatureFile naming model.feat_size when the header of the file's 'x' shows features of
+    another width; any other problem of the file is left to the check that reads it (load_npz)."""
+    try:
+        shape = _x_shape(path)
+    except BadFeatureFile:
+        return
+    width = _other_width(shape, regions_first, feat_size) if shape is not None else None
+    if width is not None:
+        raise feature_width_error(path, width, feat_size, shape)

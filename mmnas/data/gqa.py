@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from mmnas.config import MAX_REGIONS
-from mmnas.data.features import DataError
+from mmnas.data.features import FEAT_DIM, DataError
 from mmnas.data.gqa_files import (ANSWERED_PARTS, CHOICES_FILES, FEATURE_DIR, QUESTION_FILES, README_GQA,
                                   gqa_path, read_questions)
 from mmnas.data.regions import RegionDataset
@@ -42,7 +42,8 @@ class GQADataset(RegionDataset):
 
     def __init__(self, data_root: str, split: str, vocab: Vocab, *, preload: bool = False,
                  preload_workers: int = 8, drop_missing_images: bool = False, progress: bool = True,
-                 packed_feats: Optional[str] = None, max_regions: int = MAX_REGIONS, check_feats: bool = False):
+                 packed_feats: Optional[str] = None, max_regions: int = MAX_REGIONS, check_feats: bool = False,
+                 feat_size: int = FEAT_DIM):
         super().__init__()
         self.data_root, self.vocab = data_root, vocab
         parts = split_parts(split)
@@ -86,7 +87,7 @@ class GQADataset(RegionDataset):
         self.choices = self._read_choices(parts)
         self._setup_images(image_paths, split=split, progress=progress, max_regions=max_regions,
                            packed_feats=packed_feats, check_feats=check_feats, preload=preload,
-                           preload_workers=preload_workers)
+                           preload_workers=preload_workers, feat_size=feat_size)
 
     def _read_choices(self, parts: Sequence[str]) -> Optional[dict]:
         """The choices file of an evaluation split (validity, plausibility), when it is there."""

@@ -9,7 +9,7 @@ Layout under `<data_root>/gqa/` (README.md, section "GQA"):
 
 Vocabularies follow openvqa's GQA loader: tokens (VQA-v2's tokenisation) over the train, val,
 testdev and test questions in that order, questions kept whole (max_token = the longest
-question); answers, normalised like VQA-v2's, over train, val and testdev in order of first
+question, which mmnas/data/datasets.py checks against model.max_token); answers, normalised like VQA-v2's, over train, val and testdev in order of first
 appearance, every one kept.
 """
 from __future__ import annotations

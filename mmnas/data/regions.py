@@ -4,8 +4,9 @@ stop the run instead of hanging the loader.
 
 A dataset (VQA-v2 in dataset.py, GQA in gqa.py) reads its own question files, then hands the
 feature file of every question to `RegionDataset._setup_images`; its __getitem__ returns
-(region_feats [n, 2048], boxes [n, 4], question_ids [max_token], target [A], index) with the
-image part from `region_arrays(i)`. Features are read per image, not per question (~5
+(region_feats [n, feat_size], boxes [n, 4], question_ids [max_token], target [A], index) with the
+image part from `region_arrays(i)`; feat_size is model.feat_size (2048 for the bottom-up features),
+and a file of another width is refused by name before the first step. Features are read per image, not per question (~5
 questions share an image): with preload=True each needed image is read once into memory;
 otherwise each item reads its file (DataLoader workers do that in parallel).
 
@@ -26,8 +27,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import paddle
 
-from mmnas.data.features import (FEAT_DIM, BadFeatureFile, DataError, check_box_count, load_npz,
-                                  read_box_count)
+from mmnas.data.features import (FEAT_DIM, BadFeatureFile, DataError, check_box_count, check_feature_width,
+                                  feature_width_error, load_npz, read_box_count)
 from mmnas.data.packed import PackedFeatures, is_store, store_dir_for
 from mmnas.data.vocab import encode_question
 from mmnas.progress import progress_bar
@@ -42,10 +43,12 @@ class RegionDataset(paddle.io.Dataset):
     readme_section = 'README.md, section "Real VQA-v2 data"'
 
     def _setup_images(self, image_paths: Sequence[str], *, split: str, progress: bool, max_regions: int,
-                      packed_feats: Optional[str], check_feats: bool, preload: bool, preload_workers: int):
+                      packed_feats: Optional[str], check_feats: bool, preload: bool, preload_workers: int,
+                      feat_size: int = FEAT_DIM):
         """image_paths: the feature file of every item, in item order (images repeat)."""
         self.split, self.progress = split, progress
         self.max_regions = max_regions  # images with more regions are refused (features.check_box_count)
+        self.feat_size = feat_size  # model.feat_size: files of another width are refused (features._region_count)
         # one entry per distinct image; items point at it
         self._image_paths: List[str] = sorted(set(image_paths))
         position = {path: i for i, path in enumerate(self._image_paths)}
@@ -56,6 +59,7 @@ class RegionDataset(paddle.io.Dataset):
         self._image_store = np.full(len(self._image_paths), -1, dtype=np.int32)  # store per image, -1: .npz
         self._image_row = np.zeros(len(self._image_paths), dtype=np.int64)  # image's index in its store
         self._open_packed(packed_feats)
+        self._check_first_width()
         if check_feats:
             self.check_features(preload_workers)
         if preload:
@@ -81,6 +85,8 @@ class RegionDataset(paddle.io.Dataset):
                 warnings.warn(f"{folder} changed after its packed store {store_dir} was written; images "
                               f"not in the store are read from their .npz files. Re-run tools/pack_feats.py.",
                               stacklevel=3)
+            if store.dim != self.feat_size:
+                raise feature_width_error(store_dir, store.dim, self.feat_size)
             k = len(self._stores)
             self._stores.append(store)
             for i in images:
@@ -88,6 +94,14 @@ class RegionDataset(paddle.io.Dataset):
                 if row is not None:
                     check_box_count(self._image_paths[i], int(store.counts[row]), self.max_regions)
                     self._image_store[i], self._image_row[i] = k, row
+
+    def _check_first_width(self) -> None:
+        """Read the header of one feature file (not its data): a folder of features of another
+        width than model.feat_size stops here, by name, not as a matmul error in the first step.
+        (Every other file is checked when read, and all of them up front with check_feats.)"""
+        unpacked = np.flatnonzero(self._image_store < 0)
+        if len(unpacked):
+            check_feature_width(self._image_paths[unpacked[0]], self.regions_first, self.feat_size)
 
     @property
     def packed_images(self) -> int:
@@ -98,7 +112,7 @@ class RegionDataset(paddle.io.Dataset):
         store = self._image_store[image]
         if store >= 0:
             return self._stores[store].get(int(self._image_row[image]))
-        return load_npz(self._image_paths[image], self.max_regions, self.regions_first)
+        return load_npz(self._image_paths[image], self.max_regions, self.regions_first, self.feat_size)
 
     def check_features(self, workers: int = 8) -> None:
         """Read and validate every .npz file this split needs, exactly as the loader will (load_npz),
@@ -106,7 +120,7 @@ class RegionDataset(paddle.io.Dataset):
         packed store were validated by tools/pack_feats.py.) Fills the box counts on the way."""
         unpacked = [i for i in range(len(self._image_paths)) if self._image_store[i] < 0]
         check = functools.partial(_feature_problem, max_regions=self.max_regions,
-                                  regions_first=self.regions_first)
+                                  regions_first=self.regions_first, feat_size=self.feat_size)
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             checked = list(progress_bar(pool.map(check, [self._image_paths[i] for i in unpacked]),
                                         total=len(unpacked), desc=f"check feats {self.split}",
@@ -137,7 +151,7 @@ class RegionDataset(paddle.io.Dataset):
         pool = ThreadPoolExecutor(max_workers=max(1, workers))
         try:
             results = pool.map(functools.partial(load_npz, max_regions=self.max_regions,
-                                                 regions_first=self.regions_first),
+                                                 regions_first=self.regions_first, feat_size=self.feat_size),
                                [self._image_paths[i] for i in unpacked])
             bar = progress_bar(results, total=len(unpacked), desc=f"preload {self.split}",
                                disable=not self.progress or not unpacked)
@@ -176,7 +190,8 @@ class RegionDataset(paddle.io.Dataset):
                     unpacked.append(i)
             with ThreadPoolExecutor(max_workers=8) as pool:
                 read = list(progress_bar(pool.map(functools.partial(read_box_count, max_regions=self.max_regions,
-                                                                    regions_first=self.regions_first),
+                                                                    regions_first=self.regions_first,
+                                                                    feat_size=self.feat_size),
                                                   [self._image_paths[i] for i in unpacked]),
                                          total=len(unpacked), desc="box counts",
                                          disable=not self.progress or not unpacked))
@@ -190,7 +205,7 @@ class RegionDataset(paddle.io.Dataset):
             return int(self._image_box_counts[image])
         if self._image_store[image] >= 0:
             return int(self._stores[self._image_store[image]].counts[self._image_row[image]])
-        return read_box_count(self._image_paths[image], self.max_regions, self.regions_first)
+        return read_box_count(self._image_paths[image], self.max_regions, self.regions_first, self.feat_size)
 
     def image_path(self, i: int) -> str:
         return self._image_paths[self._item_image[i]]
@@ -206,7 +221,7 @@ class RegionDataset(paddle.io.Dataset):
         return encode_question(self._question_texts[i], self.vocab.token_to_ix, self.vocab.max_token)
 
     def region_arrays(self, i: int) -> Tuple[np.ndarray, np.ndarray]:
-        """(region_feats float32 [n, 2048], boxes float32 [n, 4]) of item i's image; preloaded
+        """(region_feats float32 [n, feat_size], boxes float32 [n, 4]) of item i's image; preloaded
         arrays are shared between items: do not modify them in place."""
         image = self._item_image[i]
         if self._preloaded is not None and self._preloaded[image] is not None:
@@ -217,10 +232,11 @@ class RegionDataset(paddle.io.Dataset):
 CHECK_LISTED = 5  # bad feature files named in check_features' error
 
 
-def _feature_problem(path: str, max_regions: int, regions_first: bool) -> Tuple[int, Optional[str]]:
+def _feature_problem(path: str, max_regions: int, regions_first: bool,
+                     feat_size: int = FEAT_DIM) -> Tuple[int, Optional[str]]:
     """(regions n, None) for a usable feature file, (0, "path: what is wrong") otherwise."""
     try:
-        return len(load_npz(path, max_regions, regions_first)[0]), None
+        return len(load_npz(path, max_regions, regions_first, feat_size)[0]), None
     except BadFeatureFile as e:
         return 0, f"{path}: {e.detail}"
     except DataError as e:
@@ -230,12 +246,12 @@ def _feature_problem(path: str, max_regions: int, regions_first: bool) -> Tuple[
 def collate_batch(items):
     """Stack items, zero-padding regions to this batch's largest n (the model masks zero rows).
 
-    Returns numpy arrays: region_feats [B, Nmax, 2048] float32, boxes [B, Nmax, 4] float32,
-    question_ids [B, 14] int64, answer_scores [B, A] float32, index [B] int64.
+    Returns numpy arrays: region_feats [B, Nmax, feat_size] float32, boxes [B, Nmax, 4] float32,
+    question_ids [B, max_token] int64, answer_scores [B, A] float32, index [B] int64.
     """
     batch_size = len(items)
     n_max = max(len(item[0]) for item in items)
-    region_feats = np.zeros((batch_size, n_max, FEAT_DIM), dtype=np.float32)
+    region_feats = np.zeros((batch_size, n_max, items[0][0].shape[1]), dtype=np.float32)
     boxes = np.zeros((batch_size, n_max, 4), dtype=np.float32)
     for b, (feats, bx, _, _, _) in enumerate(items):
         region_feats[b, :len(feats)] = feats

@@ -111,7 +111,9 @@ class Vocab:
     ans_to_ix: Dict[str, int]
     ix_to_ans: Dict[int, str]
     sources: List[str] = field(default_factory=list)  # the files the vocabularies came from
-    max_token: int = MAX_TOKEN  # question ids per question: 14 on VQA-v2, the longest question on GQA
+    # question ids per question: model.max_token once dataset_spec(...).build_vocab has set it (as
+    # vocab.json records it for predict); the GQA builder returns the longest question, checked there
+    max_token: int = MAX_TOKEN
 
     @property
     def token_size(self) -> int:

@@ -21,10 +21,9 @@ import numpy as np
 import paddle
 
 from ..config import ModelConfig, RunConfig, load_config
-from ..data import VOCAB_FILE, DataError, Vocab, build_vocab, encode_question, load_npz, read_vocab_file, tokenize
+from ..data import VOCAB_FILE, DataError, Vocab, encode_question, load_npz, read_vocab_file, tokenize
 from ..data.datasets import dataset_spec
 from ..data.features import FEAT_DIM, BadFeatureFile
-from ..data.vocab import MAX_TOKEN
 from ..models import build_model
 from ..checkpoint_files import extract_state_dict, load_weights, safe_load
 
@@ -38,13 +37,13 @@ class Token:
     """One word of the question as the model reads it."""
     word: str
     known: bool  # in the token vocabulary; an unknown word is read as UNK
-    used: bool  # among the first 14 words (the model reads no more)
+    used: bool  # among the first max_token words (the model reads no more)
 
 
 @dataclass
 class BlockMap:
     """The attention of one SA/GA/RSA block for this question: map [heads, Nq, Nk], rows sum to 1.
-    Encoder SA: words x words (T = 14 positions); decoder SA/RSA: regions x regions; GA:
+    Encoder SA: words x words (T = max_token positions); decoder SA/RSA: regions x regions; GA:
     regions x words. Padded keys get exactly 0."""
     part: str  # "enc" or "dec"
     position: int  # index in the genotype list (config model.enc / model.dec)
@@ -71,7 +70,7 @@ class Answer:
     scores: List[float]  # sigmoid of the logits (trained with BCE) or their softmax (ce/kld), same order
     tokens: List[Token]  # every word of the question; token i is read at position i if used
     # AttFlat weights; masked positions get < 1e-20 (masked with -1e9 before Paddle's softmax)
-    lang_attention: np.ndarray  # [14] over word positions, sums to 1 over the question's words
+    lang_attention: np.ndarray  # [max_token] over word positions, sums to 1 over the question's words
     image_attention: np.ndarray  # [n] over the regions, sums to 1 over the real (non-zero) rows
     image: ImageFeatures
     blocks: List[BlockMap] = field(default_factory=list)
@@ -90,7 +89,7 @@ class Answer:
         return ([t.word for t in self.tokens if not t.known], [t.word for t in self.tokens if not t.used])
 
     def word_weights(self) -> List[float]:
-        """The language attention of each word of `tokens` (0 for words past the 14th)."""
+        """The language attention of each word of `tokens` (0 for words past the max_token-th)."""
         return [float(self.lang_attention[i]) if t.used else 0.0 for i, t in enumerate(self.tokens)]
 
     def to_json(self) -> dict:
@@ -109,19 +108,20 @@ class Answer:
 
 # ---- inputs -------------------------------------------------------------------------------
 
-def read_image_features(path: str) -> ImageFeatures:
-    """One feature file in a real layout: VQA-v2's (x [2048, n], bbox [n, 4], image_w, image_h)
-    or GQA's (x [n, 2048], bbox, width, height); DataError naming the file otherwise. Without the
-    image size the canvas is the boxes' extent."""
+def read_image_features(path: str, feat_size: int = FEAT_DIM) -> ImageFeatures:
+    """One feature file in a real layout: VQA-v2's (x [feat_size, n], bbox [n, 4], image_w, image_h)
+    or GQA's (x [n, feat_size], bbox, width, height), feat_size being model.feat_size; DataError
+    naming the file otherwise. Without the image size the canvas is the boxes' extent."""
     if not os.path.isfile(path):
         raise DataError(f"feature file {path} does not exist; check --FEATS.")
     try:
-        region_feats, boxes = load_npz(path)  # validates the layout
+        region_feats, boxes = load_npz(path, feat_size=feat_size)  # validates the layout
         size_keys = ("image_w", "image_h")
     except BadFeatureFile as e:
         if e.kind != "bad_shape":
             raise
-        region_feats, boxes = load_npz(path, regions_first=True)  # GQA's layout, or the error naming both
+        # GQA's layout, or the error naming both
+        region_feats, boxes = load_npz(path, regions_first=True, feat_size=feat_size)
         size_keys = ("width", "height")
     with np.load(path) as npz:
         size = [int(np.asarray(npz[k]).reshape(-1)[0]) if k in npz.files else None for k in size_keys]
@@ -132,23 +132,23 @@ def read_image_features(path: str) -> ImageFeatures:
     return ImageFeatures(region_feats, boxes, image_w, image_h, path)
 
 
-def as_image_features(features) -> ImageFeatures:
-    """A .npz path, an ImageFeatures, or a tuple (region_feats [n, 2048], boxes [n, 4], image_w, image_h)."""
+def as_image_features(features, feat_size: int = FEAT_DIM) -> ImageFeatures:
+    """A .npz path, an ImageFeatures, or a tuple (region_feats [n, feat_size], boxes [n, 4], image_w, image_h)."""
     if isinstance(features, ImageFeatures):
         return features
     if isinstance(features, (str, os.PathLike)):
-        return read_image_features(os.fspath(features))
+        return read_image_features(os.fspath(features), feat_size)
     region_feats, boxes, image_w, image_h = features
     region_feats = np.ascontiguousarray(region_feats, dtype=np.float32)
     boxes = np.ascontiguousarray(boxes, dtype=np.float32)
     n = len(region_feats)
-    if region_feats.shape != (n, FEAT_DIM) or boxes.shape != (n, 4) or n == 0:
-        raise DataError(f"features must be region_feats [n, {FEAT_DIM}] and boxes [n, 4] with n >= 1, "
+    if region_feats.shape != (n, feat_size) or boxes.shape != (n, 4) or n == 0:
+        raise DataError(f"features must be region_feats [n, {feat_size}] (model.feat_size) and boxes [n, 4] with n >= 1, "
                         f"got {list(region_feats.shape)} and {list(boxes.shape)}.")
     return ImageFeatures(region_feats, boxes, int(image_w), int(image_h))
 
 
-def read_tokens(question: str, vocab: Vocab, max_token: int = MAX_TOKEN) -> Tuple[List[Token], np.ndarray]:
+def read_tokens(question: str, vocab: Vocab, max_token: int) -> Tuple[List[Token], np.ndarray]:
     """(tokens, ids int64 [max_token]) with the checks a typed question needs: not empty, and at
     least one known word among those the model reads."""
     words = tokenize(question or "")
@@ -177,20 +177,18 @@ def check_vocab_fits(vocab: Vocab, state: dict, weights_path: str, vocab_source:
                            f"and {answers} answers; use the vocab.json written beside that checkpoint (--VOCAB).")
 
 
-def resolve_vocab(weights_path: str, vocab_path: Optional[str], data_root: str, cache_dir: str,
-                  answer_dict: Optional[str] = None, data_cfg=None) -> Tuple[Vocab, str]:
-    """(vocab, where it came from): --VOCAB, else the vocab.json beside the weights, else built
-    from the data files (as --RUN=val/test do; how the released .pdparams gets its vocabularies)."""
+def resolve_vocab(weights_path: str, vocab_path: Optional[str], cfg: RunConfig) -> Tuple[Vocab, str]:
+    """(vocab, where it came from): --VOCAB, else the vocab.json beside the weights (both carry the
+    max_token the model was trained with), else built from the data files of `cfg` as --RUN=val/test
+    build them (how the released .pdparams gets its vocabularies; max_token = model.max_token)."""
     if vocab_path:
         return read_vocab_file(vocab_path), vocab_path
     beside = os.path.join(os.path.dirname(os.path.abspath(weights_path)), VOCAB_FILE)
     if os.path.isfile(beside):
         return read_vocab_file(beside), beside
+    data_root = cfg.data.data_root
     try:
-        if data_cfg is not None and data_cfg.dataset != "vqa":  # built as that dataset's val/test build it
-            spec_cfg = dataclasses.replace(data_cfg, data_root=data_root, cache_dir=cache_dir)
-            return dataset_spec(data_cfg.dataset).build_vocab(spec_cfg, False), f"the data files under {data_root}"
-        return build_vocab(data_root, cache_dir, answer_dict, progress=False), f"the data files under {data_root}"
+        return dataset_spec(cfg.data.dataset).build_vocab(cfg, False), f"the data files under {data_root}"
     except DataError:
         raise PredictError(f"{weights_path} has no {VOCAB_FILE} beside it and the vocabularies cannot be built "
                            f"from --DATA_ROOT={data_root} (its question/annotation files are missing); pass "
@@ -211,8 +209,11 @@ class Predictor:
     """Load once, ask many. Wraps a model (a live one works too, e.g. during training) and its
     vocabulary; ask() runs one question in eval mode without gradients and restores the mode."""
 
-    def __init__(self, model, vocab: Vocab, max_token: int = MAX_TOKEN, softmax_scores: bool = False):
-        self.model, self.vocab, self.max_token = model, vocab, max_token
+    def __init__(self, model, vocab: Vocab, softmax_scores: bool = False):
+        # questions are cut at vocab.max_token, the model.max_token the model was trained with
+        # (recorded in vocab.json); features must be model.feat_size wide
+        self.model, self.vocab, self.max_token = model, vocab, vocab.max_token
+        self.feat_size = model.cfg.feat_size
         self.softmax_scores = softmax_scores  # scores: softmax (ce/kld training) instead of sigmoids (bce)
         self.vocab_source = None  # set by from_checkpoint: where the vocabulary came from
 
@@ -222,30 +223,28 @@ class Predictor:
                         cache_dir: Optional[str] = None) -> "Predictor":
         """config: a --MODEL name or YAML path, a RunConfig (also gives data_root, cache_dir and
         the answer dictionary) or a ModelConfig. Vocabularies: see resolve_vocab."""
+        given_run = isinstance(config, RunConfig) or isinstance(config, str)
         run_cfg = load_config(config) if isinstance(config, str) else config
-        model_cfg = run_cfg.model if isinstance(run_cfg, RunConfig) else run_cfg
-        data_cfg = run_cfg.data if isinstance(run_cfg, RunConfig) else None
-        data_root = data_root or (data_cfg.data_root if data_cfg else "./data")
-        cache_dir = cache_dir or (data_cfg.cache_dir if data_cfg else os.path.join("results", "cache"))
+        if isinstance(run_cfg, ModelConfig):
+            run_cfg = RunConfig(model=run_cfg)
+        data = {k: v for k, v in (("data_root", data_root), ("cache_dir", cache_dir)) if v}
+        run_cfg = dataclasses.replace(run_cfg, data=dataclasses.replace(run_cfg.data, **data))
         if not os.path.isfile(weights_path):
             raise PredictError(f"weights file {weights_path} does not exist; check --CKPT_PATH or --CKPT_V/--CKPT_E.")
         state = extract_state_dict(safe_load(weights_path), weights_path)
-        vocab, source = resolve_vocab(weights_path, vocab_path, data_root, cache_dir,
-                                      data_cfg.answer_dict if data_cfg else None, data_cfg)
+        vocab, source = resolve_vocab(weights_path, vocab_path, run_cfg)
         check_vocab_fits(vocab, state, weights_path, source)
-        model = build_model(model_cfg, vocab.token_size, vocab.answer_size)
+        model = build_model(run_cfg.model, vocab.token_size, vocab.answer_size)
         load_weights(model, weights_path, state)
         model.eval()
-        # max_token: 14 on VQA-v2, the longest question on GQA; a model trained with a softmax loss
-        # (GQA's ce, kld) scores its answers by their softmax
-        predictor = cls(model, vocab, vocab.max_token,
-                        softmax_scores=isinstance(run_cfg, RunConfig) and run_cfg.train.loss in ("ce", "kld"))
+        # a model trained with a softmax loss (GQA's ce, kld) scores its answers by their softmax
+        predictor = cls(model, vocab, softmax_scores=given_run and run_cfg.train.loss in ("ce", "kld"))
         predictor.vocab_source = source
         return predictor
 
     def ask(self, features, question: str, topk: int = 5) -> Answer:
         """features: a .npz path (real layout), ImageFeatures, or (region_feats, boxes, image_w, image_h)."""
-        image = as_image_features(features)
+        image = as_image_features(features, self.feat_size)
         tokens, ids = read_tokens(question, self.vocab, self.max_token)
         was_training = self.model.training
         self.model.eval()
@@ -286,7 +285,7 @@ def format_answer(answer: Answer) -> str:
     if unknown:
         lines.append(f"  (not in the vocabulary, read as UNK: {', '.join(unknown)})")
     if cut:
-        lines.append(f"  (past the {MAX_TOKEN}th word, not read: {' '.join(cut)})")
+        lines.append(f"  (past the {sum(t.used for t in answer.tokens)}th word, not read: {' '.join(cut)})")
     lines += [f"  {rank}. {a:<{width}}  {s:.3f}" for rank, (a, s) in enumerate(zip(answer.answers, answer.scores), 1)]
     return "\n".join(lines)
 
@@ -299,7 +298,7 @@ def run_predict(cfg: RunConfig, weights: str, feats: str, question: str, image_p
     from .evaluate import write_json_atomic
 
     # the user's files are checked before the (slower) model load
-    image = read_image_features(feats)
+    image = read_image_features(feats, cfg.model.feat_size)
     if image_path is not None and not os.path.isfile(image_path):
         raise PredictError(f"--IMAGE={image_path} does not exist; give the photo the features came from, or leave it out.")
     photo = image_path or find_photo(feats)

@@ -102,13 +102,12 @@ def all_reduce_sum(value: float, world: int) -> float:
 
 def open_vocab(cfg: RunConfig, progress: bool):
     """The token and answer vocabularies of cfg.data.dataset (built once, then cached)."""
-    return dataset_spec(cfg.data.dataset).build_vocab(cfg.data, progress)
+    return dataset_spec(cfg.data.dataset).build_vocab(cfg, progress)
 
 
 def open_dataset(cfg: RunConfig, split: str, vocab, progress: bool):
     """The split of cfg.data.dataset (mmnas/data/datasets.py) with the run's data options."""
-    return dataset_spec(cfg.data.dataset).open(cfg.data, split, vocab, cfg.train.loss, cfg.model.max_regions,
-                                               progress)
+    return dataset_spec(cfg.data.dataset).open(cfg, split, vocab, progress)
 
 
 def initial_word_vectors(cfg: RunConfig, vocab):

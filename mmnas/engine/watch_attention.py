@@ -66,7 +66,7 @@ class AttentionWatch:
         from .predict import read_image_features
         path = self.dataset.image_path(i)
         if os.path.isfile(path):
-            return read_image_features(path)
+            return read_image_features(path, self.dataset.feat_size)
         region_feats, boxes = self.dataset[i][:2]
         return region_feats, boxes, int(np.ceil(boxes[:, 2].max())) + 1, int(np.ceil(boxes[:, 3].max())) + 1
 

@@ -7,11 +7,10 @@ FLOP budget (mmnas/search/budget.py) compares genotypes with them.
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 from ..ops.registry import op_flops
 
-MAX_TOKEN = 14
 VQA_ANSWERS = 3129  # answers of the VQA-v2 dictionary (seen more than 8 times in train+val)
 
 
@@ -19,10 +18,11 @@ def _lin(rows, fan_in, fan_out):
     return 2.0 * rows * fan_in * fan_out
 
 
-def forward_flops(cfg, n: int, tokens: int = MAX_TOKEN, answer_size: int = VQA_ANSWERS) -> Dict[str, float]:
-    """Forward FLOPs of one sample with n regions and `tokens` question tokens, in parts:
-    'adapter' (region features -> hidden), 'rel' (box geometry -> relation embedding), 'other'."""
-    H, T, E = cfg.hidden_size, tokens, cfg.word_embed
+def forward_flops(cfg, n: int, tokens: Optional[int] = None, answer_size: int = VQA_ANSWERS) -> Dict[str, float]:
+    """Forward FLOPs of one sample with n regions and `tokens` question tokens (default
+    cfg.max_token, the length every question is padded or cut to), in parts: 'adapter'
+    (region features -> hidden), 'rel' (box geometry -> relation embedding), 'other'."""
+    H, T, E = cfg.hidden_size, tokens or cfg.max_token, cfg.word_embed
     other = T * (_lin(1, E, 4 * H) + _lin(1, H, 4 * H))  # LSTM
     for op in cfg.enc:  # language stream: T positions, the image (n) is the other stream
         other += op_flops(op, cfg, T, n)
@@ -36,6 +36,6 @@ def forward_flops(cfg, n: int, tokens: int = MAX_TOKEN, answer_size: int = VQA_A
     return {"adapter": _lin(n, cfg.feat_size, H), "rel": _lin(n * n, 4, cfg.rel_size), "other": other}
 
 
-def forward_gflops(cfg, n: int = 100, tokens: int = MAX_TOKEN, answer_size: int = VQA_ANSWERS) -> float:
-    """Total forward GFLOPs of one sample (default: n = 100 regions, VQA-v2 answers)."""
+def forward_gflops(cfg, n: int = 100, tokens: Optional[int] = None, answer_size: int = VQA_ANSWERS) -> float:
+    """Total forward GFLOPs of one sample (default: n = 100 regions, cfg.max_token tokens, VQA-v2 answers)."""
     return sum(forward_flops(cfg, n, tokens, answer_size).values()) / 1e9

@@ -1,9 +1,9 @@
 """The FLOP budget of a search: what each candidate costs, the expected cost, the genotype
 that fits.
 
-Costs are forward GFLOPs of one sample at n = 100 regions and 14 tokens, at the width of the
-model the genotype will be trained at (`search.target_model`, a --MODEL name or YAML path:
-its hidden size, heads, FFN and relation widths), counted by mmnas/models/flops.py from the op
+Costs are forward GFLOPs of one sample at n = 100 regions, at the width of the model the
+genotype will be trained at (`search.target_model`, a --MODEL name or YAML path: its hidden
+size, heads, FFN and relation widths, and its model.max_token tokens: 14 for VQA-v2), counted by mmnas/models/flops.py from the op
 registry. A genotype's GFLOPs are those of that whole model (LSTM, adapter, heads included);
 the searched positions are the part that varies.
 
@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from ..config import ConfigError, ModelConfig, load_config
-from ..models.flops import MAX_TOKEN, forward_gflops
+from ..models.flops import forward_gflops
 from ..ops.registry import op_flops
 
 BUDGET_REGIONS = 100  # the budget is stated per sample at n = 100 regions
@@ -63,8 +63,8 @@ def target_model_config(name: str) -> ModelConfig:
 
 
 def position_costs(target: ModelConfig, pools: Dict[str, List[List[str]]]) -> PositionCosts:
-    """Per-candidate GFLOPs for the search pools at the target width (n = 100, 14 tokens)."""
-    n, T = BUDGET_REGIONS, MAX_TOKEN
+    """Per-candidate GFLOPs for the search pools at the target width (n = 100, its model.max_token tokens)."""
+    n, T = BUDGET_REGIONS, target.max_token
     own_other = {"enc": (T, n), "dec": (n, T)}  # (length of the op's stream, of the other one)
     gflops = {part: [np.array([op_flops(op, target, *own_other[part]) / 1e9 for op in pool])
                      for pool in pools[part]] for part in PARTS}
@@ -78,7 +78,7 @@ def genotype_gflops(target: ModelConfig, genotype: Dict[str, Sequence[str]]) -> 
     """Forward GFLOPs per sample at n = 100 of the target model with this genotype."""
     cfg = copy.deepcopy(target)
     cfg.enc, cfg.dec = list(genotype["enc"]), list(genotype["dec"])
-    return forward_gflops(cfg, n=BUDGET_REGIONS, tokens=MAX_TOKEN)
+    return forward_gflops(cfg, n=BUDGET_REGIONS)  # at the target's model.max_token tokens
 
 
 def expected_gflops(alphas: Sequence, costs: PositionCosts):
