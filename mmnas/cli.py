@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--RESUME", type=str2bool, default=False, help="resume training from --CKPT_V/--CKPT_E")
     p.add_argument("--CKPT_V", help="version of the checkpoint to resume or evaluate")
     p.add_argument("--CKPT_E", type=int, help="epoch of the checkpoint to resume or evaluate")
-    p.add_argument("--CKPT_PATH", help="a weights file to evaluate (overrides --CKPT_V/--CKPT_E)")
+    p.add_argument("--CKPT_PATH", help="a weights file: to evaluate (val/test/predict, overrides --CKPT_V/--CKPT_E) "
+                   "or to start training from (train: fine-tuning, fresh optimizer)")
     p.add_argument("--MAX_EPOCH", type=int, help="train until this many epochs (default 13)")
     p.add_argument("--PRELOAD", type=str2bool, default=None, help="keep all features in memory")
     p.add_argument("--ACCU", type=int, help="gradient accumulation: split each batch in ACCU sub-batches")
@@ -183,9 +184,12 @@ def validate_args(cfg: RunConfig, args: argparse.Namespace) -> None:
     if cfg.run in ("train", "search"):
         if cfg.resume and (cfg.ckpt_version is None or cfg.ckpt_epoch is None):
             raise UsageError("--RESUME=True needs --CKPT_V and --CKPT_E naming the checkpoint to continue from.")
-        if args.CKPT_PATH and not cfg.resume:
-            raise UsageError("--CKPT_PATH is for --RUN=val/test; to continue training use --RESUME=True "
-                             "with --CKPT_V and --CKPT_E.")
+        if args.CKPT_PATH and cfg.resume:
+            raise UsageError("--RESUME=True continues a run from --CKPT_V/--CKPT_E with its optimizer; "
+                             "--CKPT_PATH starts a new run from a weights file. Give one of the two.")
+        if args.CKPT_PATH and cfg.run == "search":
+            raise UsageError("--CKPT_PATH is for --RUN=train (fine-tuning) and --RUN=val/test; a search "
+                             "continues with --RESUME=True --CKPT_V --CKPT_E.")
     else:
         if cfg.resume:
             raise UsageError(f"--RESUME is only for --RUN=train, not --RUN={cfg.run}.")
@@ -209,6 +213,9 @@ def validate_args(cfg: RunConfig, args: argparse.Namespace) -> None:
 
 def check_paths(cfg: RunConfig, args: argparse.Namespace) -> None:
     """The files and folders the run reads exist (checked before a run starts, after the flags)."""
+    if cfg.run == "train" and cfg.ckpt_path and not os.path.isfile(cfg.ckpt_path):
+        raise UsageError(f"--CKPT_PATH={cfg.ckpt_path} does not exist; expected a weights file (.pdparams) "
+                         f"to start training from.")
     if cfg.run not in ("train", "search"):
         weights, _ = checkpoint_for_eval(cfg)
         if not os.path.isfile(weights):

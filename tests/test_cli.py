@@ -71,10 +71,17 @@ def test_resume_only_for_train(capsys, dirs):
                        "--RESUME", "--RUN=val")
 
 
-def test_ckpt_path_is_not_for_training(capsys, dirs, tmp_path):
+def test_ckpt_path_is_not_for_search(capsys, dirs, tmp_path):
     weights = tmp_path / "w.pdparams"
     weights.write_bytes(b"")
-    assert_usage_error(["--RUN=train", "--MODEL=tiny", f"--CKPT_PATH={weights}", *dirs], capsys, "--CKPT_PATH")
+    assert_usage_error(["--RUN=search", "--MODEL=tiny", f"--CKPT_PATH={weights}", *dirs], capsys,
+                       "--CKPT_PATH", "--RESUME")
+
+
+def test_fine_tuning_from_a_missing_file(capsys, dirs, tmp_path):
+    missing = tmp_path / "released.pdparams"
+    assert_usage_error(["--RUN=train", "--MODEL=tiny", f"--CKPT_PATH={missing}", *dirs], capsys,
+                       f"--CKPT_PATH={missing} does not exist")
 
 
 @pytest.mark.skipif(paddle.device.is_compiled_with_cuda(), reason="this Paddle build has CUDA")

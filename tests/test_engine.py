@@ -468,6 +468,51 @@ def _raw(world, name):
         return json.load(f)
 
 
+def test_fine_tuning_starts_from_the_file_with_a_fresh_optimizer(world, base_run, tmp_path, capsys):
+    """--RUN=train --CKPT_PATH=w: the base run's initial weights saved to a file and trained from
+    through the command line reproduce the base run's first epoch, so the run starts from the
+    file's weights with a fresh optimizer and LR schedule (a resumed optimizer or a later epoch
+    of the schedule would step differently)."""
+    from mmnas.engine.runner import initial_word_vectors
+    vocab = _vocab(world)
+    paddle.seed(base_run.cfg.train.seed)
+    start = build_model(base_run.cfg.model, vocab.token_size, vocab.answer_size,
+                        initial_word_vectors(base_run.cfg, vocab))
+    weights = tmp_path / "start.pdparams"
+    atomic_save({k: v.numpy() for k, v in start.state_dict().items()}, str(weights))
+    common = [f"--MODEL={world.yml}", f"--CKPT_DIR={tmp_path / 'ckpt'}", f"--RESULTS_DIR={tmp_path / 'results'}"]
+    code, out, err = cli_main(["--RUN=train", f"--CKPT_PATH={weights}", "--VERSION=ft", *common], capsys)
+    assert code == 0, err[-3000:]
+    assert f"starting from the weights of {weights}" in out
+    tuned_params, tuned_opt = ckpt_paths(str(tmp_path / "ckpt"), "ft", 1)
+    assert_same_weights(safe_load(tuned_params), safe_load(base_run.params))
+    tuned, base = safe_load(tuned_opt)["optimizer"], safe_load(base_run.opt)["optimizer"]
+    pows = [k for k in base if "beta1_pow" in k]
+    assert pows and all(np.allclose(tuned[k], base[k]) for k in pows)  # STEPS Adam steps, not more
+
+    # from the base run's trained weights, one more epoch moves them (a run that ignored the file
+    # would start from the same random init as the base run and land on its weights again)
+    code, out, err = cli_main(["--RUN=train", f"--CKPT_PATH={base_run.params}", "--VERSION=ft1", *common], capsys)
+    assert code == 0, err[-3000:]
+    again, trained = safe_load(ckpt_paths(str(tmp_path / "ckpt"), "ft1", 1)[0]), safe_load(base_run.params)
+    moved = max(float(np.abs(again[k] - trained[k]).max()) for k in trained if not GRADIENT_FREE.search(k))
+    assert moved > 1e-3, moved
+
+    # the released model of another vocabulary: refused as --RUN=val refuses it, nothing written
+    other = build_model(base_run.cfg.model, vocab.token_size, vocab.answer_size + 3)
+    wrong = tmp_path / "other_answers.pdparams"
+    atomic_save({k: v.numpy() for k, v in other.state_dict().items()}, str(wrong))
+    code, out, err = cli_main(["--RUN=train", f"--CKPT_PATH={wrong}", "--VERSION=ft2", *common], capsys)
+    assert code == 2
+    assert str(wrong) in err and str(vocab.answer_size + 3) in err and str(vocab.answer_size) in err
+    assert not os.path.exists(ckpt_paths(str(tmp_path / "ckpt"), "ft2", 1)[0])
+
+    # continuing and starting fresh are two different requests
+    code, out, err = cli_main(["--RUN=train", f"--CKPT_PATH={weights}", "--RESUME=True", "--CKPT_V=ft",
+                               "--CKPT_E=1", *common], capsys)
+    assert code == 2 and "--CKPT_PATH" in err and "--RESUME" in err
+
+
 def test_test_run_answers_every_test_question(world, base_run, tmp_path, capsys):
     results = tmp_path / "results"
     code, out, err = cli_main(["--RUN=test", f"--MODEL={world.yml}", f"--CKPT_DIR={base_run.ckpt_dir}",
