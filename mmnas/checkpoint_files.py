@@ -135,8 +135,9 @@ def extract_state_dict(obj: Any, path: str = "<checkpoint>") -> Dict[str, np.nda
 
 
 # What a shape mismatch in one dimension of these keys means for the user.
-_ANSWERS = ("the answer vocabulary size differs (A): the answer dictionary differs from the "
-            "checkpoint's (3129 answers on VQA-v2); pass the dictionary it was trained with")
+_ANSWERS = ("the answer vocabulary size differs (A, this run's vs the file's): the checkpoint was "
+            "trained with another answer dictionary; use the data (--DATA_ROOT) and data.answer_dict "
+            "it was trained with")
 _DIM_MEANINGS = {
     ("embedding.weight", 0): "the question vocabulary size differs (T): the token vocabulary was built "
                              "from different question files than the checkpoint's, e.g. VG questions "
@@ -180,10 +181,11 @@ def match_state_dict(model, state: Dict[str, np.ndarray], path: str = "<checkpoi
             if k not in state and present:
                 state[k] = state[present[0]]
 
-    missing = [k for k in own if k not in state]
+    aliases = {k for keys in by_tensor.values() for k in keys[1:]}  # report each tensor once
+    missing = [k for k in own if k not in state and k not in aliases]
     unexpected = [k for k in state if k not in own]
     misshaped = [(k, tuple(own[k].shape), tuple(state[k].shape)) for k in own
-                 if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+                 if k in state and k not in aliases and tuple(own[k].shape) != tuple(state[k].shape)]
     if missing or unexpected or misshaped:
         lines = [f"{path} does not fit the model:"]
         if missing:
@@ -192,10 +194,14 @@ def match_state_dict(model, state: Dict[str, np.ndarray], path: str = "<checkpoi
         if unexpected:
             lines.append(f"  unexpected keys ({len(unexpected)}): " + ", ".join(unexpected[:20])
                          + (" ..." if len(unexpected) > 20 else ""))
-        for key, expected, found in misshaped:
-            meaning = mismatch_meaning(key, expected, found)
+        explained = [(key, expected, found, mismatch_meaning(key, expected, found))
+                     for key, expected, found in misshaped]
+        explained.sort(key=lambda row: not row[3])  # the keys that say what differs come first
+        for key, expected, found, meaning in explained[:20]:
             meaning = f" -> {meaning}" if meaning else ""
             lines.append(f"  {key}: model expects {list(expected)}, file has {list(found)}{meaning}")
+        if len(explained) > 20:
+            lines.append(f"  ... and {len(explained) - 20} more mis-shaped keys")
         if missing or unexpected:
             lines.append("  (is the config/genotype the one this checkpoint was trained with? "
                          "--MODEL and --ARCH_PATH choose it)")

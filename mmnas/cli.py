@@ -123,7 +123,26 @@ def _from_flag(key: str, value):
     return checked_value(key, value, "the command line", flag=FLAG_OF_KEY.get(key))
 
 
+def check_checkpoint_flags(args: argparse.Namespace) -> None:
+    """Which checkpoint flags go together, from the flags alone (before a resume reads its file)."""
+    if args.RUN in ("train", "search"):
+        if args.CKPT_PATH and args.RESUME:
+            raise UsageError("--RESUME=True continues a run from --CKPT_V/--CKPT_E with its optimizer; "
+                             "--CKPT_PATH starts a new run from a weights file. Give one of the two.")
+        if args.CKPT_PATH and args.RUN == "search":
+            raise UsageError("--CKPT_PATH is for --RUN=train (fine-tuning) and --RUN=val/test; a search "
+                             "continues with --RESUME=True --CKPT_V --CKPT_E.")
+        if not args.RESUME and (args.CKPT_V is not None or args.CKPT_E is not None):
+            raise UsageError(f"--CKPT_V/--CKPT_E name a checkpoint to continue, which --RUN={args.RUN} does "
+                             f"only with --RESUME=True; add it, or start a new run from the weights with "
+                             f"--CKPT_PATH=<ckpt_dir>/ckpt_<V>/epoch<E>.pdparams.")
+    if args.CKPT_PATH and args.CKPT_PATH.endswith(".pdopt"):
+        raise UsageError(f"--CKPT_PATH={args.CKPT_PATH} is an optimizer-state file; pass the weights "
+                         f"file beside it ({args.CKPT_PATH[:-len('.pdopt')]}.pdparams).")
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
+    check_checkpoint_flags(args)
     if args.ARCH_PATH and not os.path.isfile(args.ARCH_PATH):
         raise UsageError(f"--ARCH_PATH={args.ARCH_PATH} does not exist; expected a genotype file "
                          f"(JSON/YAML with enc and dec lists, e.g. configs/genotypes/mmnasnet_vqa.json).")
@@ -184,12 +203,6 @@ def validate_args(cfg: RunConfig, args: argparse.Namespace) -> None:
     if cfg.run in ("train", "search"):
         if cfg.resume and (cfg.ckpt_version is None or cfg.ckpt_epoch is None):
             raise UsageError("--RESUME=True needs --CKPT_V and --CKPT_E naming the checkpoint to continue from.")
-        if args.CKPT_PATH and cfg.resume:
-            raise UsageError("--RESUME=True continues a run from --CKPT_V/--CKPT_E with its optimizer; "
-                             "--CKPT_PATH starts a new run from a weights file. Give one of the two.")
-        if args.CKPT_PATH and cfg.run == "search":
-            raise UsageError("--CKPT_PATH is for --RUN=train (fine-tuning) and --RUN=val/test; a search "
-                             "continues with --RESUME=True --CKPT_V --CKPT_E.")
     else:
         if cfg.resume:
             raise UsageError(f"--RESUME is only for --RUN=train, not --RUN={cfg.run}.")

@@ -78,6 +78,24 @@ def test_ckpt_path_is_not_for_search(capsys, dirs, tmp_path):
                        "--CKPT_PATH", "--RESUME")
 
 
+def test_checkpoint_flags_that_do_not_go_together(capsys, dirs, tmp_path):
+    weights = tmp_path / "w.pdparams"
+    weights.write_bytes(b"")
+    # refused from the flags alone: no "resuming with the settings of ..." note before the refusal
+    assert_usage_error(["--RUN=train", "--MODEL=tiny", "--RESUME=True", "--CKPT_V=x", "--CKPT_E=1",
+                        f"--CKPT_PATH={weights}", *dirs], capsys, "Give one of the two")
+    # a checkpoint named without --RESUME would be ignored: refused, with both ways out
+    for flags in (["--CKPT_V=x", "--CKPT_E=1"], ["--CKPT_V=x"], ["--CKPT_E=1"]):
+        assert_usage_error(["--RUN=train", "--MODEL=tiny", *flags, *dirs], capsys,
+                           "--RESUME=True", "--CKPT_PATH=")
+    # the optimizer file instead of the weights beside it
+    optimizer_file = tmp_path / "epoch2.pdopt"
+    optimizer_file.write_bytes(b"")
+    for mode in ("train", "val"):
+        assert_usage_error([f"--RUN={mode}", "--MODEL=tiny", f"--CKPT_PATH={optimizer_file}", *dirs], capsys,
+                           "optimizer-state file", str(tmp_path / "epoch2.pdparams"))
+
+
 def test_fine_tuning_from_a_missing_file(capsys, dirs, tmp_path):
     missing = tmp_path / "released.pdparams"
     assert_usage_error(["--RUN=train", "--MODEL=tiny", f"--CKPT_PATH={missing}", *dirs], capsys,

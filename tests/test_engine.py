@@ -505,7 +505,9 @@ def test_fine_tuning_starts_from_the_file_with_a_fresh_optimizer(world, base_run
     code, out, err = cli_main(["--RUN=train", f"--CKPT_PATH={wrong}", "--VERSION=ft2", *common], capsys)
     assert code == 2
     assert str(wrong) in err and str(vocab.answer_size + 3) in err and str(vocab.answer_size) in err
-    assert not os.path.exists(ckpt_paths(str(tmp_path / "ckpt"), "ft2", 1)[0])
+    for leftover in (tmp_path / "ckpt" / "ckpt_ft2", tmp_path / "results" / "vdl" / "ft2",
+                     tmp_path / "results" / "log" / "log_run_ft2.txt"):
+        assert not leftover.exists(), leftover  # no empty run folder, no empty run in VisualDL
 
     # continuing and starting fresh are two different requests
     code, out, err = cli_main(["--RUN=train", f"--CKPT_PATH={weights}", "--RESUME=True", "--CKPT_V=ft",

@@ -600,7 +600,8 @@ def test_proj_weight_hint_names_the_dimension_that_differs(world):
     assert f"dimension 0 ({flat_out} vs {flat_out * 2}): the fused feature width differs (model.flat_out" in width
     assert "answer vocabulary" not in width
     answers = message(proj__weight=(flat_out, 13), proj__bias=(13,))
-    assert "dimension 1 (12 vs 13): the answer vocabulary size differs (A)" in answers
+    assert "dimension 1 (12 vs 13): the answer vocabulary size differs (A, this run's vs the file's)" in answers
+    assert "--DATA_ROOT" in answers and "data.answer_dict" in answers
     assert "fused feature width" not in answers
     tokens = message(embedding__weight=(31, cfg.model.word_embed))
     assert "dimension 0 (30 vs 31): the question vocabulary size differs (T)" in tokens

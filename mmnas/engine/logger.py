@@ -13,6 +13,7 @@ class RunLogger:
     def __init__(self, results_dir: str, version: str, enabled: bool = True, use_vdl: bool = True):
         self.enabled = enabled
         self.writer = None
+        self.vdl_dir = None  # the VisualDL writer opens with the first record, so a run refused
         self.log_path = os.path.join(results_dir, "log", f"log_run_{version}.txt")
         if not enabled:
             return
@@ -20,17 +21,27 @@ class RunLogger:
             os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
         except OSError as e:
             raise write_error(self.log_path, e, "--RESULTS_DIR") from None
-        if use_vdl:
+        if use_vdl:  # before it logs anything leaves no empty run in VisualDL
             try:
-                from visualdl import LogWriter
+                import visualdl  # noqa: F401
             except ImportError:
                 print("VisualDL is not installed (pip install visualdl); logging to text only.")
             else:
-                logdir = os.path.join(results_dir, "vdl", version)
-                try:
-                    self.writer = LogWriter(logdir=logdir)
-                except OSError as e:
-                    raise write_error(logdir, e, "--RESULTS_DIR") from None
+                self.vdl_dir = os.path.join(results_dir, "vdl", version)
+
+    @property
+    def has_vdl(self) -> bool:
+        """Whether scalars and images go anywhere (rank 0 with VisualDL installed)."""
+        return self.enabled and self.vdl_dir is not None
+
+    def _vdl(self):
+        if self.writer is None and self.has_vdl:
+            from visualdl import LogWriter
+            try:
+                self.writer = LogWriter(logdir=self.vdl_dir)
+            except OSError as e:
+                raise write_error(self.vdl_dir, e, "--RESULTS_DIR") from None
+        return self.writer
 
     def text(self, message: str) -> None:
         if self.enabled:
@@ -44,19 +55,19 @@ class RunLogger:
         self.text("config:\n" + json.dumps(cfg_dict, indent=2, sort_keys=True, default=str))
 
     def scalars(self, values: dict, step: int) -> None:
-        if self.enabled and self.writer is not None:
+        if self._vdl() is not None:
             for tag, value in values.items():
                 self.writer.add_scalar(tag=tag, value=float(value), step=step)
 
     def hparams(self, values: dict, metric_tags: list) -> None:
         """The run's hyper-parameters for VisualDL's hparams page; `metric_tags` name scalars
         (e.g. "val/overall") whose last values the page shows beside them."""
-        if self.enabled and self.writer is not None:
+        if self._vdl() is not None:
             self.writer.add_hparams(values, list(metric_tags))
 
     def image(self, tag: str, rgb, step: int) -> None:
         """An RGB picture (uint8 [H, W, 3]) for VisualDL's image tab."""
-        if self.enabled and self.writer is not None:
+        if self._vdl() is not None:
             self.writer.add_image(tag=tag, img=rgb, step=step, dataformats="HWC")
 
     def close(self) -> None:

@@ -42,6 +42,8 @@ class RunFolderLock:
             try:
                 os.makedirs(folder, exist_ok=True)
                 fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:
+                continue  # a run releasing its lock removed the folder just now: make it again
             except OSError as e:
                 raise write_error(self.lock_path, e, self.flag) from None
             try:
@@ -71,7 +73,9 @@ class RunFolderLock:
         return self
 
     def release(self) -> None:
-        """Remove the file while still holding the lock, then drop it (acquire re-checks the path)."""
+        """Remove the file while still holding the lock, then drop it (acquire re-checks the
+        path); a folder left empty goes too, so a run refused before it wrote anything leaves
+        no empty run folder behind."""
         if self.fd is None:
             return
         try:
@@ -80,6 +84,10 @@ class RunFolderLock:
             pass
         os.close(self.fd)
         self.fd = None
+        try:
+            os.rmdir(os.path.dirname(os.path.abspath(self.lock_path)))
+        except OSError:
+            pass  # not empty (the run's files), or already gone
 
 
 def _read_owner(fd: int) -> str:

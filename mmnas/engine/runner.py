@@ -215,7 +215,7 @@ def _read_pending(pending: List[PendingStep], cfg: RunConfig, position: RunPosit
                                     f"{p.step_in_epoch + 1} (global step {p.global_step}); nothing was saved for "
                                     f"this epoch; {where}. Lower the learning rate or check the features with "
                                     f"tools/check_feats.py.")
-    if rank == 0 and logger.writer is not None:
+    if rank == 0 and logger.has_vdl:
         for p, values in zip(pending, read):
             logger.scalars({f"{tag}/{name}": value / per_rank if name.endswith("loss") else value
                             for name, value in values.items()}, p.global_step)

@@ -195,8 +195,7 @@ def publish_report(report: dict, results_dir: str, version: str, logger: RunLogg
     image = heatmap(report)
     if image is not None:
         _save_png(image, os.path.join(folder, f"epoch{report['epoch']}.png"))
-        if logger.writer is not None:
-            logger.writer.add_image(tag="search/probabilities", img=image, step=report["epoch"])
+        logger.image("search/probabilities", image, report["epoch"])
     return path
 
 

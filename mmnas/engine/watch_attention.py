@@ -56,7 +56,7 @@ class AttentionWatch:
     @classmethod
     def for_run(cls, val_set, vocab, logger: RunLogger) -> Optional["AttentionWatch"]:
         """None when there is nothing to watch or nowhere to show it (no val, no VisualDL)."""
-        if val_set is None or logger.writer is None:
+        if val_set is None or not logger.has_vdl:
             return None
         return cls(val_set, vocab, logger)
 
