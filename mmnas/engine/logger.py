@@ -1,4 +1,5 @@
 """Run logging: a plain-text log file and VisualDL scalars, both written by rank 0 only."""
+import importlib.util
 import json
 import os
 import time
@@ -22,9 +23,7 @@ class RunLogger:
         except OSError as e:
             raise write_error(self.log_path, e, "--RESULTS_DIR") from None
         if use_vdl:  # before it logs anything leaves no empty run in VisualDL
-            try:
-                import visualdl  # noqa: F401
-            except ImportError:
+            if importlib.util.find_spec("visualdl") is None:
                 print("VisualDL is not installed (pip install visualdl); logging to text only.")
             else:
                 self.vdl_dir = os.path.join(results_dir, "vdl", version)
