@@ -43,7 +43,8 @@ TIMEOUT = 300  # seconds any single run may take before the test fails
 
 INTERRUPT_LINE = re.compile(r"interrupted (at epoch \d+ (step \d+|\([a-z ]+\))|before the first epoch started); "
                             r"nothing (partial )?was saved; (resume with: (?P<cmd>.+)|nothing to resume from|"
-                            r"run the same command again to start)")
+                            r"run the same command again to start|"
+                            r"every epoch is saved, the last in \S+; nothing is left to (train|search))")
 
 
 # ----------------------------------------------------------------------------- fixtures, helpers
@@ -187,17 +188,20 @@ def the_interrupt_line(stderr):
 
 @pytest.mark.parametrize("case", range(4))
 def test_ctrl_c_at_a_random_moment_then_the_printed_command_resumes_exactly(world, reference, tmp_path, case):
-    """SIGINT to the whole process group at a random moment after a random step's progress
-    output (most of a step is backward; case 3 reads batches with 2 loader workers): exit 130,
+    """SIGINT to the whole process group at a random moment of epoch 2 (most of a step is
+    backward; case 3 reads batches with 2 loader workers): exit 130,
     one line, no traceback, only complete checkpoints. Pasting the printed command (parsed with
     shlex, run from another folder) ends with the uninterrupted run's weights and Adam moments."""
     rng = random.Random(1000 + case)
     extra = ["--NW=2"] if case == 3 else []
     run = Run(run_args(world, tmp_path, "cc", *extra), tmp_path)
-    # the start of epoch 1 or 2, then up to about one epoch of this machine: a step, the loader,
-    # a checkpoint write or the next epoch's start (the run has 3 epochs, so it is still going)
-    run.wait_for(rf"epoch {rng.choice([1, 2, 2])}/{EPOCHS}:\s+0%")
-    time.sleep(rng.uniform(0.0, 1.5))
+    # a random moment of epoch 2's cycle as this machine runs it (the time from the start of epoch
+    # 1 to that of epoch 2: its steps, the loader, the checkpoint write, val), so the run with 3
+    # epochs is still going however fast the machine is
+    run.wait_for(rf"epoch 1/{EPOCHS}:\s+0%")
+    cycle_start = time.time()
+    run.wait_for(rf"epoch 2/{EPOCHS}:\s+0%")
+    time.sleep(rng.uniform(0.0, 0.9) * (time.time() - cycle_start))
     run.interrupt()
     code = run.finish()
     assert code == 130, run.stderr[-3000:]
@@ -206,8 +210,13 @@ def test_ctrl_c_at_a_random_moment_then_the_printed_command_resumes_exactly(worl
     for e in done:
         params, opt = ckpt_paths(str(tmp_path / "ckpt"), "cc", e)
         assert safe_load(opt)["epoch"] == e and safe_load(params)
-    if match.group("cmd") is None:
-        assert done == [], match.group(0)
+    if match.group("cmd") is None:  # before the first checkpoint, or after the last one
+        if done:
+            assert max(done) == EPOCHS and "nothing is left to train" in match.group(0), match.group(0)
+            params, opt = ckpt_paths(str(tmp_path / "ckpt"), "cc", EPOCHS)
+            assert_same_state(reference.params, safe_load(params), "weights")
+        else:
+            assert "nothing to resume from" in match.group(0), match.group(0)
         return
     argv = shlex.split(match.group("cmd"))
     assert argv[0] == "python" and f"--CKPT_E={max(done)}" in argv and f"--SEED={SEED}" in argv
@@ -271,21 +280,41 @@ def test_ctrl_c_during_checkpoint_save_completes_the_pair(world, tmp_path, monke
     assert safe_load(ckpt_paths(cfg.ckpt_dir, "save", 2)[1])["epoch"] == 2
 
 
-def test_ctrl_c_during_validation_keeps_the_new_checkpoint(world, tmp_path, monkeypatch):
+def _ctrl_c_in_val_of_epoch(world, tmp_path, monkeypatch, version, epoch, max_epoch):
+    """Train with a real SIGINT as val of `epoch` starts; returns (cfg, the interrupt line)."""
     real = train_mod.evaluate
+    calls = []
 
     def evaluate_interrupted(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGINT)
+        calls.append(1)
+        if len(calls) == epoch:
+            os.kill(os.getpid(), signal.SIGINT)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(train_mod, "evaluate", evaluate_interrupted)
-    cfg = _small_cfg(world, tmp_path, "val", max_epoch=2, eval_every_epoch=True)
+    cfg = _small_cfg(world, tmp_path, version, max_epoch=max_epoch, eval_every_epoch=True)
     with pytest.raises(KeyboardInterrupt) as info:
         train(cfg, progress=False)
     message = str(info.value)
+    assert INTERRUPT_LINE.fullmatch(message), message
+    return cfg, message
+
+
+def test_ctrl_c_during_validation_keeps_the_new_checkpoint(world, tmp_path, monkeypatch):
+    _, message = _ctrl_c_in_val_of_epoch(world, tmp_path, monkeypatch, "val", epoch=1, max_epoch=2)
     assert message.startswith("interrupted at epoch 1 (evaluating on val after its checkpoint); "), message
     assert "--CKPT_E=1" in message
     assert checkpoint_epochs(tmp_path, "val") == [1]
+
+
+def test_ctrl_c_during_the_last_epochs_validation_offers_no_resume(world, tmp_path, monkeypatch):
+    """After the last epoch's checkpoint there is nothing to resume: a resume command would be
+    refused (--CKPT_E >= --MAX_EPOCH), so the line says where the last checkpoint is instead."""
+    cfg, message = _ctrl_c_in_val_of_epoch(world, tmp_path, monkeypatch, "last", epoch=2, max_epoch=2)
+    last = ckpt_paths(cfg.ckpt_dir, "last", 2)[0]
+    assert message == (f"interrupted at epoch 2 (evaluating on val after its checkpoint); nothing partial "
+                       f"was saved; every epoch is saved, the last in {last}; nothing is left to train")
+    assert checkpoint_epochs(tmp_path, "last") == [1, 2]
 
 
 def test_interrupt_guard_defers_and_keeps_an_ignored_sigint_ignored():

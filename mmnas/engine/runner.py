@@ -86,6 +86,10 @@ def interrupt_message(cfg: RunConfig, run: str, world: int, position: RunPositio
     """The one line printed after Ctrl-C."""
     if position.last_ckpt is None:
         return f"interrupted {position.where()}; nothing partial was saved; nothing to resume from"  # yet
+    version, epoch = position.last_ckpt
+    if epoch >= cfg.train.max_epoch:  # e.g. during the last epoch's val: every epoch is saved
+        return (f"interrupted {position.where()}; nothing partial was saved; every epoch is saved, the "
+                f"last in {ckpt_paths(cfg.ckpt_dir, version, epoch)[0]}; nothing is left to {run}")
     return (f"interrupted {position.where()}; nothing partial was saved; resume with: "
             f"{resume_command(cfg, run, world, *position.last_ckpt)}")
 
