@@ -126,6 +126,8 @@ def _from_flag(key: str, value):
 def check_checkpoint_flags(args: argparse.Namespace) -> None:
     """Which checkpoint flags go together, from the flags alone (before a resume reads its file)."""
     if args.RUN in ("train", "search"):
+        if args.RESUME and (args.CKPT_V is None or args.CKPT_E is None):
+            raise UsageError("--RESUME=True needs --CKPT_V and --CKPT_E naming the checkpoint to continue from.")
         if args.CKPT_PATH and args.RESUME:
             raise UsageError("--RESUME=True continues a run from --CKPT_V/--CKPT_E with its optimizer; "
                              "--CKPT_PATH starts a new run from a weights file. Give one of the two.")
@@ -165,7 +167,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     cfg.resume, cfg.ckpt_version, cfg.ckpt_path = args.RESUME, args.CKPT_V, args.CKPT_PATH
     cfg.ckpt_epoch = _from_flag("ckpt_epoch", args.CKPT_E)
     cfg.version = args.VERSION or default_version(args)
-    if cfg.resume and cfg.run in ("train", "search") and cfg.ckpt_version is not None and cfg.ckpt_epoch is not None:
+    if cfg.resume and cfg.run in ("train", "search"):  # check_checkpoint_flags: both are given
         from .engine.resume import restore_settings  # the checkpoint's seed, batch setup, ... (or a refusal)
         for note in restore_settings(cfg, args):
             print(note, file=sys.stderr)
@@ -200,10 +202,7 @@ def validate_args(cfg: RunConfig, args: argparse.Namespace) -> None:
         # checked here: inside the spawned processes the same error would surface as a traceback
         raise UsageError(f"--BS={t.batch_size} must split into {nprocs} equal per-process batches that "
                          f"are each divisible by --ACCU={t.accu}; choose BS as a multiple of {nprocs * t.accu}.")
-    if cfg.run in ("train", "search"):
-        if cfg.resume and (cfg.ckpt_version is None or cfg.ckpt_epoch is None):
-            raise UsageError("--RESUME=True needs --CKPT_V and --CKPT_E naming the checkpoint to continue from.")
-    else:
+    if cfg.run not in ("train", "search"):
         if cfg.resume:
             raise UsageError(f"--RESUME is only for --RUN=train, not --RUN={cfg.run}.")
         if not cfg.ckpt_path and (cfg.ckpt_version is None or cfg.ckpt_epoch is None):

@@ -14,7 +14,9 @@ class RunLogger:
     def __init__(self, results_dir: str, version: str, enabled: bool = True, use_vdl: bool = True):
         self.enabled = enabled
         self.writer = None
-        self.vdl_dir = None  # the VisualDL writer opens with the first record, so a run refused
+        # the VisualDL writer opens with the first record (_vdl), so a run refused before it
+        # logs anything leaves no empty run in VisualDL
+        self.vdl_dir = None
         self.log_path = os.path.join(results_dir, "log", f"log_run_{version}.txt")
         if not enabled:
             return
@@ -22,7 +24,7 @@ class RunLogger:
             os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
         except OSError as e:
             raise write_error(self.log_path, e, "--RESULTS_DIR") from None
-        if use_vdl:  # before it logs anything leaves no empty run in VisualDL
+        if use_vdl:
             if importlib.util.find_spec("visualdl") is None:
                 print("VisualDL is not installed (pip install visualdl); logging to text only.")
             else:

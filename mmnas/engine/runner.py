@@ -91,7 +91,7 @@ def interrupt_message(cfg: RunConfig, run: str, world: int, position: RunPositio
         return (f"interrupted {position.where()}; nothing partial was saved; every epoch is saved, the "
                 f"last in {ckpt_paths(cfg.ckpt_dir, version, epoch)[0]}; nothing is left to {run}")
     return (f"interrupted {position.where()}; nothing partial was saved; resume with: "
-            f"{resume_command(cfg, run, world, *position.last_ckpt)}")
+            f"{resume_command(cfg, run, world, version, epoch)}")
 
 
 def all_reduce_sum(value: float, world: int) -> float:
