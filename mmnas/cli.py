@@ -257,7 +257,7 @@ def run_eval(cfg: RunConfig) -> dict:
     from .engine.evaluate import evaluate
     from .engine.logger import RunLogger
     from .engine.runner import open_dataset, open_vocab
-    from .models import build_model
+    from .tasks import task_of
 
     weights, name = checkpoint_for_eval(cfg)  # its existence is checked by check_paths
     split = cfg.data.eval_split if cfg.run == "val" else "test"
@@ -265,17 +265,18 @@ def run_eval(cfg: RunConfig) -> dict:
     dataset = open_dataset(cfg, split, vocab, True)
     if cfg.run == "val" and not dataset.has_answers:
         raise UsageError(f"--RUN=val needs the answers of the {split} split; use --RUN=test for unannotated questions.")
-    model = build_model(cfg.model, vocab.token_size, vocab.answer_size)
+    task = task_of(cfg)
+    model = task.build_model(cfg.model, vocab)
     load_weights(model, weights)
     result = evaluate(model, dataset, name=name, results_dir=cfg.results_dir,
                       batch_size=cfg.train.eval_batch_size, num_workers=cfg.data.num_workers,
                       save_pred=cfg.train.save_pred, engine=cfg.train.eval_engine,
-                      precision=cfg.train.eval_precision)
-    print(f"wrote {result.result_path} ({len(dataset)} answers)")
+                      precision=cfg.train.eval_precision, task=task)
+    print(f"wrote {result.result_path} ({len(dataset)} {task.result_noun})")
     if result.pred_path:
-        print(f"wrote {result.pred_path} (logits)")
+        print(f"wrote {result.pred_path} ({task.pred_noun})")
     if result.scores is not None:
-        line = f"{name} {split}: {dataset.format_scores(result.scores)}"
+        line = f"{name} {split}: {task.format_scores(dataset, result.scores)}"
         print(line)
         logger = RunLogger(cfg.results_dir, cfg.version, use_vdl=False)
         logger.text(f"weights {weights}")

@@ -318,8 +318,12 @@ class KnownOp:
 NOT_EMPTY = Rule("not empty", lambda v: len(v) > 0, whole=True)
 PAIR = Rule("with exactly 2 entries", lambda v: len(v) == 2, whole=True)
 SEED = Rule("in [0, 2**32)", lambda v: 0 <= v < 2 ** 32)  # numpy's RandomState takes no more
-TRAINING_SPLIT = Rule(f"one of {', '.join(TRAIN_SPLITS)} (or another '+'-join of train, val, vg)",
-                      lambda v: all(p in ("train", "val", "vg") for p in v.split("+"))
+# every split name any dataset knows, read from the per-dataset tables above; which ones the
+# chosen dataset takes is checked by DataConfig.validate
+_TRAIN_PART_NAMES = tuple(dict.fromkeys(p for parts in TRAIN_PARTS.values() for p in parts))
+_EVAL_SPLIT_NAMES = tuple(dict.fromkeys(s for splits in EVAL_SPLITS.values() for s in splits))
+TRAINING_SPLIT = Rule(f"one of {', '.join(TRAIN_SPLITS)} (or another '+'-join of {', '.join(_TRAIN_PART_NAMES)})",
+                      lambda v: all(p in _TRAIN_PART_NAMES for p in v.split("+"))
                       and len(set(v.split("+"))) == len(v.split("+")))
 GPU_IDS = Rule("GPU ids like 0 or 0,1 (empty: CPU)", lambda v: re.fullmatch(r"(\d+(,\d+)*)?", v) is not None)
 
@@ -332,7 +336,7 @@ RULES: Dict[str, Tuple[Rule, ...]] = {
     "model.dropout": (in_range(0, 1),),
     "model.enc": (NOT_EMPTY, KnownOp("enc")), "model.dec": (NOT_EMPTY, KnownOp("dec")),
     "data.split": (TRAINING_SPLIT,), "data.word_vectors": (one_of(*WORD_VECTOR_SOURCES),),
-    "data.dataset": (one_of(*DATASETS),), "data.eval_split": (one_of("val", "testdev"),),
+    "data.dataset": (one_of(*DATASETS),), "data.eval_split": (one_of(*_EVAL_SPLIT_NAMES),),
     "data.num_workers": (at_least(0),),
     "train.batch_size": (at_least(1),), "train.accu": (at_least(1),), "train.box_pieces": (at_least(1),),
     "train.max_epoch": (at_least(1),), "train.lr_base": (above(0),), "train.lr_base_vg": (above(0),),

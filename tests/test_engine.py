@@ -30,6 +30,7 @@ from mmnas.engine.checkpoint import TrainingError, ckpt_paths
 from mmnas.engine.train import sorted_pieces, train
 from mmnas.metrics import evaluate as vqa_accuracy
 from mmnas.models import build_model
+from mmnas.tasks import answer as answer_task_mod
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_YML = os.path.join(REPO, "configs", "vqa", "mmnasnet_tiny.yml")
@@ -415,7 +416,7 @@ PIECES = load_config("small").train.box_pieces  # loss computations per step wit
 def _poison_loss(monkeypatch, at_step):
     """Make the loss NaN in the at_step-th step (counted from 1 over the run)."""
     at_call = (at_step - 1) * PIECES + 1
-    real = train_mod.answer_loss
+    real = answer_task_mod.answer_loss
     calls = []
 
     def poisoned(logits, targets, kind="bce"):
@@ -423,7 +424,7 @@ def _poison_loss(monkeypatch, at_step):
         loss = real(logits, targets, kind)
         return loss * float("nan") if len(calls) == at_call else loss
 
-    monkeypatch.setattr(train_mod, "answer_loss", poisoned)
+    monkeypatch.setattr(answer_task_mod, "answer_loss", poisoned)  # the answer task's loss (tasks/answer.py)
 
 
 def test_nan_loss_stops_with_last_good_checkpoint(world, tmp_path, monkeypatch):

@@ -13,6 +13,7 @@ LAYERS = [
     {"ops"},
     {"config"},
     {"data", "models"},
+    {"tasks"},
     {"search", "inference"},
     {"engine"},
     {"cli"},

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 from mmnas.config import RunConfig
 from mmnas.data.features import DataError
@@ -31,6 +31,8 @@ class DatasetSpec:
     name: str
     build_vocab: Callable[[RunConfig, bool], Vocab]
     open: Callable  # (RunConfig, split, Vocab, progress) -> RegionDataset
+    task: str = "answer"  # the task its items are made for (mmnas/tasks/, TASKS)
+    answers: Optional[int] = None  # answer task: the published dictionary's size (the head's FLOPs)
 
 
 def _vqa_vocab(cfg: RunConfig, progress: bool) -> Vocab:
@@ -80,8 +82,10 @@ def _gqa_open(cfg: RunConfig, split: str, vocab: Vocab, progress: bool):
 
 
 DATASETS = {
-    "vqa": DatasetSpec("vqa", _vqa_vocab, _vqa_open),
-    "gqa": DatasetSpec("gqa", _gqa_vocab, _gqa_open),
+    # answers: VQA-v2's dictionary keeps those seen more than 8 times in train+val (3129);
+    # GQA's keeps every answer of train, val and testdev (1843)
+    "vqa": DatasetSpec("vqa", _vqa_vocab, _vqa_open, "answer", 3129),
+    "gqa": DatasetSpec("gqa", _gqa_vocab, _gqa_open, "answer", 1843),
 }
 
 

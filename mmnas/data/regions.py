@@ -301,12 +301,13 @@ class FailureReportingDataset(paddle.io.Dataset):
                                                f"{traceback.format_exc()}")
 
 
-def collate_or_failure(items):
-    """collate_batch, or a failure batch (uint8 [len] message,) when an item could not be read."""
+def collate_or_failure(items, collate=collate_batch):
+    """collate(items) (a dataset's own `collate`, default collate_batch), or a failure batch
+    (uint8 [len] message,) when an item could not be read."""
     failure = next((item for item in items if isinstance(item, LoadFailure)), None)
     if failure is None:
         try:
-            return collate_batch(items)
+            return collate(items)
         except Exception:
             failure = LoadFailure(_OTHER_FAILURE, f"collating a batch failed:\n{traceback.format_exc()}")
     payload = bytes([failure.kind]) + failure.message.encode("utf-8", "replace")

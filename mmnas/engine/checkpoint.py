@@ -14,7 +14,8 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import paddle
 
-from ..checkpoint_files import CheckpointError, load_weights, safe_load, save_checkpoint, to_numpy_state
+from ..checkpoint_files import (CheckpointError, extract_state_dict, load_weights, safe_load, save_checkpoint,
+                               to_numpy_state)
 from ..config import RunConfig
 from .interrupt import RunPosition
 from .resume import mismatched_setting
@@ -145,13 +146,48 @@ def resume_from(cfg: RunConfig, model, optimizers: Dict[str, object], steps_per_
     return params_path
 
 
-def load_pretrained(model, path: str) -> None:
+def load_pretrained(model, path: str, task=None) -> None:
     """Start a run from the weights in `path` (fine-tuning: the released model, a converted
     PyTorch checkpoint, an earlier run's epoch): weights only; the optimizer and the LR schedule
-    start fresh. Shapes that do not fit this run (vocabulary sizes: the embedding's tokens, the
-    classifier's answers; another width or genotype) are refused with the report --RUN=val/test
-    gives (checkpoint_files.match_state_dict)."""
+    start fresh. A file that holds every tensor of this model loads whole; shapes that do not fit
+    this run (vocabulary sizes: the embedding's tokens, the classifier's answers; another width or
+    genotype) are refused with the report --RUN=val/test gives (checkpoint_files.match_state_dict).
+    A task with `backbone_prefixes` (grounding) may start from another task's checkpoint (a VQA
+    model): it takes the backbone tensors that fit, keeps its fresh head, and prints both lists."""
     if not os.path.isfile(path):
         raise TrainingError(f"--CKPT_PATH={path} does not exist; expected a weights file (.pdparams) to "
                             f"start training from.")
-    load_weights(model, path)
+    prefixes = getattr(task, "backbone_prefixes", None)
+    if not prefixes:
+        load_weights(model, path)
+        return
+    state = extract_state_dict(safe_load(path), path)
+    own = model.state_dict()
+    fits = {k for k, v in own.items() if k in state and tuple(np.shape(state[k])) == tuple(v.shape)}
+    if fits == set(own):
+        load_weights(model, path, state)  # a checkpoint of this task: everything
+        return
+    took = sorted(k for k in fits if k.startswith(prefixes))
+    if not took:
+        raise CheckpointError(f"--CKPT_PATH={path} has none of the backbone tensors of this model "
+                              f"({', '.join(p.rstrip('.') for p in prefixes)}) in the shapes this config needs; "
+                              f"start from a checkpoint of the same width and genotype (or without --CKPT_PATH).")
+    model.set_state_dict({k: np.asarray(state[k], dtype=np.float32) for k in took})
+    fresh = [k for k in own if k not in took]
+    print(f"fine-tuning from {path}, another task's checkpoint: took {len(took)} backbone tensors "
+          f"({_count_by_part(took)}); initialised {len(fresh)} fresh:")
+    for key in fresh:
+        if not key.startswith(prefixes):
+            why = "this task's head"
+        elif key in state:
+            why = f"shape {list(own[key].shape)}, the file has {list(np.shape(state[key]))}"
+        else:
+            why = "not in the file"
+        print(f"  {key} ({why})")
+
+
+def _count_by_part(keys) -> str:
+    counts: Dict[str, int] = {}
+    for key in keys:
+        counts[key.split(".")[0]] = counts.get(key.split(".")[0], 0) + 1
+    return ", ".join(f"{part}: {n}" for part, n in counts.items())

@@ -6,6 +6,7 @@ similar n; logits are written back to dataset order, so answers do not depend on
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -16,9 +17,11 @@ import numpy as np
 import paddle
 
 from ..data import DataError
-from ..data.regions import FailureCheckedLoader, FailureReportingDataset, collate_or_failure, die_with_parent
-from ..inference import build_predictor
+from ..data.regions import (FailureCheckedLoader, FailureReportingDataset, collate_batch, collate_or_failure,
+                            die_with_parent)
+from ..inference import InferenceError, build_predictor, resolve_engine
 from ..progress import progress_bar
+from ..tasks import Task, task_named
 from ..checkpoint_files import write_error
 
 
@@ -45,36 +48,51 @@ def init_loader_worker(worker_id: int) -> None:
 def make_loader(dataset, batches: List[List[int]], num_workers: int):
     """Batches of `dataset` (collate_batch arrays) in the order of `batches`; an error while
     reading one stops the iteration with that error, with or without worker processes."""
+    collate = getattr(dataset, "collate", collate_batch)  # a dataset of dict items brings its own
     loader = paddle.io.DataLoader(FailureReportingDataset(dataset), batch_sampler=IndexBatches(batches),
-                                  collate_fn=collate_or_failure, num_workers=num_workers,
+                                  collate_fn=functools.partial(collate_or_failure, collate=collate),
+                                  num_workers=num_workers,
                                   use_shared_memory=num_workers > 0,
                                   worker_init_fn=init_loader_worker if num_workers > 0 else None)
     return FailureCheckedLoader(loader)
 
 
-def predict(model, dataset, batch_size: int, num_workers: int = 0, progress: bool = True,
-            desc: str = "eval", engine: str = "dygraph", precision: str = "fp32") -> np.ndarray:
-    """Logits [len(dataset), A] in dataset order, the model in eval mode (restored after).
+def predict_outputs(model, dataset, task: Task, batch_size: int, num_workers: int = 0, progress: bool = True,
+                    desc: str = "eval", engine: str = "dygraph", precision: str = "fp32") -> Dict[str, np.ndarray]:
+    """What the task keeps of every sample (Task.predict_outputs; the answer task: logits
+    [len(dataset), A]) in dataset order, the model in eval mode (restored after).
     `engine` / `precision`: what runs the network (inference.build_predictor; --ENGINE, --PRECISION)."""
     order = np.argsort(dataset.box_counts, kind="stable")
     batches = [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
-    logits = np.zeros((len(dataset), dataset.vocab.answer_size), dtype=np.float32)
+    gpu = not paddle.device.get_device().startswith("cpu")
+    if not task.exportable and resolve_engine(engine, precision, gpu) != "dygraph":
+        raise InferenceError(f"the {task.name} task's model has several outputs and runs in dygraph only; "
+                             f"use --ENGINE=dygraph (or auto) and --PRECISION=fp32.")
+    outputs: Dict[str, np.ndarray] = {}
     was_training = model.training
     model.eval()
     try:
-        run = build_predictor(model, engine, precision, gpu=not paddle.device.get_device().startswith("cpu"))
-        for region_feats, boxes, question_ids, _, index in progress_bar(
-                make_loader(dataset, batches, num_workers), total=len(batches), desc=desc,
-                disable=not progress, mininterval=1.0, dynamic_ncols=True):
-            logits[index.numpy()] = run(region_feats, boxes, question_ids)
+        run = build_predictor(model, engine, precision, gpu=gpu)
+        for loaded in progress_bar(make_loader(dataset, batches, num_workers), total=len(batches), desc=desc,
+                                   disable=not progress, mininterval=1.0, dynamic_ncols=True):
+            batch = task.as_batch(loaded)
+            kept = task.predict_outputs(run(batch["region_feats"], batch["boxes"], batch["token_ids"]), batch)
+            index = batch["index"].numpy()
+            for key, rows in kept.items():
+                if key not in outputs:
+                    outputs[key] = np.zeros((len(dataset),) + rows.shape[1:], dtype=rows.dtype)
+                outputs[key][index] = rows
     finally:
         if was_training:
             model.train()
-    return logits
+    return outputs
 
 
-def answers_from_logits(logits: np.ndarray, ix_to_ans: Dict[int, str]) -> List[str]:
-    return [ix_to_ans[int(ix)] for ix in logits.argmax(axis=1)]
+def predict(model, dataset, batch_size: int, num_workers: int = 0, progress: bool = True,
+            desc: str = "eval", engine: str = "dygraph", precision: str = "fp32") -> np.ndarray:
+    """Logits [len(dataset), A] of an answer model in dataset order (predict_outputs of the answer task)."""
+    return predict_outputs(model, dataset, task_named("answer"), batch_size, num_workers, progress, desc,
+                           engine, precision)["logits"]
 
 
 @dataclass
@@ -101,32 +119,35 @@ def write_json_atomic(obj, path: str) -> None:
 
 def evaluate(model, dataset, *, name: str, results_dir: str, batch_size: int, num_workers: int = 0,
              save_pred: bool = False, progress: bool = True, engine: str = "dygraph",
-             precision: str = "fp32") -> EvalResult:
-    """Predict every question of `dataset`, write the result file, score it when annotated.
+             precision: str = "fp32", task: Optional[Task] = None) -> EvalResult:
+    """Predict every sample of `dataset`, write the result file, score it when annotated.
 
-    Annotated splits write `results/cache/result_run_<name>.json`; the test split writes
-    `results/result_test/result_run_<name>.json`, ready for the test server (EvalAI for VQA-v2).
-    The entries and the metric are the dataset's (`result_entries`, `score`). With save_pred,
-    the raw logits and question ids go to `results/pred/result_run_<name>.npz`.
+    Annotated splits write `results/cache/<result file>`; the test split writes
+    `results/<dataset.result_folder_test>/<result file>`, ready for the test server (EvalAI for
+    VQA-v2). The file's name, entries and the metric are the task's (`result_file`,
+    `result_entries`, `score`; the answer task: result_run_<name>.json and the dataset's own
+    format and metric). With save_pred, the kept outputs (the answer task: logits) and the
+    sample ids go to `results/pred/result_run_<name>.npz`. `task`: default the answer task.
     """
-    logits = predict(model, dataset, batch_size, num_workers, progress, engine=engine, precision=precision)
-    answers = answers_from_logits(logits, dataset.vocab.ix_to_ans)
-    results = dataset.result_entries(answers)  # the dataset's result-file format
+    task = task or task_named("answer")
+    outputs = predict_outputs(model, dataset, task, batch_size, num_workers, progress, engine=engine,
+                              precision=precision)
+    results = task.result_entries(dataset, outputs)
     folder = "cache" if dataset.has_answers else dataset.result_folder_test
-    result_path = os.path.join(results_dir, folder, f"result_run_{name}.json")
+    result_path = os.path.join(results_dir, folder, task.result_file(name, dataset))
     write_json_atomic(results, result_path)
     pred_path = None
     if save_pred:
         pred_path = os.path.join(results_dir, "pred", f"result_run_{name}.npz")
         try:
             os.makedirs(os.path.dirname(pred_path), exist_ok=True)
-            np.savez(pred_path, question_ids=np.asarray(dataset.question_ids), logits=logits)
+            np.savez(pred_path, question_ids=np.asarray(dataset.question_ids), **outputs)
         except OSError as e:
             raise write_error(pred_path, e, "--RESULTS_DIR") from None
     scores = None
     if dataset.has_answers:
         try:
-            scores = dataset.score(results)  # the dataset's official metric
+            scores = task.score(dataset, results)  # the task's (dataset's) official metric
         except ValueError as e:  # e.g. no annotation of the split has answers to score against
             raise DataError(f"cannot score {result_path} (written): {e}; check the annotation file(s) of "
                             f"split {dataset.split!r} under {dataset.data_root}.") from None

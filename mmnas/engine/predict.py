@@ -24,7 +24,7 @@ from ..config import ModelConfig, RunConfig, load_config
 from ..data import VOCAB_FILE, DataError, Vocab, encode_question, load_npz, read_vocab_file, tokenize
 from ..data.datasets import dataset_spec
 from ..data.features import FEAT_DIM, BadFeatureFile
-from ..models import build_model
+from ..tasks import task_named
 from ..checkpoint_files import extract_state_dict, load_weights, safe_load
 
 
@@ -234,7 +234,7 @@ class Predictor:
         state = extract_state_dict(safe_load(weights_path), weights_path)
         vocab, source = resolve_vocab(weights_path, vocab_path, run_cfg)
         check_vocab_fits(vocab, state, weights_path, source)
-        model = build_model(run_cfg.model, vocab.token_size, vocab.answer_size)
+        model = task_named("answer").build_model(run_cfg.model, vocab)
         load_weights(model, weights_path, state)
         model.eval()
         # a model trained with a softmax loss (GQA's ce, kld) scores its answers by their softmax

@@ -26,17 +26,17 @@ import paddle.distributed as dist
 
 from ..checkpoint_files import write_error
 from ..config import RunConfig
-from ..models.loss import answer_loss
-from ..models.supernet import SuperNet, genotype_from_choices
+from ..models.supernet import Searchable, genotype_from_choices
 from ..ops.registry import op_names
 from ..search import Partition, SearchStrategy, StepAt, strategy_class
-from ..search.budget import check_feasible, expected_gflops, genotype_gflops, position_costs, target_model_config
+from ..search.budget import BUDGET_REGIONS, check_feasible, expected_gflops, genotype_gflops, position_costs, target_model_config
 from .checkpoint import TrainingError, ckpt_paths, materialize_optimizer_state, resume_from, save_epoch
 from .evaluate import make_loader, write_json_atomic
 from .interrupt import RunPosition
 from .logger import RunLogger
 from .runner import epoch_seed, initial_word_vectors, open_dataset, open_vocab, run_epoch, run_logged, seed_epoch
 from .schedule import base_learning_rate
+from ..tasks import Task, task_of
 
 
 # ---- one epoch ---------------------------------------------------------------------------------
@@ -77,21 +77,22 @@ def search_one_epoch(net, strategy: SearchStrategy, weight_opt, arch_opt, datase
                      desc=f"search epoch {epoch + 1}/{tcfg.max_epoch} ({strategy.phase(epoch)})")
 
 
-def score_top_path(model: SuperNet, choices, dataset, indices: np.ndarray, batch_size: int, num_workers: int,
-                   loss: str = "bce"):
-    """(mean loss, mean answer score of the predicted answer) of the path `choices` on `indices`.
-    The score is the training target of the argmax answer: a quick VQA-accuracy proxy."""
+def score_top_path(model: Searchable, choices, dataset, indices: np.ndarray, batch_size: int, num_workers: int,
+                   cfg: RunConfig, task: Task):
+    """(mean loss, mean search score) of the path `choices` on `indices`; the score is the
+    task's quick quality proxy (Task.search_score; answers: the training target of the argmax
+    answer, a VQA-accuracy proxy)."""
     model.set_path(choices)
     batches = [indices[i:i + batch_size].tolist() for i in range(0, len(indices), batch_size)]
     loss_sum, score_sum = 0.0, 0.0
     model.eval()
     try:
         with paddle.no_grad():
-            for region_feats, boxes, question_ids, answer_scores, _ in make_loader(dataset, batches, num_workers):
-                logits = model(region_feats, None, boxes, question_ids)
-                loss_sum += float(answer_loss(logits, answer_scores, loss))
-                top = logits.argmax(axis=1).numpy()
-                score_sum += float(answer_scores.numpy()[np.arange(len(top)), top].sum())
+            for loaded in make_loader(dataset, batches, num_workers):
+                batch = task.as_batch(loaded)
+                outputs = task.forward(model, batch)
+                loss_sum += float(task.summed(task.loss(outputs, batch, cfg)["loss"], batch))
+                score_sum += task.search_score(outputs, batch)
     finally:
         model.train()
     n = max(len(indices), 1)
@@ -108,13 +109,14 @@ def epoch_report(strategy: SearchStrategy, cfg: RunConfig, epoch: int, steps: in
     genotype = genotype_from_choices(choices)
     with paddle.no_grad():
         expected = float(expected_gflops(model.arch_parameters(), strategy.costs))
-    budget = {"gflops": round(genotype_gflops(strategy.costs.target, genotype), 4),
+    budget = {"gflops": round(genotype_gflops(strategy.costs.target, genotype, strategy.costs.head_flops), 4),
               "expected_gflops": round(expected, 4),  # E[GFLOPs] of a path sampled from the logits
               "target_model": scfg.target_model, "budget_gflops": scfg.budget_gflops}
     argmax = model.top_choices()
     if argmax != choices:  # the budget changed the genotype: say what the argmax was
         budget["argmax_ops"] = argmax
-        budget["argmax_gflops"] = round(genotype_gflops(strategy.costs.target, genotype_from_choices(argmax)), 4)
+        budget["argmax_gflops"] = round(genotype_gflops(strategy.costs.target, genotype_from_choices(argmax),
+                                                        strategy.costs.head_flops), 4)
     last_step = StepAt(epoch - 1, steps - 1, steps, cfg.train.max_epoch)
     return {
         "version": cfg.version,
@@ -224,7 +226,10 @@ def _search(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLo
     vocab = open_vocab(cfg, progress)
     dataset = open_dataset(cfg, dcfg.split, vocab, progress)
     strategy_type = strategy_class(scfg.algorithm)
-    costs = position_costs(target_model_config(scfg.target_model), {p: scfg.pools(p) for p in ("enc", "dec")})
+    task = task_of(cfg)
+    target = target_model_config(scfg.target_model)
+    head = task.head_flops(target, dcfg.dataset, BUDGET_REGIONS, target.max_token)
+    costs = position_costs(target, {p: scfg.pools(p) for p in ("enc", "dec")}, head)
     if scfg.budget_gflops is not None:
         check_feasible(scfg.budget_gflops, costs)
     parts = strategy_type.partition(len(dataset), cfg)
@@ -238,9 +243,9 @@ def _search(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLo
 
     start_epoch = cfg.ckpt_epoch if cfg.resume else 0
     paddle.seed(tcfg.seed)
-    model = SuperNet(cfg.model, scfg, vocab.token_size, vocab.answer_size, initial_word_vectors(cfg, vocab))
+    model = task.build_supernet(cfg.model, scfg, vocab, initial_word_vectors(cfg, vocab))
     lr_base = base_learning_rate(tcfg, dcfg.split)
-    strategy = strategy_type(model, cfg, costs)
+    strategy = strategy_type(model, cfg, costs, task)
     weight_opt, arch_opt = strategy.build_optimizers(lr_base)
     optimizers = {"optimizer": weight_opt, "arch_optimizer": arch_opt}
     if cfg.resume:
@@ -276,7 +281,7 @@ def _search(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLo
             if scfg.eval_top_path:
                 position.phase = "scoring the top path"
                 summary["top_path_loss"], summary["top_path_score"] = score_top_path(
-                    model, strategy.choices(), dataset, parts.arch, tcfg.eval_batch_size, dcfg.num_workers, tcfg.loss)
+                    model, strategy.choices(), dataset, parts.arch, tcfg.eval_batch_size, dcfg.num_workers, cfg, task)
             params_path = save_epoch(cfg, epoch + 1, model, optimizers,
                                      {"split": split_info, "algorithm": scfg.algorithm, "steps_per_epoch": steps,
                                       "lr_base": lr_base, "lr": stats.lr, "processes": world}, position)

@@ -21,8 +21,7 @@ import paddle.distributed as dist
 
 from ..config import RunConfig
 from ..data import VOCAB_FILE
-from ..models import build_model
-from ..models.loss import answer_loss
+from ..tasks import Task, task_of
 from ..runtime import amp_context, clip_and_step, make_grad_scaler, maybe_to_static
 from .checkpoint import TrainingError, ckpt_paths, load_pretrained, resume_from, save_epoch
 from .evaluate import evaluate, write_json_atomic
@@ -67,10 +66,13 @@ def plan_pieces(batch, accu: int, box_pieces: int, box_counts=None):
 # ---- one epoch ---------------------------------------------------------------------------------
 
 def train_one_epoch(net, optimizer, dataset, cfg: RunConfig, epoch: int, steps_per_epoch: int, lr_base: float,
-                    rank: int, world: int, logger: RunLogger, progress: bool, position: RunPosition, scaler=None):
+                    rank: int, world: int, logger: RunLogger, progress: bool, position: RunPosition, scaler=None,
+                    task: Optional[Task] = None):
     """One epoch of gradient steps (runner.run_epoch); `scaler` is the fp16 loss scaler
-    (runtime.make_grad_scaler) or None."""
+    (runtime.make_grad_scaler) or None; `task` gives the forward and the loss (default: the
+    task of cfg.data.dataset)."""
     tcfg = cfg.train
+    task = task or task_of(cfg)
     order = np.random.RandomState(seed_epoch(tcfg.seed, epoch)).permutation(len(dataset))
     global_batches = order[:steps_per_epoch * tcfg.batch_size].reshape(steps_per_epoch, tcfg.batch_size)
     per_rank = tcfg.batch_size // world
@@ -82,23 +84,25 @@ def train_one_epoch(net, optimizer, dataset, cfg: RunConfig, epoch: int, steps_p
              for b in global_batches]  # this process's share of every global batch
     params = [p for p in net.parameters() if not p.stop_gradient]
 
-    def step(step_in_epoch, batch, lr):
-        region_feats, boxes, question_ids, answer_scores, _ = batch
+    def step(step_in_epoch, loaded, lr):
+        batch = task.as_batch(loaded)
         optimizer.set_lr(lr)
-        step_loss = 0.0
+        step_losses = {}
         pieces = plans[step_in_epoch][1]
         for i, (lo, hi, n) in enumerate(pieces):
             # gradients are all-reduced only on the last piece's backward
             sync = net.no_sync() if (world > 1 and i < len(pieces) - 1) else contextlib.nullcontext()
+            part = task.piece(batch, lo, hi, n)
             with sync:
                 with amp_context(cfg):
-                    logits = net(region_feats[lo:hi, :n], None, boxes[lo:hi, :n], question_ids[lo:hi])
-                loss = answer_loss(logits.astype("float32"), answer_scores[lo:hi], tcfg.loss)
-                scaled = loss * world
+                    outputs = task.forward(net, part)
+                losses = task.loss(outputs, part, cfg)  # {"loss": summed, its parts...}
+                scaled = losses["loss"] * world
                 (scaler.scale(scaled) if scaler is not None else scaled).backward()
-            step_loss = step_loss + loss.detach()
+            for name, value in losses.items():
+                step_losses[name] = step_losses.get(name, 0.0) + task.summed(value.detach(), part)
         # per-step losses and gradient norms stay on the device until the runner reads them
-        return {"loss": step_loss, "grad_norm": clip_and_step(optimizer, scaler, params, tcfg.grad_clip)}
+        return {**step_losses, "grad_norm": clip_and_step(optimizer, scaler, params, tcfg.grad_clip)}
 
     net.train()
     return run_epoch(cfg, epoch, [ordered for ordered, _ in plans], dataset, step, len(dataset), lr_base, rank,
@@ -126,7 +130,8 @@ def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLog
 
     start_epoch = cfg.ckpt_epoch if cfg.resume else 0
     paddle.seed(tcfg.seed)
-    model = build_model(cfg.model, vocab.token_size, vocab.answer_size, initial_word_vectors(cfg, vocab))
+    task = task_of(cfg)
+    model = task.build_model(cfg.model, vocab, initial_word_vectors(cfg, vocab))
     lr_base = base_learning_rate(tcfg, dcfg.split)
     optimizer = paddle.optimizer.Adam(learning_rate=lr_base, beta1=tcfg.betas[0], beta2=tcfg.betas[1],
                                       epsilon=tcfg.eps, parameters=model.parameters(), use_multi_tensor=True)
@@ -135,7 +140,7 @@ def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLog
         if rank == 0:
             print(f"resumed from {params_path} (epoch {start_epoch} done)")
     elif cfg.ckpt_path:
-        load_pretrained(model, cfg.ckpt_path)  # fine-tuning: fresh optimizer and schedule
+        load_pretrained(model, cfg.ckpt_path, task)  # fine-tuning: fresh optimizer and schedule
         if rank == 0:
             print(f"starting from the weights of {cfg.ckpt_path} (fresh optimizer and schedule)")
     if start_epoch >= tcfg.max_epoch:
@@ -149,15 +154,16 @@ def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLog
         logger.hparams(hparams_of(cfg.to_dict()), HPARAM_METRICS)  # VisualDL's hparams page
         start = f", from the weights of {cfg.ckpt_path}" if cfg.ckpt_path and not cfg.resume else ""
         logger.text(f"train split {dcfg.split}: {len(train_set)} questions, {steps_per_epoch} steps/epoch, "
-                    f"{world} process(es), vocab T={vocab.token_size} A={vocab.answer_size}{start}")
+                    f"{world} process(es), vocab {task.vocab_text(vocab)}{start}")
         # the vocabularies travel with the checkpoints: --RUN=predict reads them from here
         write_json_atomic(vocab.to_dict(), os.path.join(cfg.ckpt_dir, f"ckpt_{cfg.version}", VOCAB_FILE))
     history = []
-    watch = AttentionWatch.for_run(val_set, vocab, logger)  # attention pictures of a few val questions
+    # attention pictures of a few val questions (tasks whose demo draws them)
+    watch = AttentionWatch.for_run(val_set, vocab, logger) if task.watches_attention else None
     for epoch in range(start_epoch, tcfg.max_epoch):
         position.epoch, position.step, position.phase = epoch, 0, ""
         stats = train_one_epoch(net, optimizer, train_set, cfg, epoch, steps_per_epoch, lr_base, rank, world,
-                                logger, progress, position, scaler)
+                                logger, progress, position, scaler, task)
         position.phase = "after its last step"
         mean_loss = stats.mean("loss", tcfg.batch_size // world, world)
         if rank == 0:
@@ -173,7 +179,7 @@ def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLog
             record = {"epoch": epoch + 1, "loss": mean_loss, "lr": stats.lr, "checkpoint": params_path}
             if val_set is not None:
                 position.phase = "evaluating on val after its checkpoint"
-                record["val"] = validate(model, val_set, cfg, epoch + 1, logger, progress)
+                record["val"] = validate(model, val_set, cfg, epoch + 1, logger, progress, task)
                 if watch is not None:
                     watch.log(model, epoch + 1)  # the attention pictures of the watched val questions
             history.append(record)
@@ -184,15 +190,16 @@ def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLog
             "version": cfg.version}
 
 
-def validate(model, val_set, cfg: RunConfig, epoch: int, logger: RunLogger, progress: bool) -> dict:
+def validate(model, val_set, cfg: RunConfig, epoch: int, logger: RunLogger, progress: bool,
+             task: Optional[Task] = None) -> dict:
     """The val scores after `epoch`: the evaluator of --RUN=val, printed, logged and sent to VisualDL."""
     tcfg = cfg.train
+    task = task or task_of(cfg)
     result = evaluate(model, val_set, name=f"{cfg.version}_epoch{epoch}", results_dir=cfg.results_dir,
                       batch_size=tcfg.eval_batch_size, num_workers=cfg.data.num_workers, save_pred=tcfg.save_pred,
-                      progress=progress, engine=tcfg.eval_engine, precision=tcfg.eval_precision)
-    line = f"epoch {epoch} val: {val_set.format_scores(result.scores)}"
+                      progress=progress, engine=tcfg.eval_engine, precision=tcfg.eval_precision, task=task)
+    line = f"epoch {epoch} val: {task.format_scores(val_set, result.scores)}"
     print(line)
     logger.text(line)
-    logger.scalars({"val/overall": result.scores["overall"],
-                    **{f"val/{t}": v for t, v in result.scores["per_answer_type"].items()}}, epoch)
+    logger.scalars(task.scalars(result.scores, "val"), epoch)
     return result.scores

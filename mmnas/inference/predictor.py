@@ -111,7 +111,9 @@ def _dygraph_predictor(model) -> Predictor:
 
     def run(region_feats, boxes, question_ids):
         with paddle.no_grad():
-            return model(_tensor(region_feats), None, _tensor(boxes), _tensor(question_ids)).numpy()
+            out = model(_tensor(region_feats), None, _tensor(boxes), _tensor(question_ids))
+        # a model of several outputs (e.g. grounding: region scores and box deltas) gives a tuple
+        return tuple(o.numpy() for o in out) if isinstance(out, (tuple, list)) else out.numpy()
     return run
 
 

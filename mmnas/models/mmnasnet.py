@@ -89,11 +89,14 @@ class AttentionMaps:
     blocks: List[BlockAttention]
 
 
-class MMNasNet(nn.Layer):
-    """forward(region_feats [B,N,2048], grid_feats (unused), boxes [B,N,4], question_ids [B,14])
-    -> logits [B, A]. Zero rows of region_feats and zero ids are padding; N may be any <= 100."""
+class MMNasBase(nn.Layer):
+    """The backbone every task shares: word embedding, question LSTM, region adapter, box
+    relation embedding and the genotype's encoder/decoder (parameter names `embedding`, `lstm`,
+    `adapter.frcn_linear`, `backbone.*`, `linear_rel` at the top level, as in the released
+    checkpoint). A task's model subclasses it and adds its head (PaddleNLP's `...For<Task>`),
+    then calls `finish_init`: parameters are created trunk first, head second, then drawn."""
 
-    def __init__(self, cfg: ModelConfig, token_size: int, answer_size: int, word_vectors=None):
+    def __init__(self, cfg: ModelConfig, token_size: int):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
@@ -102,19 +105,21 @@ class MMNasNet(nn.Layer):
         self.adapter = Adapter(cfg)
         self.backbone = Backbone(cfg)
         self.linear_rel = Linear(4, cfg.rel_size)
-        self.attflat_img = AttFlat(cfg)
-        self.attflat_lang = AttFlat(cfg)
-        self.proj_norm = LayerNorm(cfg.flat_out)
-        self.proj = Linear(cfg.flat_out, answer_size)
+
+    def finish_init(self, word_vectors=None) -> None:
+        """Initialise like the reference, then put the word vectors (if any) in the embedding."""
         init_like_reference(self)
         if word_vectors is not None:
+            token_size = self.embedding.weight.shape[0]
             word_vectors = np.asarray(word_vectors, dtype="float32")
-            if word_vectors.shape != (token_size, cfg.word_embed):
+            if word_vectors.shape != (token_size, self.cfg.word_embed):
                 raise ValueError(f"word vectors have shape {word_vectors.shape}, the embedding "
-                                 f"needs {(token_size, cfg.word_embed)}")
+                                 f"needs {(token_size, self.cfg.word_embed)}")
             self.embedding.weight.set_value(word_vectors)
 
-    def forward(self, region_feats, grid_feats, boxes, question_ids):
+    def encode(self, region_feats, boxes, question_ids):
+        """(lang [B, T, H], img [B, N, H], lang_mask [B,1,1,T], img_mask [B,1,1,N]): the
+        backbone's outputs, which every head reads."""
         lang_mask = make_token_mask(question_ids)  # [B, 1, 1, T]
         img_mask = make_mask(region_feats)  # [B, 1, 1, N]
         lang, _ = self.lstm(self.embedding(question_ids))  # [B, T, H]
@@ -122,6 +127,24 @@ class MMNasNet(nn.Layer):
         # once per batch, read by every RSA block: box geometry [B, N, N, 4] and linear_rel
         relations = BoxRelations(box_relation_geometry(boxes), self.linear_rel, self.backbone.relation_layers())
         lang, img = self.backbone(lang, img, lang_mask, img_mask, relations)
+        return lang, img, lang_mask, img_mask
+
+
+class MMNasNet(MMNasBase):
+    """The answer model (VQA-v2, GQA): forward(region_feats [B,N,2048], grid_feats (unused),
+    boxes [B,N,4], question_ids [B,14]) -> logits [B, A]. Zero rows of region_feats and zero
+    ids are padding; N may be any <= 100."""
+
+    def __init__(self, cfg: ModelConfig, token_size: int, answer_size: int, word_vectors=None):
+        super().__init__(cfg, token_size)
+        self.attflat_img = AttFlat(cfg)
+        self.attflat_lang = AttFlat(cfg)
+        self.proj_norm = LayerNorm(cfg.flat_out)
+        self.proj = Linear(cfg.flat_out, answer_size)
+        self.finish_init(word_vectors)
+
+    def forward(self, region_feats, grid_feats, boxes, question_ids):
+        lang, img, lang_mask, img_mask = self.encode(region_feats, boxes, question_ids)
         fused = self.attflat_lang(lang, lang_mask) + self.attflat_img(img, img_mask)
         return self.proj(self.proj_norm(fused))
 

@@ -121,16 +121,20 @@ class SuperBackbone(Backbone):
         self.dec_list = nn.LayerList([MixedOp(pool, cfg, alpha_init_std) for pool in dec_pools])
 
 
-class SuperNet(MMNasNet):
-    """MMNasNet with a SuperBackbone. forward() is MMNasNet's, through the sampled path."""
+def stub_config(cfg: ModelConfig) -> ModelConfig:
+    """cfg with a one-block genotype: what a task model is built with before its backbone is
+    replaced by a SuperBackbone (`Searchable.make_searchable`)."""
+    stub = copy.deepcopy(cfg)
+    stub.enc, stub.dec = list(_STUB_GENOTYPE["enc"]), list(_STUB_GENOTYPE["dec"])
+    return stub
 
-    def __init__(self, cfg: ModelConfig, search: SearchConfig, token_size: int, answer_size: int,
-                 word_vectors=None):
-        search.validate()
-        # MMNasNet builds the shared parts; its backbone is a one-block stub replaced right away
-        stub = copy.deepcopy(cfg)
-        stub.enc, stub.dec = list(_STUB_GENOTYPE["enc"]), list(_STUB_GENOTYPE["dec"])
-        super().__init__(stub, token_size, answer_size, word_vectors)
+
+class Searchable:
+    """What makes a task's model (MMNasBase subclass) a supernet: its backbone replaced by a
+    SuperBackbone, and the positions, paths and logits the search strategies drive. forward()
+    is the task model's own, through the sampled path."""
+
+    def make_searchable(self, cfg: ModelConfig, search: SearchConfig) -> None:
         self.cfg, self.search_cfg = cfg, search
         self.backbone = SuperBackbone(cfg, search.pools("enc"), search.pools("dec"), search.alpha_init_std)
         init_like_reference(self.backbone)
@@ -220,6 +224,17 @@ class SuperNet(MMNasNet):
         genotype = genotype_from_choices(choices or self.active_path())
         cfg.enc, cfg.dec = genotype["enc"], genotype["dec"]
         return cfg
+
+
+class SuperNet(Searchable, MMNasNet):
+    """The answer task's supernet: MMNasNet with a SuperBackbone."""
+
+    def __init__(self, cfg: ModelConfig, search: SearchConfig, token_size: int, answer_size: int,
+                 word_vectors=None):
+        search.validate()
+        # MMNasNet builds the shared parts; its backbone is a one-block stub replaced right away
+        MMNasNet.__init__(self, stub_config(cfg), token_size, answer_size, word_vectors)
+        self.make_searchable(cfg, search)
 
 
 def genotype_from_choices(choices: Dict[str, Sequence[str]]) -> Dict[str, List[str]]:

@@ -17,28 +17,32 @@ processes by hand, so every process takes the same alpha step.
 from __future__ import annotations
 
 import contextlib
+from typing import Optional
 
 import numpy as np
 import paddle
 
-from ..models.loss import answer_loss
-from ..models.supernet import SuperNet
+from ..models.supernet import Searchable
+from ..tasks import Task, task_of
 from ..runtime import clip_grad_norm_
-from .strategy import (Partition, SearchStrategy, StepAt, all_reduce_array, partition_split,
+from .strategy import (Partition, SearchStrategy, StepAt, all_reduce_array, batch_loss, partition_split,
                        register_strategy, sub_batches)
 
 
-def weight_step(net, model: SuperNet, optimizer, batch, lr: float, cfg, rng: np.random.Generator, world: int = 1):
-    """Sample a path, train only its weights on `batch`; returns (summed loss, grad norm)."""
+def weight_step(net, model: Searchable, optimizer, batch, lr: float, cfg, rng: np.random.Generator, world: int = 1,
+                task: Optional[Task] = None):
+    """Sample a path, train only its weights on `batch`; returns (summed loss, grad norm).
+    `task`: its forward and loss (default: the task of cfg.data.dataset)."""
+    task = task or task_of(cfg)
     model.sample_path(rng)
     optimizer.set_lr(lr)
     loss_sum = 0.0
-    for last, (region_feats, boxes, question_ids, answer_scores) in sub_batches(batch, cfg.train.accu):
+    for last, part in sub_batches(batch, cfg.train.accu, task):
         sync = net.no_sync() if (world > 1 and not last) else contextlib.nullcontext()
         with sync:
-            loss = answer_loss(net(region_feats, None, boxes, question_ids), answer_scores, cfg.train.loss)
+            loss = batch_loss(net, task, part, cfg)
             (loss * world).backward()  # DataParallel averages: x world gives the global sum
-        loss_sum += float(loss)
+        loss_sum += float(task.summed(loss, part))
     # DataParallel zero-fills the gradients of unused candidates; drop them so Adam skips them
     for p in model.inactive_parameters():
         p.clear_gradient(False)
@@ -50,20 +54,21 @@ def weight_step(net, model: SuperNet, optimizer, batch, lr: float, cfg, rng: np.
 
 
 
-def arch_step(net, model: SuperNet, arch_optimizer, weight_optimizer, batch, cfg, rng: np.random.Generator,
-              world: int = 1, penalty=None) -> float:
+def arch_step(net, model: Searchable, arch_optimizer, weight_optimizer, batch, cfg, rng: np.random.Generator,
+              world: int = 1, penalty=None, task: Optional[Task] = None) -> float:
     """Sample a gated path, estimate d loss / d alpha from the gates, step alpha only;
     returns the summed loss of the sampled path on `batch`. `penalty`: a callable giving a
     differentiable scalar of alpha (the FLOP penalty) whose gradient is added."""
+    task = task or task_of(cfg)
     mode = cfg.search.arch_mode
     model.sample_path(rng, mode)
     loss_sum = 0.0
     sync = net.no_sync() if world > 1 else contextlib.nullcontext()  # alpha grads reduced below
     with sync:
-        for _, (region_feats, boxes, question_ids, answer_scores) in sub_batches(batch, cfg.train.accu):
-            loss = answer_loss(net(region_feats, None, boxes, question_ids), answer_scores, cfg.train.loss)
+        for _, part in sub_batches(batch, cfg.train.accu, task):
+            loss = batch_loss(net, task, part, cfg)
             loss.backward()
-            loss_sum += float(loss)
+            loss_sum += float(task.summed(loss, part))
     grads = model.alpha_grads()  # per position, numpy
     if world > 1:
         flat = all_reduce_array(np.concatenate(grads))
@@ -107,11 +112,11 @@ class BinaryGate(SearchStrategy):
         return "search" if epoch >= self.cfg.search.warmup_epochs else "warm-up"
 
     def train_step(self, net, weight_opt, arch_opt, batch, lr, rng, at: StepAt, arch_batches, world=1):
-        loss, grad_norm = weight_step(net, self.model, weight_opt, batch, lr, self.cfg, rng, world)
+        loss, grad_norm = weight_step(net, self.model, weight_opt, batch, lr, self.cfg, rng, world, self.task)
         out = {"weight_loss": loss, "grad_norm": grad_norm}
         if arch_batches is not None and (at.step + 1) % self.cfg.search.arch_every == 0:
             arch_batch = next(arch_batches, None)
             if arch_batch is not None:
                 out["arch_loss"] = arch_step(net, self.model, arch_opt, weight_opt, arch_batch, self.cfg, rng,
-                                             world, penalty=self.flops_penalty)
+                                             world, penalty=self.flops_penalty, task=self.task)
         return out

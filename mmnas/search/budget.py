@@ -36,6 +36,7 @@ class PositionCosts:
     ops: Dict[str, List[List[str]]]  # part -> per position, candidate names
     gflops: Dict[str, List[np.ndarray]]  # part -> per position, GFLOPs per candidate
     fixed_gflops: float  # everything outside the searched positions
+    head_flops: Optional[float] = None  # the task's head at n = 100 (None: the VQA-v2 answer head)
 
     def positions(self):
         """(part, index, ops, costs) of every position, encoder first."""
@@ -62,8 +63,10 @@ def target_model_config(name: str) -> ModelConfig:
         raise ConfigError(f"search.target_model: {e}") from None
 
 
-def position_costs(target: ModelConfig, pools: Dict[str, List[List[str]]]) -> PositionCosts:
-    """Per-candidate GFLOPs for the search pools at the target width (n = 100, its model.max_token tokens)."""
+def position_costs(target: ModelConfig, pools: Dict[str, List[List[str]]],
+                   head_flops: Optional[float] = None) -> PositionCosts:
+    """Per-candidate GFLOPs for the search pools at the target width (n = 100, its model.max_token
+    tokens); `head_flops`: the task's head (Task.head_flops), None for the VQA-v2 answer head."""
     n, T = BUDGET_REGIONS, target.max_token
     own_other = {"enc": (T, n), "dec": (n, T)}  # (length of the op's stream, of the other one)
     gflops = {part: [np.array([op_flops(op, target, *own_other[part]) / 1e9 for op in pool])
@@ -71,14 +74,16 @@ def position_costs(target: ModelConfig, pools: Dict[str, List[List[str]]]) -> Po
     empty = copy.deepcopy(target)
     empty.enc, empty.dec = [], []
     return PositionCosts(target, {p: [list(pool) for pool in pools[p]] for p in PARTS}, gflops,
-                         forward_gflops(empty, n=n, tokens=T))
+                         forward_gflops(empty, n=n, tokens=T, head_flops=head_flops), head_flops)
 
 
-def genotype_gflops(target: ModelConfig, genotype: Dict[str, Sequence[str]]) -> float:
-    """Forward GFLOPs per sample at n = 100 of the target model with this genotype."""
+def genotype_gflops(target: ModelConfig, genotype: Dict[str, Sequence[str]],
+                    head_flops: Optional[float] = None) -> float:
+    """Forward GFLOPs per sample at n = 100 of the target model with this genotype (and this
+    head, see position_costs)."""
     cfg = copy.deepcopy(target)
     cfg.enc, cfg.dec = list(genotype["enc"]), list(genotype["dec"])
-    return forward_gflops(cfg, n=BUDGET_REGIONS)  # at the target's model.max_token tokens
+    return forward_gflops(cfg, n=BUDGET_REGIONS, head_flops=head_flops)  # at the target's model.max_token tokens
 
 
 def expected_gflops(alphas: Sequence, costs: PositionCosts):

@@ -30,9 +30,8 @@ import paddle
 import paddle.nn.functional as F
 
 from ..config import TAU_ANNEALS
-from ..models.loss import answer_loss
 from ..runtime import clip_grad_norm_
-from .strategy import (Partition, SearchStrategy, StepAt, all_reduce_array, partition_split,
+from .strategy import (Partition, SearchStrategy, StepAt, all_reduce_array, batch_loss, partition_split,
                        register_strategy, sub_batches)
 
 
@@ -99,13 +98,13 @@ class SNAS(SearchStrategy):
         noise = [rng.gumbel(size=len(m.ops)) for m in model.mixed_ops()]
         weight_opt.set_lr(lr)
         loss_sum = 0.0
-        for last, (region_feats, boxes, question_ids, answer_scores) in sub_batches(batch, self.cfg.train.accu):
+        for last, part in sub_batches(batch, self.cfg.train.accu, self.task):
             self.sample(noise, tau)
             sync = net.no_sync() if (world > 1 and not last) else contextlib.nullcontext()
             with sync:
-                loss = answer_loss(net(region_feats, None, boxes, question_ids), answer_scores, self.cfg.train.loss)
+                loss = batch_loss(net, self.task, part, self.cfg)
                 (loss * world).backward()  # DataParallel averages the weights' gradients: x world = sum
-            loss_sum += float(loss)
+            loss_sum += float(self.task.summed(loss, part))
         for p in model.inactive_parameters():  # zero-filled by DataParallel: not on the sampled path
             p.clear_gradient(False)
         alphas = model.arch_parameters()

@@ -27,7 +27,8 @@ import numpy as np
 import paddle
 
 from ..config import ConfigError, RunConfig
-from ..models.supernet import SuperNet, genotype_from_choices
+from ..models.supernet import Searchable, genotype_from_choices
+from ..tasks import Task, task_of
 from .budget import PositionCosts, expected_gflops, fit_budget
 
 _STRATEGIES: Dict[str, Type["SearchStrategy"]] = {}
@@ -84,13 +85,17 @@ class StepAt(NamedTuple):
         return (self.epoch * self.steps + self.step) / (self.epochs * self.steps)
 
 
-def sub_batches(batch, accu: int):
-    """(is_last, (region_feats, boxes, question_ids, answer_scores)) for each of accu slices."""
-    region_feats, boxes, question_ids, answer_scores = batch[:4]
-    sub = question_ids.shape[0] // accu
+def sub_batches(batch, accu: int, task: Task):
+    """(is_last, batch dict of the slice) for each of accu slices of a loaded batch."""
+    batch = task.as_batch(batch)
+    sub = batch["token_ids"].shape[0] // accu
     for a in range(accu):
-        part = slice(a * sub, (a + 1) * sub)
-        yield a == accu - 1, (region_feats[part], boxes[part], question_ids[part], answer_scores[part])
+        yield a == accu - 1, task.piece(batch, a * sub, (a + 1) * sub)
+
+
+def batch_loss(net, task: Task, batch, cfg):
+    """The task's summed loss of `net` on a batch dict."""
+    return task.loss(task.forward(net, batch), batch, cfg)["loss"]
 
 
 # ---- the interface -------------------------------------------------------------------------------
@@ -99,9 +104,11 @@ class SearchStrategy:
     name = ""
     needs_arch_part = False  # True: arch steps draw batches from Partition.arch
 
-    def __init__(self, model: SuperNet, cfg: RunConfig, costs: Optional[PositionCosts] = None):
+    def __init__(self, model: Searchable, cfg: RunConfig, costs: Optional[PositionCosts] = None,
+                 task: Optional[Task] = None):
         self.model, self.cfg = model, cfg
         self.costs = costs  # GFLOPs per candidate at the target width (None: no budget, no penalty)
+        self.task = task or task_of(cfg)  # its forward and loss
 
     # ---- data and epochs
     @classmethod

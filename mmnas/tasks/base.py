@@ -1,0 +1,100 @@
+"""The interface of a task: what differs between answering, grounding and matching over the
+one backbone (models/mmnasnet.py MMNasBase). The engine (train, search, evaluate), the search
+strategies and the inference engines call a Task and never ask which one runs.
+
+A loaded batch travels as a tuple of arrays (what paddle's DataLoader and the failure
+reporting of data/regions.py carry): region_feats, boxes, token_ids, then the task's targets in
+`Task.targets` order, then the dataset index. `as_batch` names them (MMF-style dict batches);
+`piece` cuts rows [lo, hi) and trims regions to n, the per-region targets with them.
+"""
+from __future__ import annotations
+
+from typing import Dict, Mapping, Optional, Tuple
+
+import numpy as np
+
+INPUTS = ("region_feats", "boxes", "token_ids")
+
+
+class Task:
+    name = ""
+    targets: Tuple[str, ...] = ()  # what the dataset's items carry after the inputs
+    region_targets: Tuple[str, ...] = ()  # the targets with one row per region (trimmed with them)
+    exportable = True  # the model has one output that Paddle Inference / ONNX export can run
+    result_noun = "results"  # what one entry of the result file is, for messages
+    pred_noun = "outputs"  # what --SAVE_PRED keeps
+    loss_reduction = "sum"  # "sum" over the samples, or "mean" (see `summed`)
+    watches_attention = False  # training draws the attention pictures of a few val samples
+
+    def vocab_text(self, vocab) -> str:
+        """The vocabulary sizes for the log."""
+        return f"T={vocab.token_size}"
+
+    # ---- batches
+    def fields(self) -> Tuple[str, ...]:
+        return INPUTS + self.targets + ("index",)
+
+    def as_batch(self, loaded) -> Dict[str, object]:
+        """A loaded batch as a dict of its named fields: a dict as it is (datasets of dict items),
+        a tuple named in order (a shorter tuple, no index or inputs only, names what it has)."""
+        if isinstance(loaded, Mapping):
+            return dict(loaded)
+        return dict(zip(self.fields(), loaded))
+
+    def piece(self, batch: Dict[str, object], lo: int, hi: int, n: Optional[int] = None) -> Dict[str, object]:
+        """Rows [lo, hi) of every field; regions (and per-region targets) cut to the first n."""
+        regional = {"region_feats", "boxes", *self.region_targets}
+        return {k: (v[lo:hi, :n] if k in regional and n is not None else v[lo:hi]) for k, v in batch.items()}
+
+    # ---- the model
+    def build_model(self, cfg, vocab, word_vectors=None):
+        raise NotImplementedError
+
+    def build_supernet(self, cfg, search, vocab, word_vectors=None):
+        raise NotImplementedError
+
+    def forward(self, net, batch):
+        """The network's outputs on a batch (dict)."""
+        return net(batch["region_feats"], None, batch["boxes"], batch["token_ids"])
+
+    def loss(self, outputs, batch, run_cfg) -> Dict[str, object]:
+        """{"loss": the loss over the batch (a scalar tensor, reduced per `loss_reduction`), its
+        parts...}; the backward runs on "loss"."""
+        raise NotImplementedError
+
+    def summed(self, loss, batch):
+        """A loss value as a sum over the batch's samples, what the logs divide by the sample
+        count (a "mean" task's loss times the batch size)."""
+        return loss if self.loss_reduction == "sum" else loss * batch["token_ids"].shape[0]
+
+    # ---- evaluation
+    def predict_outputs(self, outputs, batch) -> Dict[str, np.ndarray]:
+        """What evaluation keeps of each sample (numpy, one row per sample), from the network's
+        outputs (numpy) on a batch."""
+        raise NotImplementedError
+
+    def result_file(self, name: str, dataset) -> str:
+        return f"result_run_{name}.json"
+
+    def result_entries(self, dataset, outputs: Dict[str, np.ndarray]):
+        raise NotImplementedError
+
+    def score(self, dataset, results) -> dict:
+        """The metric: a dict with "overall" (percent) and anything else the task reports."""
+        return dataset.score(results)
+
+    def format_scores(self, dataset, scores: dict) -> str:
+        return dataset.format_scores(scores)
+
+    def scalars(self, scores: dict, prefix: str = "val") -> Dict[str, float]:
+        """The scores as VisualDL scalars."""
+        return {f"{prefix}/overall": scores["overall"]}
+
+    def search_score(self, outputs, batch) -> float:
+        """Summed over the batch: the quick quality proxy a search reports for its top path."""
+        raise NotImplementedError
+
+    # ---- cost
+    def head_flops(self, cfg, dataset_name: str, n: int, tokens: int) -> float:
+        """Forward FLOPs of the head for one sample with n regions and `tokens` tokens."""
+        raise NotImplementedError
