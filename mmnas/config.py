@@ -52,12 +52,16 @@ MODEL_ALIASES = {
     "search_snas_tiny": "search/search_vqa_snas_tiny.yml",
     "gqa_small": "gqa/mmnasnet_small.yml",
     "gqa_tiny": "gqa/mmnasnet_tiny.yml",
+    "vgd_small": "vgd/mmnasnet_small.yml",
+    "vgd_tiny": "vgd/mmnasnet_tiny.yml",
 }
 
 TRAIN_SPLITS = ("train", "train+val", "train+val+vg")  # data.split / --SPLIT (VQA-v2's)
-DATASETS = ("vqa", "gqa")  # data.dataset / --DATASET (mmnas/data/datasets.py)
-TRAIN_PARTS = {"vqa": ("train", "val", "vg"), "gqa": ("train", "val")}  # a training split '+'-joins these
-EVAL_SPLITS = {"vqa": ("val",), "gqa": ("val", "testdev")}  # data.eval_split / --EVAL_SPLIT (--RUN=val)
+DATASETS = ("vqa", "gqa", "refcoco", "refcoco+", "refcocog")  # data.dataset / --DATASET (mmnas/data/datasets.py)
+TRAIN_PARTS = {"vqa": ("train", "val", "vg"), "gqa": ("train", "val"),  # a training split '+'-joins these
+               "refcoco": ("train", "val"), "refcoco+": ("train", "val"), "refcocog": ("train", "val")}
+EVAL_SPLITS = {"vqa": ("val",), "gqa": ("val", "testdev"),  # data.eval_split / --EVAL_SPLIT (--RUN=val)
+               "refcoco": ("val", "testA", "testB"), "refcoco+": ("val", "testA", "testB"), "refcocog": ("val", "test")}
 WORD_VECTOR_SOURCES = ("auto", "spacy", "glove", "none")  # data.word_vectors
 LOSSES = ("bce", "kld", "ce")  # train.loss (mmnas/models/loss.py)
 # spellings of a boolean accepted in a quoted YAML string and by the True/False flags
@@ -332,7 +336,7 @@ RULES: Dict[str, Tuple[Rule, ...]] = {
     "model.dropout": (in_range(0, 1),),
     "model.enc": (NOT_EMPTY, KnownOp("enc")), "model.dec": (NOT_EMPTY, KnownOp("dec")),
     "data.split": (TRAINING_SPLIT,), "data.word_vectors": (one_of(*WORD_VECTOR_SOURCES),),
-    "data.dataset": (one_of(*DATASETS),), "data.eval_split": (one_of("val", "testdev"),),
+    "data.dataset": (one_of(*DATASETS),), "data.eval_split": (one_of(*dict.fromkeys(s for splits in EVAL_SPLITS.values() for s in splits)),),
     "data.num_workers": (at_least(0),),
     "train.batch_size": (at_least(1),), "train.accu": (at_least(1),), "train.box_pieces": (at_least(1),),
     "train.max_epoch": (at_least(1),), "train.lr_base": (above(0),), "train.lr_base_vg": (above(0),),
