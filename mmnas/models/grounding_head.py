@@ -18,9 +18,9 @@ import paddle
 import paddle.nn as nn
 
 from ..config import ModelConfig
-from ..ops import LayerNorm
+from ..ops import BoxRelations, LayerNorm, box_relation_geometry, make_mask, make_token_mask
 from ..ops.fast import Linear, mask_fill
-from .mmnasnet import AttFlat, init_like_reference
+from .mmnasnet import Adapter, AttFlat, Backbone, init_like_reference
 
 
 class GroundingHead(nn.Layer):
@@ -44,3 +44,33 @@ class GroundingHead(nn.Layer):
         # x - logsumexp(x), not F.log_softmax: Paddle's CPU kernel floors log-probabilities near -65
         # (exp(-65) ~ 1e-28, not 0), the reference's are -1e9 at padding
         return scores - paddle.logsumexp(scores, axis=-1, keepdim=True), self.proj_reg(fused)
+
+
+class GroundingNet(nn.Layer):
+    """The whole VGD network of the reference (full_vgd.py) from the shared pieces: MMNasNet's
+    embedding, LSTM, adapter, genotype backbone and relation embedding (same parameter names),
+    and the GroundingHead under `head.`. For tests, checkpoint conversion and small scripts; the
+    task layer builds the model it trains.
+
+        log_scores [B, N], deltas [B, N, 4] = net(region_feats [B, N, F], boxes [B, N, 4], token_ids [B, T])
+    """
+
+    def __init__(self, cfg: ModelConfig, token_size: int):
+        super().__init__()
+        cfg.validate()
+        self.embedding = nn.Embedding(token_size, cfg.word_embed)
+        self.lstm = nn.LSTM(cfg.word_embed, cfg.hidden_size, num_layers=1)
+        self.adapter = Adapter(cfg)
+        self.backbone = Backbone(cfg)
+        self.linear_rel = Linear(4, cfg.rel_size)
+        self.head = GroundingHead(cfg)
+        init_like_reference(self)
+
+    def forward(self, region_feats, boxes, token_ids):
+        lang_mask = make_token_mask(token_ids)  # [B, 1, 1, T]
+        img_mask = make_mask(region_feats)  # [B, 1, 1, N]
+        lang, _ = self.lstm(self.embedding(token_ids))  # [B, T, H]
+        img = self.adapter(region_feats)  # [B, N, H]
+        relations = BoxRelations(box_relation_geometry(boxes), self.linear_rel, self.backbone.relation_layers())
+        lang, img = self.backbone(lang, img, lang_mask, img_mask, relations)
+        return self.head(lang, lang_mask, img, img_mask)
