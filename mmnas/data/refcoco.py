@@ -60,10 +60,14 @@ def refs_path(data_root: str, dataset: str, part: str) -> str:
     return os.path.join(data_root, "vgd", dataset, f"{part}.json")
 
 
-def split_parts(dataset: str, split: str) -> List[str]:
-    """'train+val' -> ['train', 'val']; DataError naming the choices for an unknown dataset or split."""
+def check_dataset(dataset: str) -> None:
     if dataset not in SPLIT_FILES:
         raise DataError(f"unknown grounding dataset {dataset!r}; use one of {', '.join(SPLIT_FILES)}")
+
+
+def split_parts(dataset: str, split: str) -> List[str]:
+    """'train+val' -> ['train', 'val']; DataError naming the choices for an unknown dataset or split."""
+    check_dataset(dataset)
     parts = split.split("+")
     if not all(p in SPLIT_FILES[dataset] for p in parts) or len(set(parts)) != len(parts):
         raise DataError(f"unknown {dataset} split {split!r}; use one of {', '.join(SPLIT_FILES[dataset])} "
@@ -124,7 +128,7 @@ def read_refs(path: str) -> List[dict]:
 def build_refcoco_vocab(data_root: str, dataset: str, max_token: int) -> Vocab:
     """Token ids over the tokens of every split file of `dataset` (the ones present), in file order;
     no answers. max_token: ids per expression (the last always PAD)."""
-    split_parts(dataset, SPLIT_FILES.get(dataset, ("?",))[0])  # refuses an unknown dataset
+    check_dataset(dataset)
     token_to_ix = {PAD: 0, UNK: 1, CLS: 2}
     sources = []
     for part in SPLIT_FILES[dataset]:
