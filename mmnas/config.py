@@ -52,12 +52,16 @@ MODEL_ALIASES = {
     "search_snas_tiny": "search/search_vqa_snas_tiny.yml",
     "gqa_small": "gqa/mmnasnet_small.yml",
     "gqa_tiny": "gqa/mmnasnet_tiny.yml",
+    "vgd_small": "vgd/mmnasnet_small.yml",
+    "vgd_tiny": "vgd/mmnasnet_tiny.yml",
 }
 
 TRAIN_SPLITS = ("train", "train+val", "train+val+vg")  # data.split / --SPLIT (VQA-v2's)
-DATASETS = ("vqa", "gqa")  # data.dataset / --DATASET (mmnas/data/datasets.py)
-TRAIN_PARTS = {"vqa": ("train", "val", "vg"), "gqa": ("train", "val")}  # a training split '+'-joins these
-EVAL_SPLITS = {"vqa": ("val",), "gqa": ("val", "testdev")}  # data.eval_split / --EVAL_SPLIT (--RUN=val)
+DATASETS = ("vqa", "gqa", "refcoco", "refcoco+", "refcocog")  # data.dataset / --DATASET (mmnas/data/datasets.py)
+TRAIN_PARTS = {"vqa": ("train", "val", "vg"), "gqa": ("train", "val"),  # a training split '+'-joins these
+               "refcoco": ("train", "val"), "refcoco+": ("train", "val"), "refcocog": ("train", "val")}
+EVAL_SPLITS = {"vqa": ("val",), "gqa": ("val", "testdev"),  # data.eval_split / --EVAL_SPLIT (--RUN=val)
+               "refcoco": ("val", "testA", "testB"), "refcoco+": ("val", "testA", "testB"), "refcocog": ("val", "test")}
 WORD_VECTOR_SOURCES = ("auto", "spacy", "glove", "none")  # data.word_vectors
 LOSSES = ("bce", "kld", "ce")  # train.loss (mmnas/models/loss.py)
 # spellings of a boolean accepted in a quoted YAML string and by the True/False flags
