@@ -12,7 +12,7 @@ import time
 from contextlib import nullcontext
 from typing import List, Optional
 
-from .config import (BOOL_WORDS, DATASETS, MODEL_ALIASES, TRAIN_SPLITS, ConfigError, RunConfig,
+from .config import (BOOL_WORDS, DATASETS, MODEL_ALIASES, TRAIN_SPLITS, ConfigError, RunConfig, test_split,
                      checked_value, flag_error, load_config)
 from .inference.predictor import ENGINES, PRECISIONS
 from .runtime import AMP_MODES
@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--MODEL", default=None,
                    help=f"{model_choices()} | path to a YAML config (default: small; for --RUN=search: search)")
     p.add_argument("--DATASET", default=None, choices=list(DATASETS),
-                   help="dataset: vqa (VQA-v2 + Visual Genome) or gqa (default: the config's data.dataset, vqa)")
+                   help="dataset: vqa (VQA-v2 + Visual Genome), gqa, or refcoco / refcoco+ / refcocog (visual "
+                        "grounding, docs/grounding.md) (default: the config's data.dataset, vqa)")
     p.add_argument("--VERSION", help="name of this run: checkpoints go to ckpt/ckpt_<VERSION>/, the log to "
                                      "results/log/log_run_<VERSION>.txt (default: a timestamp; when resuming "
                                      "or for val/test, --CKPT_V or the --CKPT_PATH file's name)")
@@ -58,9 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="number of processes (default: one per --GPU id, else 1); on CPU uses gloo")
     p.add_argument("--NW", type=int, default=None, help="data loader worker processes")
     p.add_argument("--SPLIT", default=None, help=f"training split: {', '.join(TRAIN_SPLITS)} on vqa (default "
-                                                 f"train+val+vg), train or train+val on gqa")
+                                                 f"train+val+vg), train or train+val on gqa and refcoco*")
     p.add_argument("--EVAL_SPLIT", default=None,
-                   help="what --RUN=val evaluates: val (default), or testdev on gqa")
+                   help="what --RUN=val evaluates: val (default), testdev on gqa, testA or testB on "
+                        "refcoco/refcoco+, test on refcocog; on refcoco/refcoco+ also which test split "
+                        "--RUN=test evaluates")
     p.add_argument("--RESUME", type=str2bool, default=False, help="resume training from --CKPT_V/--CKPT_E")
     p.add_argument("--CKPT_V", help="version of the checkpoint to resume or evaluate")
     p.add_argument("--CKPT_E", type=int, help="epoch of the checkpoint to resume or evaluate")
@@ -260,7 +263,7 @@ def run_eval(cfg: RunConfig) -> dict:
     from .tasks import task_of
 
     weights, name = checkpoint_for_eval(cfg)  # its existence is checked by check_paths
-    split = cfg.data.eval_split if cfg.run == "val" else "test"
+    split = cfg.data.eval_split if cfg.run == "val" else test_split(cfg.data.dataset, cfg.data.eval_split)
     vocab = open_vocab(cfg, True)
     dataset = open_dataset(cfg, split, vocab, True)
     if cfg.run == "val" and not dataset.has_answers:

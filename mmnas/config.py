@@ -62,10 +62,24 @@ TRAIN_PARTS = {"vqa": ("train", "val", "vg"), "gqa": ("train", "val"),  # a trai
                "refcoco": ("train", "val"), "refcoco+": ("train", "val"), "refcocog": ("train", "val")}
 EVAL_SPLITS = {"vqa": ("val",), "gqa": ("val", "testdev"),  # data.eval_split / --EVAL_SPLIT (--RUN=val)
                "refcoco": ("val", "testA", "testB"), "refcoco+": ("val", "testA", "testB"), "refcocog": ("val", "test")}
+# --RUN=test: the unannotated split (VQA-v2, GQA), or one of the test splits, chosen with
+# data.eval_split / --EVAL_SPLIT when there are several (RefCOCO/+: testA, testB; these are annotated)
+TEST_SPLITS = {"refcoco": ("testA", "testB"), "refcoco+": ("testA", "testB"), "refcocog": ("test",)}
 WORD_VECTOR_SOURCES = ("auto", "spacy", "glove", "none")  # data.word_vectors
 LOSSES = ("bce", "kld", "ce")  # train.loss (mmnas/models/loss.py)
 # spellings of a boolean accepted in a quoted YAML string and by the True/False flags
 BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+def test_split(dataset: str, eval_split: str) -> str:
+    """The split --RUN=test evaluates (TEST_SPLITS; "test" for a dataset not listed there)."""
+    splits = TEST_SPLITS.get(dataset, ("test",))
+    if len(splits) == 1:
+        return splits[0]
+    if eval_split in splits:
+        return eval_split
+    raise ConfigError(f"--RUN=test on {dataset}: which test split? Give --EVAL_SPLIT={' or --EVAL_SPLIT='.join(splits)} "
+                      f"(data.eval_split is {eval_split}).")
 
 
 class ConfigError(ValueError):

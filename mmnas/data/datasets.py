@@ -10,8 +10,9 @@ An entry of DATASETS (`data.dataset` in the config, `--DATASET` on the command l
   and formats them as one line for the log (`format_scores`).
 Both take the whole RunConfig: the data section, model.max_token / feat_size / max_regions and
 train.loss all shape the items.
-The splits each dataset accepts are plain data in config.py (TRAIN_PARTS, EVAL_SPLITS); the test
-split is always "test".
+The splits each dataset accepts are plain data in config.py (TRAIN_PARTS, EVAL_SPLITS,
+TEST_SPLITS). `task` names the dataset's task (mmnas/tasks/): what its items carry and how a
+model of it is built, trained, scored and searched.
 Adding a third dataset: its files/vocabulary module, a RegionDataset subclass (see gqa.py), its
 metric under mmnas/metrics/, an entry here, a name in config.DATASETS and configs/<name>/.
 """
@@ -81,11 +82,33 @@ def _gqa_open(cfg: RunConfig, split: str, vocab: Vocab, progress: bool):
                       check_feats=dcfg.check_feats, feat_size=cfg.model.feat_size)
 
 
+def _refcoco_vocab(cfg: RunConfig, progress: bool) -> Vocab:
+    """RefCOCO/+/g: every word of every split file of the dataset (the reference's vocabulary),
+    expressions cut to model.max_token ids, the last always PAD."""
+    from mmnas.data.refcoco import build_refcoco_vocab
+    return build_refcoco_vocab(cfg.data.data_root, cfg.data.dataset, cfg.model.max_token)
+
+
+def _refcoco_open(cfg: RunConfig, split: str, vocab: Vocab, progress: bool):
+    from mmnas.data.refcoco import RefCOCODataset, collate_grounding  # imports paddle
+    _check_question_length(vocab, cfg)
+    dcfg = cfg.data
+    dataset = RefCOCODataset(dcfg.data_root, dcfg.dataset, split, vocab, preload=dcfg.preload,
+                             drop_missing_images=dcfg.drop_missing_images, progress=progress,
+                             packed_feats=dcfg.packed_feats, max_regions=cfg.model.max_regions,
+                             check_feats=dcfg.check_feats, feat_size=cfg.model.feat_size)
+    dataset.collate = collate_grounding  # dict items: the loader stacks them with their own collate
+    return dataset
+
+
 DATASETS = {
     # answers: VQA-v2's dictionary keeps those seen more than 8 times in train+val (3129);
     # GQA's keeps every answer of train, val and testdev (1843)
     "vqa": DatasetSpec("vqa", _vqa_vocab, _vqa_open, "answer", 3129),
     "gqa": DatasetSpec("gqa", _gqa_vocab, _gqa_open, "answer", 1843),
+    "refcoco": DatasetSpec("refcoco", _refcoco_vocab, _refcoco_open, "grounding"),
+    "refcoco+": DatasetSpec("refcoco+", _refcoco_vocab, _refcoco_open, "grounding"),
+    "refcocog": DatasetSpec("refcocog", _refcoco_vocab, _refcoco_open, "grounding"),
 }
 
 

@@ -172,7 +172,9 @@ def load_pretrained(model, path: str, task=None) -> None:
         raise CheckpointError(f"--CKPT_PATH={path} has none of the backbone tensors of this model "
                               f"({', '.join(p.rstrip('.') for p in prefixes)}) in the shapes this config needs; "
                               f"start from a checkpoint of the same width and genotype (or without --CKPT_PATH).")
-    model.set_state_dict({k: np.asarray(state[k], dtype=np.float32) for k in took})
+    # the whole state (the fresh tensors as they are), so Paddle has no key to warn about
+    model.set_state_dict({**{k: v.numpy() for k, v in own.items()},
+                          **{k: np.asarray(state[k], dtype=np.float32) for k in took}})
     fresh = [k for k in own if k not in took]
     print(f"fine-tuning from {path}, another task's checkpoint: took {len(took)} backbone tensors "
           f"({_count_by_part(took)}); initialised {len(fresh)} fresh:")

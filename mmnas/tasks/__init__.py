@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from .answer import AnswerTask
 from .base import INPUTS, Task
+from .grounding import GroundingTask
 
 TASKS = {
     "answer": AnswerTask(),
+    "grounding": GroundingTask(),
 }
 
 
