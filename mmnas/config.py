@@ -54,6 +54,8 @@ MODEL_ALIASES = {
     "gqa_tiny": "gqa/mmnasnet_tiny.yml",
     "vgd_small": "vgd/mmnasnet_small.yml",
     "vgd_tiny": "vgd/mmnasnet_tiny.yml",
+    "search_vgd": "search/search_vgd.yml",
+    "search_vgd_tiny": "search/search_vgd_tiny.yml",
 }
 
 TRAIN_SPLITS = ("train", "train+val", "train+val+vg")  # data.split / --SPLIT (VQA-v2's)

@@ -127,12 +127,14 @@ def test_search_steps_on_grounding_within_a_flop_budget(world, tmp_path, algorit
     of the grounding model (its head's FLOPs, not the answer head's): the reported genotype fits."""
     from mmnas.engine.search import search
     from mmnas.search.budget import BUDGET_REGIONS, position_costs, target_model_config
-    cfg = load_config("search_tiny" if algorithm == "binary_gate" else "search_snas_tiny")
-    vgd = grounding_cfg(world.root, tmp_path, f"s_{algorithm}")
-    cfg.data, cfg.results_dir, cfg.ckpt_dir, cfg.version = vgd.data, vgd.results_dir, vgd.ckpt_dir, vgd.version
-    cfg.model.max_token, cfg.model.feat_size = vgd.model.max_token, FEAT
-    cfg.train.max_epoch = 1
-    cfg.search.warmup_epochs, cfg.search.target_model = 0, "vgd_tiny"
+    cfg = load_config("search_vgd_tiny")
+    cfg.search.algorithm = algorithm
+    cfg.data.data_root, cfg.data.cache_dir = str(world.root), str(tmp_path / "cache")
+    cfg.results_dir, cfg.ckpt_dir, cfg.version = str(tmp_path / "results"), str(tmp_path / "ckpt"), algorithm
+    cfg.model.feat_size = FEAT
+    cfg.data.split = "val"  # 120 expressions: a few steps of each kind, seconds not minutes
+    cfg.train.max_epoch, cfg.train.batch_size, cfg.train.eval_batch_size = 1, 16, 16
+    cfg.search.warmup_epochs = 0
     task = task_of(cfg)
     target = target_model_config("vgd_tiny")
     costs = position_costs(target, {p: cfg.search.pools(p) for p in ("enc", "dec")},
