@@ -342,8 +342,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                              expected=expected_errors())
         elif cfg.run == "predict":
             from .engine.predict import run_predict
+            from .engine.predict_grounding import run_predict_grounding
+            from .tasks import task_of
             weights, _ = checkpoint_for_eval(cfg)
-            run_predict(cfg, weights, args.FEATS, args.QUESTION, image_path=args.IMAGE, topk=args.TOPK,
+            predict_run = {"answer": run_predict, "grounding": run_predict_grounding}[task_of(cfg).name]
+            predict_run(cfg, weights, args.FEATS, args.QUESTION, image_path=args.IMAGE, topk=args.TOPK,
                         out_json=args.OUT, vocab_path=args.VOCAB, picture_path=args.PICTURE)
         else:
             run_eval(cfg)

@@ -188,3 +188,31 @@ def test_resume_on_grounding_replays_the_last_epoch_exactly(trained):
     assert set(resumed) == set(straight)
     for key in straight:
         np.testing.assert_array_equal(np.asarray(resumed[key]), np.asarray(straight[key]), err_msg=key)
+
+
+def test_predict_gives_the_box_of_run_val(trained, capsys):
+    """--RUN=predict with a val expression's words picks and decodes the same box as the val
+    result file (and draws it)."""
+    cfg = trained.cfg
+    vocab = open_vocab(cfg, False)
+    dataset = open_dataset(cfg, "val", vocab, False)
+    entries = json.load(open(os.path.join(cfg.results_dir, "cache",
+                                          f"result_run_vgd_epoch{EPOCHS}_refcoco_val.json")))
+    params, _ = ckpt_paths(cfg.ckpt_dir, "vgd", EPOCHS)
+    yml = trained.folder / "vgd32_predict.yml"
+    yml.write_text(f"base: {os.path.join(CONFIG_DIR, 'vgd', 'mmnasnet_tiny.yml')}\nmodel: {{feat_size: {FEAT}}}\n")
+    for i in (0, 7):
+        expression = " ".join(dataset.refs[i]["tokens"])
+        out = trained.folder / f"predict{i}.json"
+        picture = trained.folder / f"predict{i}.png"
+        code = cli.main(["--RUN=predict", f"--MODEL={yml}", f"--CKPT_PATH={params}", f"--FEATS={dataset.image_path(i)}",
+                         f"--QUESTION={expression}", f"--OUT={out}", f"--PICTURE={picture}",
+                         f"--RESULTS_DIR={cfg.results_dir}"])
+        assert code == 0
+        printed = capsys.readouterr().out
+        assert "chosen" in printed
+        picks = json.load(open(out))["picks"]
+        assert len(picks) == 5 and picks[0]["region"] == entries[i]["region"]
+        np.testing.assert_allclose(picks[0]["box"], entries[i]["box"], atol=0.02)
+        assert picks[0]["probability"] >= picks[1]["probability"]
+        assert picture.stat().st_size > 0
