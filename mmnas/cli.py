@@ -317,11 +317,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         argv = [f"--RUN={argv[0]}"] + argv[1:]
     args = build_parser().parse_args(argv)
     from . import runtime
-    # threads, MKL's AMD path and Paddle flags, set before anything imports paddle; CPU
-    # processes started for data parallel share the cores
-    cpu_processes = args.NPROCS or 1 if args.RUN in ("train", "search") and not args.GPU else 1
-    runtime.configure(processes=cpu_processes)
+    from .engine.interrupt import stop_on_signals
+    stop_on_signals()  # SIGTERM/SIGHUP as Ctrl-C from here on ...
     try:
+        # threads, MKL's AMD path and Paddle flags, set before anything imports paddle; CPU
+        # processes started for data parallel share the cores
+        cpu_processes = args.NPROCS or 1 if args.RUN in ("train", "search") and not args.GPU else 1
+        runtime.configure(processes=cpu_processes)
+        stop_on_signals()  # ... and again after `import paddle`, which installed its own SIGTERM handler
         cfg = config_from_args(args)
         check_paths(cfg, args)
         if args.RUN in ("train", "search") and not args.GPU and (args.NPROCS or 1) != cpu_processes:
@@ -346,14 +349,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     except expected_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as e:
-        from .engine.interrupt import RunInterrupted
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM or SIGHUP
+        from .engine.interrupt import RunInterrupted, exit_status, interrupted_by, signal_of
+        signum = signal_of(e)
         message = str(e) if isinstance(e, RunInterrupted) else (
-            "interrupted before the first epoch started; nothing was saved; run the same command again to start"
-            if args.RUN in ("train", "search") else f"--RUN={args.RUN} interrupted; no result file was written")
-        if message:
+            f"{interrupted_by(signum)} before the first epoch started; nothing was saved; run the same command "
+            f"again to start" if args.RUN in ("train", "search") else
+            f"--RUN={args.RUN} {interrupted_by(signum)}; no result file was written")
+        if message:  # empty: a process of the run printed it
             print(message, file=sys.stderr)
-        return 130
+        return exit_status(signum)
     return 0
 
 
