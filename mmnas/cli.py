@@ -347,7 +347,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         else:
             run_eval(cfg)
     except expected_errors() as e:
-        print(f"error: {e}", file=sys.stderr)
+        if str(e):  # empty: a process of the run printed it
+            print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM or SIGHUP
         from .engine.interrupt import RunInterrupted, exit_status, interrupted_by, signal_of
