@@ -22,9 +22,9 @@ import time
 import paddle
 import paddle.distributed as dist
 
-from ..runtime import set_paddle_threads
-from .interrupt import (InterruptGuard, RunInterrupted, exit_status, interrupted_by, signal_of,
-                        stop_on_signals)
+from ..runtime import STOP_SIGNALS, release_stop_signals, set_paddle_threads
+from .interrupt import (InterruptGuard, RunInterrupted, exit_status, interrupted_by, not_started_message,
+                        signal_of, stop_on_signals)
 
 
 class WorkerStopped(RuntimeError):
@@ -69,6 +69,7 @@ def _worker(fn, cfg, use_gpu, expected=(), parent_pid=None):
     watch_parent(parent_pid if spawned else os.getppid())
     set_paddle_threads()  # a spawned process starts with Paddle's single OpenMP thread
     try:
+        release_stop_signals()  # held since run.py's first line (run as __mp_main__ when spawned)
         dist.init_parallel_env()
         rank, world = dist.get_rank(), dist.get_world_size()
         if use_gpu:
@@ -85,8 +86,10 @@ def _worker(fn, cfg, use_gpu, expected=(), parent_pid=None):
     except KeyboardInterrupt as e:  # RunInterrupted, or a signal before the run started
         if not spawned:
             raise
-        if isinstance(e, RunInterrupted) and str(e):
-            print(str(e), file=sys.stderr, flush=True)
+        message = str(e) if isinstance(e, RunInterrupted) else (
+            not_started_message(signal_of(e)) if os.environ.get("PADDLE_TRAINER_ID") == "0" else "")
+        if message:
+            print(message, file=sys.stderr, flush=True)
         sys.exit(exit_status(signal_of(e)))
 
 
@@ -102,41 +105,40 @@ def run_parallel(fn, cfg, nprocs: int, gpus: str = "", expected=()):
             paddle.set_device(f"gpu:{gpus.split(',')[0]}")
         return fn(cfg, 0, 1)
     options = {"gpus": gpus} if use_gpu else {"backend": "gloo"}
-    context = dist.spawn(_worker, args=(fn, cfg, use_gpu, tuple(expected), os.getpid()), nprocs=nprocs,
-                         join=False, **options)
-    _supervise(context, cfg)
+    with InterruptGuard(world=nprocs) as guard:  # records a signal to this process, never raises
+        context = dist.spawn(_worker, args=(fn, cfg, use_gpu, tuple(expected), os.getpid()), nprocs=nprocs,
+                             join=False, **options)
+        _supervise(context, guard, cfg)
     return None
 
 
-def _supervise(context, cfg) -> None:
-    """Wait for the spawned processes. A signal to this process is passed on to each; once a
-    signal came or a process failed, any process still running STOP_GRACE seconds later is
-    killed. Then: WorkerStopped if a process stopped on an expected error (it printed it),
-    RunInterrupted if they stopped on a signal (rank 0 printed where), else the first failure's
-    traceback."""
+def _supervise(context, guard: InterruptGuard, cfg) -> None:
+    """Wait for the spawned processes. A signal to this process (recorded by `guard`) is passed
+    on to each; once a signal came or a process failed, any process still running STOP_GRACE
+    seconds later is killed. Then: WorkerStopped if a process stopped on an expected error (it
+    printed it), RunInterrupted if they stopped on a signal (rank 0 printed where), else the
+    first failure's traceback."""
     processes = context.processes
-    deadline = None
-    with InterruptGuard(world=len(processes)) as guard:  # records the signal, never raises
-        passed_on = False
-        while True:
-            alive = [p for p in processes if p.exitcode is None]
-            if not alive:
-                break
-            multiprocessing.connection.wait([p.sentinel for p in alive], timeout=0.5)
-            if guard.requested and not passed_on:
-                for p in alive:
-                    _send(p, guard.signum)  # a terminal's Ctrl-C reached them already; `kill -TERM` did not
-                passed_on = True
-            if deadline is None and (guard.requested or any(p.exitcode for p in processes)):
-                deadline = time.time() + STOP_GRACE
-            if deadline is not None and time.time() > deadline:
-                for p in alive:
-                    p.kill()
-                    p.join()
+    deadline, passed_on = None, False
+    while True:
+        alive = [p for p in processes if p.exitcode is None]
+        if not alive:
+            break
+        multiprocessing.connection.wait([p.sentinel for p in alive], timeout=0.5)
+        if guard.requested and not passed_on:
+            for p in alive:
+                _send(p, guard.signum)  # a terminal's Ctrl-C reached them already; `kill -TERM <run.py>` did not
+            passed_on = True
+        if deadline is None and (guard.requested or any(p.exitcode for p in processes)):
+            deadline = time.time() + STOP_GRACE
+        if deadline is not None and time.time() > deadline:
+            for p in alive:
+                p.kill()
+                p.join()
     codes = [p.exitcode for p in processes]
     if _EXPECTED_EXIT in codes:
         raise WorkerStopped("")  # the process printed its error
-    stopped_by = [code - 128 for code in codes if code and code - 128 in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)]
+    stopped_by = [code - 128 for code in codes if code and code - 128 in STOP_SIGNALS]
     if guard.requested or stopped_by:
         signum = guard.signum if guard.requested else stopped_by[0]
         if codes[0] == exit_status(signum):

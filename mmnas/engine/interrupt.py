@@ -24,7 +24,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+from ..runtime import STOP_SIGNALS
 
 
 def exit_status(signum: int) -> int:
@@ -35,6 +35,12 @@ def exit_status(signum: int) -> int:
 def interrupted_by(signum: int) -> str:
     """How the one line starts: "interrupted" for Ctrl-C, "interrupted by SIGTERM" for the others."""
     return "interrupted" if signum == signal.SIGINT else f"interrupted by {signal.Signals(signum).name}"
+
+
+def not_started_message(signum: int) -> str:
+    """The one line when a train or search run stopped before its first epoch."""
+    return (f"{interrupted_by(signum)} before the first epoch started; nothing was saved; run the same command "
+            f"again to start")
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -68,7 +74,7 @@ def stop_on_signals() -> None:
     thread; a signal set to "ignore" stays ignored."""
     if threading.current_thread() is not threading.main_thread():
         return
-    for signum in STOP_SIGNALS[1:]:
+    for signum in (signal.SIGTERM, signal.SIGHUP):  # SIGINT raises KeyboardInterrupt already
         if signal.getsignal(signum) is not signal.SIG_IGN:
             signal.signal(signum, _raise_stop_signal)
 
