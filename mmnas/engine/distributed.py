@@ -120,16 +120,19 @@ def _supervise(context, guard: InterruptGuard, cfg) -> None:
     first failure's traceback."""
     processes = context.processes
     deadline, passed_on = None, False
+    failed = []  # indices of the processes that ended with a non-zero status, first first
     while True:
         alive = [p for p in processes if p.exitcode is None]
         if not alive:
             break
         multiprocessing.connection.wait([p.sentinel for p in alive], timeout=0.5)
+        ended = [i for i, p in enumerate(processes) if p.exitcode and i not in failed]
+        failed += sorted(ended, key=lambda i: processes[i].exitcode >= 0)  # killed first: the others followed
         if guard.requested and not passed_on:
             for p in alive:
                 _send(p, guard.signum)  # a terminal's Ctrl-C reached them already; `kill -TERM <run.py>` did not
             passed_on = True
-        if deadline is None and (guard.requested or any(p.exitcode for p in processes)):
+        if deadline is None and (guard.requested or failed):
             deadline = time.time() + STOP_GRACE
         if deadline is not None and time.time() > deadline:
             for p in alive:
@@ -146,14 +149,15 @@ def _supervise(context, guard: InterruptGuard, cfg) -> None:
         raise RunInterrupted(f"{interrupted_by(signum)}; the training processes stopped before saying where; the "
                              f"complete checkpoints are in {os.path.join(cfg.ckpt_dir, f'ckpt_{cfg.version}')}",
                              signum)
-    for index, code in enumerate(codes):
-        if code:
-            queue = context.error_queues[index]
-            if not queue.empty():
-                raise RuntimeError(f"training process {index} failed:\n{queue.get()}")
-            how = f"by {signal.Signals(-code).name}" if code < 0 else f"with exit status {code}"
-            raise WorkerStopped(f"training process {index} ended {how}; the complete checkpoints are in "
-                                f"{os.path.join(cfg.ckpt_dir, f'ckpt_{cfg.version}')}")
+    failed += [i for i, code in enumerate(codes) if code and i not in failed]  # killed after the deadline
+    if failed:  # the first to fail is the cause: the others' collectives failed after it
+        index, code = failed[0], codes[failed[0]]
+        queue = context.error_queues[index]
+        if not queue.empty():
+            raise RuntimeError(f"training process {index} failed:\n{queue.get()}")
+        how = f"by {signal.Signals(-code).name}" if code < 0 else f"with exit status {code}"
+        raise WorkerStopped(f"training process {index} ended {how}; the complete checkpoints are in "
+                            f"{os.path.join(cfg.ckpt_dir, f'ckpt_{cfg.version}')}")
 
 
 def _send(process, signum) -> None:
