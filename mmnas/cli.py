@@ -321,11 +321,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         argv = [f"--RUN={argv[0]}"] + argv[1:]
     args = build_parser().parse_args(argv)
     from . import runtime
-    # threads, MKL's AMD path and Paddle flags, set before anything imports paddle; CPU
-    # processes started for data parallel share the cores
-    cpu_processes = args.NPROCS or 1 if args.RUN in ("train", "search") and not args.GPU else 1
-    runtime.configure(processes=cpu_processes)
+    from .engine.interrupt import stop_on_signals
+    runtime.hold_stop_signals()  # (run.py holds them from its first line, before any thread starts)
     try:
+        # threads, MKL's AMD path and Paddle flags, set before anything imports paddle; CPU
+        # processes started for data parallel share the cores
+        cpu_processes = args.NPROCS or 1 if args.RUN in ("train", "search") and not args.GPU else 1
+        runtime.configure(processes=cpu_processes)  # imports Paddle, which installs a C++ SIGTERM handler,
+        stop_on_signals()  # replaced here: SIGTERM and SIGHUP stop the run as Ctrl-C does,
+        runtime.release_stop_signals()  # from now on (one that came meanwhile is taken now)
         cfg = config_from_args(args)
         check_paths(cfg, args)
         if args.RUN in ("train", "search") and not args.GPU and (args.NPROCS or 1) != cpu_processes:
@@ -350,17 +354,19 @@ def main(argv: Optional[List[str]] = None) -> int:
                         out_json=args.OUT, vocab_path=args.VOCAB, picture_path=args.PICTURE)
         else:
             run_eval(cfg)
-    except expected_errors() as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as e:
-        from .engine.interrupt import RunInterrupted
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM or SIGHUP
+        from .engine.interrupt import RunInterrupted, exit_status, interrupted_by, not_started_message, signal_of
+        signum = signal_of(e)
         message = str(e) if isinstance(e, RunInterrupted) else (
-            "interrupted before the first epoch started; nothing was saved; run the same command again to start"
-            if args.RUN in ("train", "search") else f"--RUN={args.RUN} interrupted; no result file was written")
-        if message:
+            not_started_message(signum) if args.RUN in ("train", "search") else
+            f"--RUN={args.RUN} {interrupted_by(signum)}; no result file was written")
+        if message:  # empty: a process of the run printed it
             print(message, file=sys.stderr)
-        return 130
+        return exit_status(signum)
+    except expected_errors() as e:
+        if str(e):  # empty: a process of the run printed it
+            print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

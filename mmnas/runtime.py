@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import warnings
 from typing import Dict, Optional
@@ -222,6 +223,42 @@ def describe() -> str:
             f"MKL_DEBUG_CPU_TYPE={s['MKL_DEBUG_CPU_TYPE']}; flags {s['flags']}; malloc keeps freed memory: "
             f"{s['malloc_keep']}; user-set: {', '.join(s['user_set']) or 'none'}")
 
+
+
+# ---- signals around child processes -------------------------------------------------------------
+
+# the signals that stop a run (Ctrl-C, a scheduler's or `timeout`'s SIGTERM, a dropped terminal's
+# SIGHUP); engine/interrupt.py handles them
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def hold_stop_signals():
+    """Hold STOP_SIGNALS in this thread and in the threads and processes it starts: one that
+    comes is delivered once they are released. Returns the previous mask (None where there is
+    no pthread_sigmask: Windows). A thread started earlier (numpy's BLAS pool) may still take
+    them: hold them first thing (run.py)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
+def release_stop_signals() -> None:
+    """Deliver the STOP_SIGNALS held so far (`hold_stop_signals`), now that handlers are set."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+@contextlib.contextmanager
+def stop_signals_held():
+    """STOP_SIGNALS held inside the block, e.g. while DataLoader workers start: a forked worker
+    inherits the mask and ignores the signals before it releases them (engine/evaluate.py's
+    init_loader_worker), so Paddle's C++ SIGTERM handler in the worker never runs."""
+    previous = hold_stop_signals()
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 # ---- mixed precision and to_static --------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from typing import Dict, List, Optional
 
 
@@ -181,7 +182,19 @@ def make_backend(args: argparse.Namespace) -> DemoBackend:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from . import runtime
-    runtime.configure()
+    from .engine.interrupt import exit_status, interrupted_by, signal_of, stop_on_signals
+    runtime.hold_stop_signals()  # until Paddle's C++ SIGTERM handler is replaced (as in cli.main)
+    try:
+        runtime.configure()
+        stop_on_signals()  # Ctrl-C, SIGTERM and SIGHUP stop the demo with one line, at any moment
+        runtime.release_stop_signals()
+        return serve(args)
+    except KeyboardInterrupt as e:
+        print(f"web demo {interrupted_by(signal_of(e))}; stopped", file=sys.stderr)
+        return exit_status(signal_of(e))
+
+
+def serve(args) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no usage reports to gradio.app
     import logging
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests, one line each
@@ -198,5 +211,11 @@ def main(argv=None) -> int:
         return 2
     print(f"web demo: http://{args.HOST}:{args.PORT}/ ({len(backend.names)} images from {args.FEATS_DIR}, "
           f"vocabulary from {backend.predictor.vocab_source}); Ctrl-C stops it")
-    demo.queue().launch(server_name=args.HOST, server_port=args.PORT, share=False, show_error=True, quiet=True)
-    return 0
+    # Gradio's own wait (without prevent_thread_lock) would take a signal as a normal end
+    demo.queue().launch(server_name=args.HOST, server_port=args.PORT, share=False, show_error=True, quiet=True,
+                        prevent_thread_lock=True)
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        demo.close()

@@ -154,3 +154,31 @@ def test_demo_without_weights_is_one_sentence_and_exit_2():
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == ("error: the demo needs weights: --CKPT_PATH=file.pdparams, "
                                                     "or --CKPT_V and --CKPT_E.")
+
+
+def test_demo_stopped_by_sigterm_says_so_in_one_line_and_exits_143(weights):
+    """A service manager's SIGTERM (or a dropped terminal's SIGHUP) stops the demo as Ctrl-C
+    does: one line naming the signal, exit 128 + its number, no traceback (neither Python's nor
+    Paddle's C++ "Termination signal" one)."""
+    import signal
+    path, feats_dir = weights
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "tools", "demo_web.py"), "--MODEL=tiny",
+                             f"--CKPT_PATH={path}", f"--FEATS_DIR={feats_dir}", f"--PORT={port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while proc.poll() is None and time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err[-3000:]
+    assert [line for line in err.splitlines() if "interrupted" in line] == \
+        ["web demo interrupted by SIGTERM; stopped"], err[-3000:]
+    assert "Traceback" not in err and "Termination signal" not in out, (out + err)[-3000:]

@@ -41,7 +41,7 @@ EPOCHS = 3
 SEED = 7  # not the config's default: a resume that forgot it would diverge
 TIMEOUT = 300  # seconds any single run may take before the test fails
 
-INTERRUPT_LINE = re.compile(r"interrupted (at epoch \d+ (step \d+|\([a-z ]+\))|before the first epoch started); "
+INTERRUPT_LINE = re.compile(r"interrupted (by (?P<signal>SIGTERM|SIGHUP) )?(at epoch \d+ (step \d+|\([a-z ]+\))|before the first epoch started); "
                             r"nothing (partial )?was saved; (resume with: (?P<cmd>.+)|nothing to resume from|"
                             r"run the same command again to start|"
                             r"every epoch is saved, the last in \S+; nothing is left to (train|search))")
@@ -120,8 +120,8 @@ class Run:
                 pytest.fail(f"no {pattern!r} within {timeout}s:\n{self.stderr[-3000:]}")
             time.sleep(0.02)
 
-    def interrupt(self):
-        os.killpg(self.proc.pid, signal.SIGINT)  # the main process and its loader workers
+    def interrupt(self, signum=signal.SIGINT):
+        os.killpg(self.proc.pid, signum)  # the main process and its loader workers (and spawned processes)
 
     def finish(self, timeout=TIMEOUT):
         try:
@@ -177,23 +177,31 @@ def reference(world, tmp_path_factory):
 
 # ----------------------------------------------------------------------------- Ctrl-C
 
-def the_interrupt_line(stderr):
+def the_interrupt_line(stderr, stdout="", signum=signal.SIGINT):
+    """The one line a run stopped by `signum` printed; no traceback, Python's or Paddle's C++ one
+    (Paddle's SIGTERM handler prints "Termination signal" to stdout)."""
     lines = [line for line in stderr.splitlines() if "interrupted" in line]
     assert len(lines) == 1, stderr[-3000:]
     match = INTERRUPT_LINE.fullmatch(lines[0].strip())
     assert match, lines[0]
+    assert match.group("signal") == (None if signum == signal.SIGINT else signal.Signals(signum).name), lines[0]
     assert "Traceback" not in stderr and "EnforceNotMet" not in stderr and "Error" not in stderr, stderr[-3000:]
+    assert "Termination signal" not in stdout and "C++ Traceback" not in stdout, stdout[-3000:]
     return match
 
 
-@pytest.mark.parametrize("case", range(4))
-def test_ctrl_c_at_a_random_moment_then_the_printed_command_resumes_exactly(world, reference, tmp_path, case):
-    """SIGINT to the whole process group at a random moment of epoch 2 (most of a step is
-    backward; case 3 reads batches with 2 loader workers): exit 130,
-    one line, no traceback, only complete checkpoints. Pasting the printed command (parsed with
-    shlex, run from another folder) ends with the uninterrupted run's weights and Adam moments."""
+@pytest.mark.parametrize("signum, case", [(signal.SIGINT, 0), (signal.SIGINT, 1), (signal.SIGINT, 2),
+                                          (signal.SIGINT, 3), (signal.SIGTERM, 4), (signal.SIGHUP, 5)],
+                         ids=lambda v: getattr(v, "name", str(v)))
+def test_ctrl_c_at_a_random_moment_then_the_printed_command_resumes_exactly(world, reference, tmp_path, signum,
+                                                                            case):
+    """Ctrl-C (SIGINT), a scheduler's SIGTERM or a dropped terminal's SIGHUP to the whole process
+    group at a random moment of epoch 2 (most of a step is backward; cases 3 and 4 read batches
+    with 2 loader workers): exit 128 + the signal's number, one line naming the signal, no
+    traceback, only complete checkpoints. Pasting the printed command (parsed with shlex, run
+    from another folder) ends with the uninterrupted run's weights and Adam moments."""
     rng = random.Random(1000 + case)
-    extra = ["--NW=2"] if case == 3 else []
+    extra = ["--NW=2"] if case in (3, 4) else []
     run = Run(run_args(world, tmp_path, "cc", *extra), tmp_path)
     # a random moment of epoch 2's cycle as this machine runs it (the time from the start of epoch
     # 1 to that of epoch 2: its steps, the loader, the checkpoint write, val), so the run with 3
@@ -202,10 +210,10 @@ def test_ctrl_c_at_a_random_moment_then_the_printed_command_resumes_exactly(worl
     cycle_start = time.time()
     run.wait_for(rf"epoch 2/{EPOCHS}:\s+0%")
     time.sleep(rng.uniform(0.0, 0.9) * (time.time() - cycle_start))
-    run.interrupt()
+    run.interrupt(signum)
     code = run.finish()
-    assert code == 130, run.stderr[-3000:]
-    match = the_interrupt_line(run.stderr)
+    assert code == 128 + signum, run.stderr[-3000:]
+    match = the_interrupt_line(run.stderr, run.stdout, signum)
     done = checkpoint_epochs(tmp_path, "cc")
     for e in done:
         params, opt = ckpt_paths(str(tmp_path / "ckpt"), "cc", e)
@@ -688,6 +696,98 @@ def test_ctrl_c_to_the_parent_of_data_parallel_processes(world, tmp_path):
     code, out, err = run_to_end([sys.executable] + shlex.split(match.group("cmd"))[1:], tmp_path)
     assert code == 0, err[-3000:]
     assert checkpoint_epochs(tmp_path, "dp") == [1, 2, 3]
+
+
+def run_processes(sid):
+    """Live processes of session `sid` (run.py, its spawned processes, their loader workers and
+    helpers), read from the process table; zombies, already dead, are not counted."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state, _ppid, _pgrp, session = f.read().rsplit(")", 1)[1].split()[:4]
+        except (OSError, ValueError):
+            continue
+        if int(session) == sid and state != "Z":
+            found.append(int(pid))
+    return found
+
+
+def assert_no_process_left(sid, within=20.0):
+    """Every process of the run ends within `within` seconds (the left-overs are killed, then reported)."""
+    deadline = time.time() + within
+    while run_processes(sid) and time.time() < deadline:
+        time.sleep(0.2)
+    left = run_processes(sid)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    assert left == [], f"processes of the run still alive {within}s later: {left}"
+
+
+def test_sigterm_to_a_data_parallel_run_stops_every_process_and_resumes_exactly(world, tmp_path):
+    """SIGTERM to the process group of a 2-process run (as `timeout` and `scancel` send it) at a
+    random moment of epoch 2: exit 143, one line naming SIGTERM, no process of the run left in
+    the process table; the printed command resumes to the weights and Adam moments of an
+    uninterrupted 2-process run."""
+    code, _, err = run_to_end(run_args(world, tmp_path, "whole", "--NPROCS=2", "--MAX_EPOCH=2"), tmp_path)
+    assert code == 0, err[-3000:]
+    run = Run(run_args(world, tmp_path, "cut", "--NPROCS=2", "--MAX_EPOCH=2"), tmp_path)
+    run.wait_for(r"epoch 2/2:\s+0%")
+    time.sleep(random.Random(11).uniform(0.0, 1.0))
+    run.interrupt(signal.SIGTERM)
+    assert run.finish() == 143, run.stderr[-3000:]
+    assert_no_process_left(run.proc.pid)
+    match = the_interrupt_line(run.stderr, run.stdout, signal.SIGTERM)
+    assert checkpoint_epochs(tmp_path, "cut")
+    if match.group("cmd"):
+        assert "--NPROCS=2" in match.group("cmd"), match.group(0)
+        code, _, err = run_to_end([sys.executable] + shlex.split(match.group("cmd"))[1:], tmp_path)
+        assert code == 0, err[-3000:]
+    whole, cut = (ckpt_paths(str(tmp_path / "ckpt"), version, 2) for version in ("whole", "cut"))
+    assert_same_state(safe_load(whole[0]), safe_load(cut[0]), "weights")
+    assert_same_state(safe_load(whole[1])["optimizer"], safe_load(cut[1])["optimizer"], "optimizer state")
+
+
+def test_kill_9_of_the_parent_leaves_no_process_of_the_run(world, tmp_path):
+    """run.py of a 2-process run (1 loader worker each) killed with SIGKILL, which it cannot
+    handle: its processes notice within a second, stop at the same step, and nothing of the
+    run is alive a few seconds later; only complete checkpoints are on disk."""
+    run = Run(run_args(world, tmp_path, "orphans", "--NPROCS=2", "--NW=1"), tmp_path)
+    run.wait_for(rf"epoch 2/{EPOCHS}:\s+0%")
+    assert len(run_processes(run.proc.pid)) >= 3  # run.py and the 2 processes it spawned
+    run.proc.send_signal(signal.SIGKILL)
+    assert run.finish() == -signal.SIGKILL
+    assert_no_process_left(run.proc.pid, within=15.0)
+    assert checkpoint_epochs(tmp_path, "orphans")
+    assert "Termination signal" not in run.stdout and "C++ Traceback" not in run.stdout, run.stdout[-3000:]
+
+
+def test_sigterm_during_val_prints_one_line_and_exits_143(tmp_path):
+    """--RUN=val stopped by SIGTERM while it evaluates (450 questions): exit 143, the one line,
+    no traceback (Paddle's C++ one included), no result file."""
+    from mmnas.checkpoint_files import atomic_save, to_numpy_state
+    from mmnas.data.vocab import build_vocab
+    from mmnas.models import build_model
+    data_root = tmp_path / "data"
+    make_synthetic_vqa(str(data_root), n_train_images=4, n_val_images=150, n_test_images=1, n_vg_images=1,
+                       questions_per_image=3, seed=2, min_boxes=10, max_boxes=20)
+    vocab = build_vocab(str(data_root), str(tmp_path / "results" / "cache"), progress=False)
+    model = build_model(load_config(TINY_YML).model, vocab.token_size, vocab.answer_size)
+    atomic_save(to_numpy_state(model.state_dict()), str(tmp_path / "untrained.pdparams"))
+    run = Run([sys.executable, RUN_PY, "--RUN=val", f"--MODEL={TINY_YML}", f"--DATA_ROOT={data_root}",
+               f"--CKPT_PATH={tmp_path / 'untrained.pdparams'}", f"--RESULTS_DIR={tmp_path / 'results'}"], tmp_path)
+    run.wait_for(r"eval:\s+0%")
+    time.sleep(random.Random(4).uniform(0.0, 0.3))
+    run.interrupt(signal.SIGTERM)
+    assert run.finish() == 143, run.stderr[-3000:]
+    lines = [line for line in run.stderr.splitlines() if "interrupted" in line]
+    assert lines == ["--RUN=val interrupted by SIGTERM; no result file was written"], run.stderr[-3000:]
+    assert "Traceback" not in run.stderr and "Termination signal" not in run.stdout, run.stdout[-3000:]
+    written = [name for _, _, names in os.walk(tmp_path / "results") for name in names]
+    assert not [name for name in written if name.startswith("result")], written
 
 
 def test_resume_restores_the_process_count(world, tmp_path, capsys):

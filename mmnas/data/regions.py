@@ -32,6 +32,7 @@ from mmnas.data.features import (FEAT_DIM, BadFeatureFile, DataError, check_box_
 from mmnas.data.packed import PackedFeatures, is_store, store_dir_for
 from mmnas.data.vocab import encode_question
 from mmnas.progress import progress_bar
+from mmnas.runtime import stop_signals_held
 
 
 class RegionDataset(paddle.io.Dataset):
@@ -351,7 +352,9 @@ class FailureCheckedLoader:
         return len(self.loader)
 
     def __iter__(self):
-        return self._checked(iter(self.loader))  # paddle's iterator starts prefetching now, as before
+        with stop_signals_held():  # a worker ignores them (its worker_init_fn) and leaves them to this process
+            iterator = iter(self.loader)  # paddle's iterator starts its workers and prefetching now
+        return self._checked(iterator)
 
     @staticmethod
     def _checked(iterator):

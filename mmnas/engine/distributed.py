@@ -4,17 +4,27 @@
 same code path with 2 CPU processes over gloo. For several machines, start run.py through
 `python -m paddle.distributed.launch` instead (README, "Several GPUs and machines"): each
 process then finds its rank in the environment and `run_parallel` does not spawn.
+
+Stopping: a signal to run.py (Ctrl-C, SIGTERM, SIGHUP), to its process group or to one process
+stops every process of the run at the same step; rank 0 prints the one line. A process whose
+parent died (kill -9, or paddle.distributed.launch killed) notices within a second and stops the
+same way. A process that stops on an error prints it; the others, whose next all-reduce fails
+at once, leave without a word; the parent kills any process still running STOP_GRACE seconds
+after a signal or an error (one blocked for good in a collective).
 """
+import multiprocessing.connection
 import os
-import re
 import signal
 import sys
+import threading
+import time
 
 import paddle
 import paddle.distributed as dist
 
-from ..runtime import set_paddle_threads
-from .interrupt import RunInterrupted
+from ..runtime import STOP_SIGNALS, release_stop_signals, set_paddle_threads
+from .interrupt import (InterruptGuard, RunInterrupted, exit_status, interrupted_by, not_started_message,
+                        signal_of, stop_on_signals)
 
 
 class WorkerStopped(RuntimeError):
@@ -32,17 +42,38 @@ def owns_run_folder() -> bool:
     return not launched_externally() or os.environ.get("PADDLE_TRAINER_ID", "0") == "0"
 
 
-_EXPECTED_EXIT = 2  # a spawned process that stopped on one of the `expected` errors
-_INTERRUPTED_EXIT = 130  # a spawned process stopped by Ctrl-C (rank 0 printed the message)
+_EXPECTED_EXIT = 2  # a spawned process that stopped on one of the `expected` errors (it printed it)
+# a spawned process stopped by a signal exits with exit_status(signal) (rank 0 printed where it stopped)
+STOP_GRACE = 60.0  # seconds the parent waits for its processes after a signal or an error, then kills them
+ORPHAN_GRACE = 30.0  # seconds a process whose parent died has to stop on its own before it exits anyway
 
 
-def _worker(fn, cfg, use_gpu, expected=(), spawned=False):
+def watch_parent(parent_pid: int) -> None:
+    """Stop this process as on SIGTERM once `parent_pid` is no longer its parent (it died, even by
+    kill -9); exit without a word ORPHAN_GRACE seconds later if it is still running (blocked in a
+    collective whose peer is gone). A daemon thread polling twice a second."""
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(ORPHAN_GRACE)
+        os._exit(exit_status(signal.SIGTERM))
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
+
+
+def _worker(fn, cfg, use_gpu, expected=(), parent_pid=None):
+    """One process of the run; `parent_pid`: run.py's process when spawned by it (None when
+    started by paddle.distributed.launch, whose process is then the parent watched)."""
+    spawned = parent_pid is not None
+    stop_on_signals()  # Paddle, imported with this module, installed its C++ SIGTERM handler
+    watch_parent(parent_pid if spawned else os.getppid())
     set_paddle_threads()  # a spawned process starts with Paddle's single OpenMP thread
-    dist.init_parallel_env()
-    rank, world = dist.get_rank(), dist.get_world_size()
-    if use_gpu:
-        paddle.set_device(f"gpu:{paddle.distributed.ParallelEnv().device_id}")
     try:
+        release_stop_signals()  # held since run.py's first line (run as __mp_main__ when spawned)
+        dist.init_parallel_env()
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if use_gpu:
+            paddle.set_device(f"gpu:{paddle.distributed.ParallelEnv().device_id}")
         return fn(cfg, rank, world)
     except expected as e:
         if not spawned:
@@ -51,20 +82,21 @@ def _worker(fn, cfg, use_gpu, expected=(), spawned=False):
         # os._exit skips Paddle's exit handlers, which wait for the other processes (still blocked
         # in a collective) until gloo times out, so the parent can stop them at once
         print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.stdout.flush()
-        os._exit(_EXPECTED_EXIT)
-    except RunInterrupted as e:
+        sys.exit(_EXPECTED_EXIT)
+    except KeyboardInterrupt as e:  # RunInterrupted, or a signal before the run started
         if not spawned:
             raise
-        if str(e):
-            print(str(e), file=sys.stderr, flush=True)
-        sys.exit(_INTERRUPTED_EXIT)
+        message = str(e) if isinstance(e, RunInterrupted) else (
+            not_started_message(signal_of(e)) if os.environ.get("PADDLE_TRAINER_ID") == "0" else "")
+        if message:
+            print(message, file=sys.stderr, flush=True)
+        sys.exit(exit_status(signal_of(e)))
 
 
 def run_parallel(fn, cfg, nprocs: int, gpus: str = "", expected=()):
     """Run fn(cfg, rank, world) in `nprocs` processes (or in this one when nprocs == 1). An
     `expected` exception in a spawned process is printed there as one sentence and raised here
-    as WorkerStopped; anything else keeps Paddle's traceback."""
+    as WorkerStopped; anything else keeps its traceback."""
     use_gpu = bool(gpus)
     if launched_externally():
         return _worker(fn, cfg, use_gpu, expected)
@@ -73,39 +105,63 @@ def run_parallel(fn, cfg, nprocs: int, gpus: str = "", expected=()):
             paddle.set_device(f"gpu:{gpus.split(',')[0]}")
         return fn(cfg, 0, 1)
     options = {"gpus": gpus} if use_gpu else {"backend": "gloo"}
-    context = dist.spawn(_worker, args=(fn, cfg, use_gpu, tuple(expected), True), nprocs=nprocs, join=False,
-                         **options)
-    try:
-        while not context.join():
-            pass
-    except KeyboardInterrupt:
-        _wait_interrupted(context.processes)
-    except Exception as e:
-        if re.fullmatch(rf"Process \d+ terminated with exit code {_EXPECTED_EXIT}\.", str(e).strip()):
-            raise WorkerStopped("a training process stopped with the error printed above") from None
-        if re.fullmatch(rf"Process \d+ terminated with exit code {_INTERRUPTED_EXIT}\.", str(e).strip()):
-            raise RunInterrupted("") from None  # rank 0 printed where it stopped
-        raise
+    with InterruptGuard(world=nprocs) as guard:  # records a signal to this process, never raises
+        context = dist.spawn(_worker, args=(fn, cfg, use_gpu, tuple(expected), os.getpid()), nprocs=nprocs,
+                             join=False, **options)
+        _supervise(context, guard, cfg)
     return None
 
 
-def _wait_interrupted(processes) -> None:
-    """Ctrl-C in the parent: pass it on (a terminal sends it to every process already; a
-    `kill -INT` reaches the parent only), let every process stop on its own so rank 0 can
-    print where it stopped, then raise RunInterrupted."""
-    for process in processes:
-        if process.is_alive():
-            try:
-                os.kill(process.pid, signal.SIGINT)
-            except ProcessLookupError:
-                pass
-    for process in processes:
-        while True:
-            try:
-                process.join()
-                break
-            except KeyboardInterrupt:  # a second Ctrl-C: keep waiting (the processes stop on the first)
-                pass
-    if processes[0].exitcode == _INTERRUPTED_EXIT:
-        raise RunInterrupted("")  # rank 0 printed where it stopped
-    raise RunInterrupted("interrupted before the first epoch started; nothing was saved; run the same command again to start")
+def _supervise(context, guard: InterruptGuard, cfg) -> None:
+    """Wait for the spawned processes. A signal to this process (recorded by `guard`) is passed
+    on to each; once a signal came or a process failed, any process still running STOP_GRACE
+    seconds later is killed. Then: WorkerStopped if a process stopped on an expected error (it
+    printed it), RunInterrupted if they stopped on a signal (rank 0 printed where), else the
+    first failure's traceback."""
+    processes = context.processes
+    deadline, passed_on = None, False
+    failed = []  # indices of the processes that ended with a non-zero status, first first
+    while True:
+        alive = [p for p in processes if p.exitcode is None]
+        if not alive:
+            break
+        multiprocessing.connection.wait([p.sentinel for p in alive], timeout=0.5)
+        ended = [i for i, p in enumerate(processes) if p.exitcode and i not in failed]
+        failed += sorted(ended, key=lambda i: processes[i].exitcode >= 0)  # killed first: the others followed
+        if guard.requested and not passed_on:
+            for p in alive:
+                _send(p, guard.signum)  # a terminal's Ctrl-C reached them already; `kill -TERM <run.py>` did not
+            passed_on = True
+        if deadline is None and (guard.requested or failed):
+            deadline = time.time() + STOP_GRACE
+        if deadline is not None and time.time() > deadline:
+            for p in alive:
+                p.kill()
+                p.join()
+    codes = [p.exitcode for p in processes]
+    if _EXPECTED_EXIT in codes:
+        raise WorkerStopped("")  # the process printed its error
+    stopped_by = [code - 128 for code in codes if code and code - 128 in STOP_SIGNALS]
+    if guard.requested or stopped_by:
+        signum = guard.signum if guard.requested else stopped_by[0]
+        if codes[0] == exit_status(signum):
+            raise RunInterrupted("", signum)  # rank 0 printed where it stopped
+        raise RunInterrupted(f"{interrupted_by(signum)}; the training processes stopped before saying where; the "
+                             f"complete checkpoints are in {os.path.join(cfg.ckpt_dir, f'ckpt_{cfg.version}')}",
+                             signum)
+    failed += [i for i, code in enumerate(codes) if code and i not in failed]  # killed after the deadline
+    if failed:  # the first to fail is the cause: the others' collectives failed after it
+        index, code = failed[0], codes[failed[0]]
+        queue = context.error_queues[index]
+        if not queue.empty():
+            raise RuntimeError(f"training process {index} failed:\n{queue.get()}")
+        how = f"by {signal.Signals(-code).name}" if code < 0 else f"with exit status {code}"
+        raise WorkerStopped(f"training process {index} ended {how}; the complete checkpoints are in "
+                            f"{os.path.join(cfg.ckpt_dir, f'ckpt_{cfg.version}')}")
+
+
+def _send(process, signum) -> None:
+    try:
+        os.kill(process.pid, signum)
+    except ProcessLookupError:
+        pass

@@ -23,6 +23,7 @@ from ..inference import InferenceError, build_predictor, resolve_engine
 from ..progress import progress_bar
 from ..tasks import Task, task_named
 from ..checkpoint_files import write_error
+from ..runtime import STOP_SIGNALS, release_stop_signals
 
 
 class IndexBatches(paddle.io.BatchSampler):
@@ -39,9 +40,12 @@ class IndexBatches(paddle.io.BatchSampler):
 
 
 def init_loader_worker(worker_id: int) -> None:
-    """Loader workers leave Ctrl-C to the main process, which stops them (no traceback per
-    worker), and end when that process dies (regions.die_with_parent)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """Loader workers leave Ctrl-C, SIGTERM and SIGHUP to the main process, which stops them (no
+    traceback per worker, nor Paddle's C++ one), and end when that process dies
+    (regions.die_with_parent)."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    release_stop_signals()  # held while the loader started this worker (FailureCheckedLoader)
     die_with_parent(worker_id)
 
 

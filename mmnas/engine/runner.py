@@ -1,7 +1,7 @@
 """What training and search share: the run around the epochs and the one epoch loop.
 
-- `run_logged`: the checks and the logger of a run, and Ctrl-C turned into one line saying
-  where the run stopped and the command that resumes it;
+- `run_logged`: the checks and the logger of a run, and Ctrl-C (or SIGTERM, SIGHUP) turned into
+  one line saying where the run stopped and the command that resumes it;
 - `open_vocab`, `open_dataset`, `initial_word_vectors`: the data of cfg.data.dataset;
 - `run_epoch`: one epoch of steps. The caller gives the batches and a `step` function (train.py:
   a gradient step of the network; search.py: a step of the search strategy); the loop does the
@@ -29,7 +29,7 @@ from ..data.datasets import dataset_spec
 from ..progress import progress_bar
 from .checkpoint import TrainingError, ckpt_paths
 from .evaluate import make_loader
-from .interrupt import InterruptGuard, RunInterrupted, RunPosition
+from .interrupt import InterruptGuard, RunInterrupted, RunPosition, interrupted_by, signal_of
 from .logger import RunLogger
 from .resume import resume_command
 from .schedule import learning_rate
@@ -60,8 +60,9 @@ def check_batch_split(cfg: RunConfig, world: int) -> None:
 def run_logged(body, cfg: RunConfig, rank: int, world: int, progress: Optional[bool], run: str = "train"):
     """body(cfg, rank, world, progress, logger, position) after the checks --RUN=train and
     --RUN=search share: the progress bar only on rank 0, the batch split, a run logger closed at
-    the end, and Ctrl-C handling: any exception after a Ctrl-C becomes RunInterrupted, whose
-    message says where the run stopped and the command that resumes it."""
+    the end, and Ctrl-C handling (SIGTERM and SIGHUP alike): any exception after such a signal
+    becomes RunInterrupted, whose message says where the run stopped and the command that
+    resumes it."""
     progress = (rank == 0) if progress is None else (progress and rank == 0)
     check_batch_split(cfg, world)
     logger = RunLogger(cfg.results_dir, cfg.version, enabled=rank == 0)
@@ -74,23 +75,25 @@ def run_logged(body, cfg: RunConfig, rank: int, world: int, progress: Optional[b
             except BaseException as e:
                 if not position.guard.caused(e):
                     raise
-                message = interrupt_message(cfg, run, world, position) if rank == 0 else ""
+                signum = position.guard.signum if position.guard.requested else signal_of(e)
+                message = interrupt_message(cfg, run, world, position, signum) if rank == 0 else ""
                 if message:
                     logger.text(message)
-                raise RunInterrupted(message) from None
+                raise RunInterrupted(message, signum) from None
     finally:
         logger.close()
 
 
-def interrupt_message(cfg: RunConfig, run: str, world: int, position: RunPosition) -> str:
-    """The one line printed after Ctrl-C."""
+def interrupt_message(cfg: RunConfig, run: str, world: int, position: RunPosition, signum: int) -> str:
+    """The one line printed after Ctrl-C (SIGINT), SIGTERM or SIGHUP."""
+    interrupted = interrupted_by(signum)
     if position.last_ckpt is None:
-        return f"interrupted {position.where()}; nothing partial was saved; nothing to resume from"  # yet
+        return f"{interrupted} {position.where()}; nothing partial was saved; nothing to resume from"  # yet
     version, epoch = position.last_ckpt
     if epoch >= cfg.train.max_epoch:  # e.g. during the last epoch's val: every epoch is saved
-        return (f"interrupted {position.where()}; nothing partial was saved; every epoch is saved, the "
+        return (f"{interrupted} {position.where()}; nothing partial was saved; every epoch is saved, the "
                 f"last in {ckpt_paths(cfg.ckpt_dir, version, epoch)[0]}; nothing is left to {run}")
-    return (f"interrupted {position.where()}; nothing partial was saved; resume with: "
+    return (f"{interrupted} {position.where()}; nothing partial was saved; resume with: "
             f"{resume_command(cfg, run, world, version, epoch)}")
 
 
