@@ -36,6 +36,7 @@ from .runtime import AMP_MODES
 # silently loses regions; the model itself takes any n (raise model.max_regions to allow more).
 MIN_REGIONS = 1
 MAX_REGIONS = 100
+MAX_TOKEN_LIMIT = 512  # the most words per question (model.max_token, a vocabulary file's max_token)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO_ROOT, "configs")
@@ -329,7 +330,7 @@ RULES: Dict[str, Tuple[Rule, ...]] = {
     "model.hidden_size": (above(0),), "model.heads": (above(0),), "model.rel_head_width": (above(0),),
     "model.rel_size": (above(0),), "model.ffn_size": (above(0),), "model.flat_mlp": (above(0),),
     "model.glimpses": (above(0),), "model.flat_out": (above(0),), "model.word_embed": (above(0),),
-    "model.feat_size": (above(0),), "model.max_token": (above(0),), "model.max_regions": (above(0),),
+    "model.feat_size": (above(0),), "model.max_token": (Rule(f"in 1..{MAX_TOKEN_LIMIT}", lambda v: 1 <= v <= MAX_TOKEN_LIMIT),), "model.max_regions": (above(0),),
     "model.dropout": (in_range(0, 1),),
     "model.enc": (NOT_EMPTY, KnownOp("enc")), "model.dec": (NOT_EMPTY, KnownOp("dec")),
     "data.split": (TRAINING_SPLIT,), "data.word_vectors": (one_of(*WORD_VECTOR_SOURCES),),
