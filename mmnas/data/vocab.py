@@ -19,6 +19,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from mmnas.checkpoint_files import write_json_atomic
 from mmnas.config import LOSSES, MAX_TOKEN_LIMIT
 from mmnas.data.features import (ANNOTATION_FILES, QUESTION_FILES, README_DATA, DataError,
                                  read_json, vqa_path)
@@ -269,9 +270,5 @@ def cached_vocab(cache_dir: str, prefix: str, key: list, input_paths: List[str],
     ix_to_ans = {ix: answer for answer, ix in ans_to_ix.items()}
     vocab = Vocab(token_to_ix, ans_to_ix, ix_to_ans, sources=[os.path.abspath(p) for p in input_paths],
                   max_token=max_token)
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp_path = f"{cache_path}.tmp{os.getpid()}"
-    with open(tmp_path, "w", encoding="utf-8") as f:
-        json.dump(vocab.to_dict(), f, ensure_ascii=False)
-    os.replace(tmp_path, cache_path)  # atomic: a concurrent reader never sees half a file
+    write_json_atomic(vocab.to_dict(), cache_path, "data.cache_dir")  # a concurrent reader never sees half a file
     return vocab

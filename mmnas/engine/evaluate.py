@@ -6,7 +6,6 @@ similar n; logits are written back to dataset order, so answers do not depend on
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from ..data import DataError
 from ..data.regions import FailureCheckedLoader, FailureReportingDataset, collate_or_failure, die_with_parent
 from ..inference import build_predictor
 from ..progress import progress_bar
-from ..checkpoint_files import write_error
+from ..checkpoint_files import atomic_write, write_json_atomic
 
 
 class IndexBatches(paddle.io.BatchSampler):
@@ -84,21 +83,6 @@ class EvalResult:
     pred_path: Optional[str] = None
 
 
-def write_json_atomic(obj, path: str) -> None:
-    """Write JSON through a temporary of this process; an OSError (disk full, read-only folder)
-    becomes a WriteError naming `path`, with the temporary removed."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f)
-        os.replace(tmp, path)
-    except OSError as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise write_error(path, e, "--RESULTS_DIR") from None
-
-
 def evaluate(model, dataset, *, name: str, results_dir: str, batch_size: int, num_workers: int = 0,
              save_pred: bool = False, progress: bool = True, engine: str = "dygraph",
              precision: str = "fp32") -> EvalResult:
@@ -118,11 +102,8 @@ def evaluate(model, dataset, *, name: str, results_dir: str, batch_size: int, nu
     pred_path = None
     if save_pred:
         pred_path = os.path.join(results_dir, "pred", f"result_run_{name}.npz")
-        try:
-            os.makedirs(os.path.dirname(pred_path), exist_ok=True)
-            np.savez(pred_path, question_ids=np.asarray(dataset.question_ids), logits=logits)
-        except OSError as e:
-            raise write_error(pred_path, e, "--RESULTS_DIR") from None
+        atomic_write(pred_path, lambda f: np.savez(f, question_ids=np.asarray(dataset.question_ids), logits=logits),
+                     "--RESULTS_DIR")
     scores = None
     if dataset.has_answers:
         try:

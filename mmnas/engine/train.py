@@ -151,7 +151,7 @@ def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLog
         logger.text(f"train split {dcfg.split}: {len(train_set)} questions, {steps_per_epoch} steps/epoch, "
                     f"{world} process(es), vocab T={vocab.token_size} A={vocab.answer_size}{start}")
         # the vocabularies travel with the checkpoints: --RUN=predict reads them from here
-        write_json_atomic(vocab.to_dict(), os.path.join(cfg.ckpt_dir, f"ckpt_{cfg.version}", VOCAB_FILE))
+        write_json_atomic(vocab.to_dict(), os.path.join(cfg.ckpt_dir, f"ckpt_{cfg.version}", VOCAB_FILE), "--CKPT_DIR")
     history = []
     watch = AttentionWatch.for_run(val_set, vocab, logger)  # attention pictures of a few val questions
     for epoch in range(start_epoch, tcfg.max_epoch):
