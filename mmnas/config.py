@@ -247,6 +247,7 @@ class RunConfig:
     ckpt_dir: str = "ckpt"
     results_dir: str = "results"
     resume: bool = False
+    overwrite: bool = False  # train/search: replace an earlier run's checkpoints of the same version (--OVERWRITE)
     ckpt_version: Optional[str] = None
     ckpt_epoch: Optional[int] = None
     ckpt_path: Optional[str] = None

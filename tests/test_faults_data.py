@@ -511,11 +511,11 @@ def test_val_with_no_answers_at_all_is_a_named_error(clean_root, root, tmp_path)
     vocab = build_vocab(root, str(tmp_path / "cache"), progress=False)
     dataset = VQADataset(root, "val", vocab, progress=False)
     model = build_model(load_config("tiny").model, vocab.token_size, vocab.answer_size)
-    expected = (r"cannot score .*result_run_x.json \(written\): none of the 80 annotations has answers to "
+    expected = (r"cannot score .*result_run_x_val.json \(written\): none of the 80 annotations has answers to "
                 r"score against .*; check the annotation file\(s\) of split 'val'")
     with pytest.raises(DataError, match=expected):
         evaluate(model, dataset, name="x", results_dir=str(tmp_path / "results"), batch_size=64, progress=False)
-    assert os.path.isfile(tmp_path / "results" / "cache" / "result_run_x.json")
+    assert os.path.isfile(tmp_path / "results" / "cache" / "result_run_x_val.json")
 
 
 # ----------------------------------------------------------------------------- vocabularies

@@ -404,7 +404,7 @@ def test_a_second_run_of_the_same_version_is_refused_and_a_killed_run_leaves_no_
     assert owner.proc.returncode == -signal.SIGKILL
     # the kernel dropped the lock with its process: the next run of that VERSION starts, and
     # its data-parallel processes do not wait on the lock their parent holds
-    argv = run_args(world, tmp_path, "own", "--NPROCS=2")
+    argv = run_args(world, tmp_path, "own", "--NPROCS=2", "--OVERWRITE=True")  # the killed run may have saved epochs
     argv[argv.index(f"--MAX_EPOCH={EPOCHS}")] = "--MAX_EPOCH=1"
     code, out, err = run_to_end(argv, tmp_path)
     assert code == 0, err[-3000:]
@@ -811,3 +811,34 @@ def test_predict_picture_on_a_full_disk_leaves_nothing(world, trained_once, tmp_
     assert _only_error_line(err) == (f"error: cannot write {picture}: No space left on device; free some space "
                                      f"or choose another --PICTURE")
     assert _left_in(full) == []
+
+
+# ----------------------------------------------------------------------------- nothing overwritten unasked
+
+def test_a_new_run_of_an_existing_version_is_refused_unless_asked(world, tmp_path, capsys):
+    """Before: a second `--VERSION=again --MAX_EPOCH=1` silently rewrote epoch1 beside the earlier
+    run's epoch2, one folder holding two runs."""
+    from mmnas import cli
+    cfg = _small_cfg(world, tmp_path, "again", max_epoch=2)
+    train(cfg, progress=False)
+    folder = tmp_path / "ckpt" / "ckpt_again"
+    before = {n: (folder / n).read_bytes() for n in os.listdir(folder)}
+    argv = ["--RUN=train", f"--MODEL={world.yml}", "--VERSION=again", f"--DATA_ROOT={world.data_root}",
+            f"--CKPT_DIR={tmp_path / 'ckpt'}", f"--RESULTS_DIR={tmp_path / 'results'}", f"--SEED={SEED + 1}",
+            f"--BS={BATCH}", "--MAX_EPOCH=1", "--NW=0"]
+    assert cli.main(argv) == 2
+    assert _only_error_line(capsys.readouterr().err) == (
+        f"error: {folder} already holds the checkpoints of an earlier run (epochs 1, 2); continue it with "
+        f"--RESUME=True --CKPT_V=again --CKPT_E=2, replace them with --OVERWRITE=True, or choose another --VERSION")
+    assert {n: (folder / n).read_bytes() for n in os.listdir(folder)} == before
+    # asked: the earlier run's files go, the folder holds this run only
+    assert cli.main(argv + ["--OVERWRITE=True"]) == 0
+    assert f"note: --OVERWRITE=True: removed the earlier run's epochs 1, 2 from {folder}" in capsys.readouterr().err
+    assert checkpoint_epochs(tmp_path, "again") == [1]
+    assert safe_load(str(folder / "epoch1.pdopt"))["seed"] == SEED + 1
+    assert cli.main(argv + ["--OVERWRITE=True", "--RESUME=True", "--CKPT_V=again", "--CKPT_E=1"]) == 2
+    assert ("--OVERWRITE=True starts the run again from epoch 1, --RESUME=True continues it"
+            in _only_error_line(capsys.readouterr().err))
+    assert cli.main(["--RUN=val", f"--MODEL={world.yml}", "--CKPT_V=again", "--CKPT_E=1", "--OVERWRITE=True",
+                     f"--CKPT_DIR={tmp_path / 'ckpt'}", f"--DATA_ROOT={world.data_root}"]) == 2
+    assert "--OVERWRITE is for --RUN=train and --RUN=search, not --RUN=val." in capsys.readouterr().err

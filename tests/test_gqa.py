@@ -163,7 +163,7 @@ def test_tiny_mmnasnet_learns_synthetic_gqa(tmp_path):
     print(f"synthetic GQA val: accuracy {accuracy:.2f} vs majority {majority:.2f}")
     assert accuracy >= majority + 12
     # predict on a GQA feature file (regions-first layout) answers as --RUN=val did, with softmax scores
-    val_entries = json.load(open(tmp_path / "results" / "cache" / "result_run_g_epoch5.json"))
+    val_entries = json.load(open(tmp_path / "results" / "cache" / "result_run_g_epoch5_val.json"))
     questions = read(str(data), "val")
     entry = val_entries[0]
     image = questions[entry["questionId"]]["imageId"]
@@ -176,9 +176,13 @@ def test_tiny_mmnasnet_learns_synthetic_gqa(tmp_path):
     assert answers[0]["answer"] == entry["prediction"] and sum(a["score"] for a in answers) <= 1.0 + 1e-6
     testdev = run("--RUN=val", "--CKPT_V=g", "--CKPT_E=5", "--EVAL_SPLIT=testdev")
     assert testdev.returncode == 0 and "testdev: accuracy" in testdev.stdout
+    # testdev has its own result file: the val result of the same checkpoint is still there, unchanged
+    testdev_entries = json.load(open(tmp_path / "results" / "cache" / "result_run_g_epoch5_testdev.json"))
+    assert json.load(open(tmp_path / "results" / "cache" / "result_run_g_epoch5_val.json")) == val_entries
+    assert {e["questionId"] for e in testdev_entries}.isdisjoint(e["questionId"] for e in val_entries)
     test = run("--RUN=test", "--CKPT_V=g", "--CKPT_E=5")
     assert test.returncode == 0, test.stderr[-3000:]
-    entries = json.load(open(tmp_path / "results" / "result_test" / "result_run_g_epoch5.json"))
+    entries = json.load(open(tmp_path / "results" / "result_test" / "result_run_g_epoch5_test.json"))
     submission = json.load(open(gqa_path(str(data), QUESTION_FILES["test"])))
     assert [e["questionId"] for e in entries] == list(submission) and set(entries[0]) == {"questionId", "prediction"}
 

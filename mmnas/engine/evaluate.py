@@ -88,20 +88,21 @@ def evaluate(model, dataset, *, name: str, results_dir: str, batch_size: int, nu
              precision: str = "fp32") -> EvalResult:
     """Predict every question of `dataset`, write the result file, score it when annotated.
 
-    Annotated splits write `results/cache/result_run_<name>.json`; the test split writes
-    `results/result_test/result_run_<name>.json`, ready for the test server (EvalAI for VQA-v2).
+    Annotated splits write `results/cache/result_run_<name>_<split>.json`; the test split writes
+    `results/result_test/result_run_<name>_test.json`, ready for the test server (EvalAI for
+    VQA-v2). The split in the name keeps GQA's val and testdev results of one checkpoint apart.
     The entries and the metric are the dataset's (`result_entries`, `score`). With save_pred,
-    the raw logits and question ids go to `results/pred/result_run_<name>.npz`.
+    the raw logits and question ids go to `results/pred/result_run_<name>_<split>.npz`.
     """
     logits = predict(model, dataset, batch_size, num_workers, progress, engine=engine, precision=precision)
     answers = answers_from_logits(logits, dataset.vocab.ix_to_ans)
     results = dataset.result_entries(answers)  # the dataset's result-file format
     folder = "cache" if dataset.has_answers else dataset.result_folder_test
-    result_path = os.path.join(results_dir, folder, f"result_run_{name}.json")
+    result_path = os.path.join(results_dir, folder, f"result_run_{name}_{dataset.split}.json")
     write_json_atomic(results, result_path)
     pred_path = None
     if save_pred:
-        pred_path = os.path.join(results_dir, "pred", f"result_run_{name}.npz")
+        pred_path = os.path.join(results_dir, "pred", f"result_run_{name}_{dataset.split}.npz")
         atomic_write(pred_path, lambda f: np.savez(f, question_ids=np.asarray(dataset.question_ids), logits=logits),
                      "--RESULTS_DIR")
     scores = None
