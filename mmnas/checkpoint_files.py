@@ -303,9 +303,14 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None], flag: str = "") -
     remove_dead_temporaries(folder, os.path.basename(path))
 
 
+def write_text_atomic(text: str, path: str, flag: str = "") -> None:
+    """`text` as UTF-8 at `path`, through atomic_write."""
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")), flag)
+
+
 def write_json_atomic(obj: Any, path: str, flag: str = "--RESULTS_DIR", indent: Optional[int] = None) -> None:
-    """`obj` as UTF-8 JSON at `path`, through atomic_write."""
-    atomic_write(path, lambda f: f.write(json.dumps(obj, ensure_ascii=False, indent=indent).encode("utf-8")), flag)
+    """`obj` as JSON at `path`, through atomic_write."""
+    write_text_atomic(json.dumps(obj, indent=indent), path, flag)  # dumps: the C encoder
 
 
 class _Digesting:
