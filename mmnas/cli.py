@@ -346,7 +346,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 if owns_run_folder():
                     for note in claim_run_folder(cfg.ckpt_dir, cfg.results_dir, cfg.version, run=cfg.run,
                                                  resume_version=cfg.ckpt_version if cfg.resume else None,
-                                                 overwrite=cfg.overwrite):
+                                                 overwrite=cfg.overwrite, weights=cfg.ckpt_path):
                         print(note, file=sys.stderr)
                 run_parallel(_train_entry if cfg.run == "train" else _search_entry, cfg, nprocs, cfg.gpu,
                              expected=expected_errors())

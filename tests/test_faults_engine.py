@@ -836,6 +836,12 @@ def test_a_new_run_of_an_existing_version_is_refused_unless_asked(world, tmp_pat
     assert f"note: --OVERWRITE=True: removed the earlier run's epochs 1, 2 from {folder}" in capsys.readouterr().err
     assert checkpoint_epochs(tmp_path, "again") == [1]
     assert safe_load(str(folder / "epoch1.pdopt"))["seed"] == SEED + 1
+    # fine-tuning from a file the overwrite would remove
+    assert cli.main(argv + ["--OVERWRITE=True", f"--CKPT_PATH={folder / 'epoch1.pdparams'}"]) == 2
+    assert _only_error_line(capsys.readouterr().err) == (
+        f"error: --CKPT_PATH={folder / 'epoch1.pdparams'} is one of the files --OVERWRITE=True would remove from "
+        f"{folder}; copy it elsewhere first, or choose another --VERSION")
+    assert checkpoint_epochs(tmp_path, "again") == [1]
     assert cli.main(argv + ["--OVERWRITE=True", "--RESUME=True", "--CKPT_V=again", "--CKPT_E=1"]) == 2
     assert ("--OVERWRITE=True starts the run again from epoch 1, --RESUME=True continues it"
             in _only_error_line(capsys.readouterr().err))

@@ -117,12 +117,12 @@ _EPOCH_FILE = re.compile(r"epoch(\d+)\.(pdparams|pdopt)$")
 
 
 def claim_run_folder(ckpt_dir: str, results_dir: str, version: str, *, run: str, resume_version: Optional[str],
-                     overwrite: bool) -> List[str]:
+                     overwrite: bool, weights: Optional[str] = None) -> List[str]:
     """A run never writes its epochs beside the checkpoints of an earlier run of the same
     VERSION (the folder would mix two runs): refused (EarlierRunError) unless the run continues
     that VERSION (--RESUME=True --CKPT_V=VERSION) or --OVERWRITE=True, which removes the earlier
-    run's checkpoints, vocab.json and search reports first. Called by the lock's holder.
-    Returns the notes to print."""
+    run's checkpoints, vocab.json and search reports first (never `weights`, the --CKPT_PATH
+    the run starts from). Called by the lock's holder. Returns the notes to print."""
     folder = os.path.join(ckpt_dir, f"ckpt_{version}")
     names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
     epochs = sorted({int(m.group(1)) for m in map(_EPOCH_FILE.match, names) if m})
@@ -133,11 +133,13 @@ def claim_run_folder(ckpt_dir: str, results_dir: str, version: str, *, run: str,
     if not overwrite:
         complete = [e for e in epochs if {f"epoch{e}.pdparams", f"epoch{e}.pdopt"} <= set(names)]
         resume = f"continue it with --RESUME=True --CKPT_V={version} --CKPT_E={complete[-1]}, " if complete else ""
-        raise EarlierRunError(f"{folder} already holds the checkpoints of an earlier run (epochs "
-                           f"{listed}); {resume}replace them with --OVERWRITE=True, "
-                           f"or choose another --VERSION")
+        raise EarlierRunError(f"{folder} already holds the checkpoints of an earlier run (epochs {listed}); "
+                              f"{resume}replace them with --OVERWRITE=True, or choose another --VERSION")
     reports = os.path.join(results_dir, "search", version)
     removed = [os.path.join(folder, n) for n in names if _EPOCH_FILE.match(n) or n == "vocab.json"]
+    if weights and any(os.path.exists(p) and os.path.samefile(weights, p) for p in removed):
+        raise EarlierRunError(f"--CKPT_PATH={weights} is one of the files --OVERWRITE=True would remove from "
+                              f"{folder}; copy it elsewhere first, or choose another --VERSION")
     if run == "search" and os.path.isdir(reports):
         removed += [os.path.join(reports, n) for n in os.listdir(reports) if re.fullmatch(r"epoch\d+\.(json|png)", n)]
     for path in removed:
