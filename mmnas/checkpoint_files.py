@@ -1,4 +1,5 @@
-"""The checkpoint file format: reading weights safely, checking them against a model, writing files atomically.
+"""The checkpoint file format: reading weights safely, checking them against a model and their
+digest, and the one atomic writer every file the project writes goes through (atomic_write).
 
 `.pdparams` / `.pdopt` / `.pkl` files are pickles, and a pickle can run any code when it is
 loaded. We never hand a file to `pickle.load` as is: `safe_load` uses an unpickler that can
@@ -7,7 +8,9 @@ only build containers, numbers, strings and numpy arrays, and refuses anything e
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
+import json
 import os
 import re
 import pickle
@@ -15,7 +18,7 @@ import pickletools
 import socket
 import tempfile
 import warnings
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, BinaryIO, Callable, Dict, Mapping, Optional
 
 import numpy as np
 
@@ -31,6 +34,10 @@ _ALLOWED_GLOBALS = {
     ("collections", "OrderedDict"),
     ("_codecs", "encode"),
 }
+
+# What atomic_save writes after the pickle: DIGEST_MARK, 64 hex digits of its SHA-256, "\n".
+DIGEST_MARK = b"\n#mmnas-sha256:"
+_DIGEST_TRAILER = len(DIGEST_MARK) + 64 + 1
 
 # Paddle's own bookkeeping entry in saved state dicts: not a parameter.
 _PADDLE_NAME_TABLE = "StructuredToParameterName@@"
@@ -75,6 +82,7 @@ def safe_load(path: str) -> Any:
         raise CheckpointError(f"checkpoint file not found: {path}")
     with open(path, "rb") as f:
         data = f.read()
+    data = _checked_digest(data, path)
     if data[:2] == b"PK":
         raise CheckpointError(
             f"{path} is a zip archive (a PyTorch checkpoint?). Convert it first with "
@@ -90,6 +98,20 @@ def safe_load(path: str) -> Any:
         # (ValueError, TypeError), deep nesting (RecursionError), a stray opcode (KeyError ...)
         raise CheckpointError(f"{path} is not a readable weights file (truncated, damaged or not a "
                               f"pickle): {type(e).__name__}: {_one_line(e)[:200]}") from None
+
+
+def _checked_digest(data: bytes, path: str) -> bytes:
+    """The pickle part of a file atomic_save wrote, after checking it against the digest at its
+    end; a file without a digest (released weights, other tools' files) is returned whole."""
+    trailer = data[-_DIGEST_TRAILER:]
+    if len(data) <= _DIGEST_TRAILER or not (trailer.startswith(DIGEST_MARK) and trailer.endswith(b"\n")):
+        return data
+    payload = data[:-_DIGEST_TRAILER]
+    if hashlib.sha256(payload).hexdigest().encode("ascii") != trailer[len(DIGEST_MARK):-1]:
+        raise CheckpointError(f"{path} is damaged: its bytes no longer match the SHA-256 digest written with "
+                              f"it (a changed bit on the disk, in memory or in a copy); use another epoch's "
+                              f"checkpoint or copy the file again.")
+    return payload
 
 
 def _check_opcodes(data: bytes) -> None:
@@ -246,15 +268,17 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def atomic_save(obj: Any, path: str, flag: str = "") -> None:
-    """Pickle `obj` to `path` so that a kill at any moment leaves either the old file or the
-    complete new one: write a temporary file in the same folder, fsync, then rename.
+def atomic_write(path: str, write: Callable[[BinaryIO], None], flag: str = "") -> None:
+    """The one way the project writes a file: `write(f)` fills a temporary file in the same
+    folder, which is fsynced and renamed over `path`, so that a kill at any moment leaves either
+    the old file or the complete new one.
 
     The temporary's name carries this host and pid (`.tmp-<host>-<pid>-<random><file name>`):
     after the rename, temporaries of this same file left by *dead* processes of this host (a
     killed earlier write) are removed; a temporary of a live process, or of another host, is
-    never touched. An OSError (disk full, read-only folder) becomes a WriteError naming `path`
-    (and `flag`, the option that moves it), with the temporary removed and the old file intact.
+    never touched. An OSError (disk full, read-only folder; PIL and numpy raise it too) becomes
+    a WriteError naming `path` (and `flag`, the option that moves it), with the temporary
+    removed and the old file intact.
     """
     folder = os.path.dirname(os.path.abspath(path))
     prefix = f".tmp-{_host_tag()}-{os.getpid()}-"
@@ -263,12 +287,12 @@ def atomic_save(obj: Any, path: str, flag: str = "") -> None:
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=os.path.basename(path), dir=folder)
         with os.fdopen(fd, "wb") as f:
-            pickle.dump(obj, f, protocol=4)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a checkpoint is an ordinary file
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; the result is an ordinary file
         os.replace(tmp, path)
     except BaseException as e:
         if tmp is not None and os.path.exists(tmp):
@@ -277,6 +301,39 @@ def atomic_save(obj: Any, path: str, flag: str = "") -> None:
             raise write_error(path, e, flag) from None
         raise
     remove_dead_temporaries(folder, os.path.basename(path))
+
+
+def write_text_atomic(text: str, path: str, flag: str = "") -> None:
+    """`text` as UTF-8 at `path`, through atomic_write."""
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")), flag)
+
+
+def write_json_atomic(obj: Any, path: str, flag: str = "--RESULTS_DIR", indent: Optional[int] = None) -> None:
+    """`obj` as JSON at `path`, through atomic_write."""
+    write_text_atomic(json.dumps(obj, indent=indent), path, flag)  # dumps: the C encoder
+
+
+class _Digesting:
+    """A binary file wrapper that feeds every byte written into a SHA-256."""
+
+    def __init__(self, f: BinaryIO):
+        self.f, self.sha256 = f, hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        return self.f.write(data)
+
+
+def atomic_save(obj: Any, path: str, flag: str = "") -> None:
+    """Pickle `obj` to `path` (atomic_write) followed by DIGEST_MARK and the SHA-256 of the
+    pickle: `safe_load` refuses the file if one bit of it changed. Unpicklers stop at the
+    pickle's end and never read the digest, so paddle.load still reads the file."""
+    def write(f):
+        digesting = _Digesting(f)
+        pickle.dump(obj, digesting, protocol=4)
+        f.write(DIGEST_MARK + digesting.sha256.hexdigest().encode("ascii") + b"\n")
+
+    atomic_write(path, write, flag)
 
 
 def remove_dead_temporaries(folder: str, name: str) -> None:

@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--RESUME", type=str2bool, default=False, help="resume training from --CKPT_V/--CKPT_E")
     p.add_argument("--CKPT_V", help="version of the checkpoint to resume or evaluate")
     p.add_argument("--CKPT_E", type=int, help="epoch of the checkpoint to resume or evaluate")
+    p.add_argument("--OVERWRITE", type=str2bool, default=False,
+                   help="train/search: replace the checkpoints an earlier run left under the same --VERSION "
+                        "(without it such a run is refused)")
     p.add_argument("--CKPT_PATH", help="a weights file: to evaluate (val/test/predict, overrides --CKPT_V/--CKPT_E) "
                    "or to start training from (train: fine-tuning, fresh optimizer)")
     p.add_argument("--MAX_EPOCH", type=int, help="train until this many epochs (default 13)")
@@ -137,10 +140,15 @@ def check_checkpoint_flags(args: argparse.Namespace) -> None:
         if args.CKPT_PATH and args.RUN == "search":
             raise UsageError("--CKPT_PATH is for --RUN=train (fine-tuning) and --RUN=val/test; a search "
                              "continues with --RESUME=True --CKPT_V --CKPT_E.")
+        if args.OVERWRITE and args.RESUME:
+            raise UsageError("--OVERWRITE=True starts the run again from epoch 1, --RESUME=True continues it; "
+                             "give one of the two.")
         if not args.RESUME and (args.CKPT_V is not None or args.CKPT_E is not None):
             raise UsageError(f"--CKPT_V/--CKPT_E name a checkpoint to continue, which --RUN={args.RUN} does "
                              f"only with --RESUME=True; add it, or start a new run from the weights with "
                              f"--CKPT_PATH=<ckpt_dir>/ckpt_<V>/epoch<E>.pdparams.")
+    elif args.OVERWRITE:
+        raise UsageError(f"--OVERWRITE is for --RUN=train and --RUN=search, not --RUN={args.RUN}.")
     if args.CKPT_PATH and args.CKPT_PATH.endswith(".pdopt"):
         raise UsageError(f"--CKPT_PATH={args.CKPT_PATH} is an optimizer-state file; pass the weights "
                          f"file beside it ({args.CKPT_PATH[:-len('.pdopt')]}.pdparams).")
@@ -168,6 +176,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         if value is not None:
             setattr(getattr(cfg, section), key, _from_flag(f"{section}.{key}", value))
     cfg.resume, cfg.ckpt_version, cfg.ckpt_path = args.RESUME, args.CKPT_V, args.CKPT_PATH
+    cfg.overwrite = args.OVERWRITE
     cfg.ckpt_epoch = _from_flag("ckpt_epoch", args.CKPT_E)
     cfg.version = args.VERSION or default_version(args)
     if cfg.resume and cfg.run in ("train", "search"):  # check_checkpoint_flags: both are given
@@ -308,11 +317,11 @@ def expected_errors():
     from .engine.distributed import WorkerStopped
     from .engine.predict import PredictError
     from .engine.resume import ResumeError
-    from .engine.runlock import RunBusyError
+    from .engine.runlock import EarlierRunError, RunBusyError
     from .engine.checkpoint import TrainingError
     from .inference import InferenceError
     return (UsageError, ConfigError, DataError, CheckpointError, TrainingError, WorkerStopped, WriteError,
-            ResumeError, RunBusyError, PredictError, InferenceError)
+            ResumeError, RunBusyError, EarlierRunError, PredictError, InferenceError)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -336,12 +345,17 @@ def main(argv: Optional[List[str]] = None) -> int:
             runtime.configure(processes=args.NPROCS)  # --NPROCS restored from a checkpoint (--RESUME)
         if cfg.run in ("train", "search"):
             from .engine.distributed import owns_run_folder, run_parallel
-            from .engine.runlock import RunOwnership
+            from .engine.runlock import RunOwnership, claim_run_folder
             nprocs = args.NPROCS or (len(cfg.gpu.split(",")) if cfg.gpu else 1)
             # the run folder and log belong to this run until it ends (taken here, never in the
             # processes it spawns)
             owner = RunOwnership(cfg.ckpt_dir, cfg.results_dir, cfg.version) if owns_run_folder() else nullcontext()
             with owner:
+                if owns_run_folder():
+                    for note in claim_run_folder(cfg.ckpt_dir, cfg.results_dir, cfg.version, run=cfg.run,
+                                                 resume_version=cfg.ckpt_version if cfg.resume else None,
+                                                 overwrite=cfg.overwrite, weights=cfg.ckpt_path):
+                        print(note, file=sys.stderr)
                 run_parallel(_train_entry if cfg.run == "train" else _search_entry, cfg, nprocs, cfg.gpu,
                              expected=expected_errors())
         elif cfg.run == "predict":

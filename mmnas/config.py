@@ -7,7 +7,8 @@ A config file is plain data with three sections, each optional:
     train: {batch_size: 64, lr_base: 1.2e-4, ...}
 
 A file may name another with `base: <path relative to itself>`; the base is read first and
-the file's own values override it. Unknown keys are an error (a typo must not be ignored).
+the file's sections merge into it key by key (read_yaml). Unknown keys, keys given twice, empty
+sections and empty files are errors (a typo must not be ignored).
 
 Every value, from a file or a command-line flag, goes through one checker (`checked_value`)
 driven by the dataclass annotations plus the range/choice table RULES; see its docstring for
@@ -35,6 +36,7 @@ from .runtime import AMP_MODES
 # silently loses regions; the model itself takes any n (raise model.max_regions to allow more).
 MIN_REGIONS = 1
 MAX_REGIONS = 100
+MAX_TOKEN_LIMIT = 512  # the most words per question (model.max_token, a vocabulary file's max_token)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO_ROOT, "configs")
@@ -265,6 +267,7 @@ class RunConfig:
     ckpt_dir: str = "ckpt"
     results_dir: str = "results"
     resume: bool = False
+    overwrite: bool = False  # train/search: replace an earlier run's checkpoints of the same version (--OVERWRITE)
     ckpt_version: Optional[str] = None
     ckpt_epoch: Optional[int] = None
     ckpt_path: Optional[str] = None
@@ -352,7 +355,7 @@ RULES: Dict[str, Tuple[Rule, ...]] = {
     "model.hidden_size": (above(0),), "model.heads": (above(0),), "model.rel_head_width": (above(0),),
     "model.rel_size": (above(0),), "model.ffn_size": (above(0),), "model.flat_mlp": (above(0),),
     "model.glimpses": (above(0),), "model.flat_out": (above(0),), "model.word_embed": (above(0),),
-    "model.feat_size": (above(0),), "model.max_token": (above(0),), "model.max_regions": (above(0),),
+    "model.feat_size": (above(0),), "model.max_token": (Rule(f"in 1..{MAX_TOKEN_LIMIT}", lambda v: 1 <= v <= MAX_TOKEN_LIMIT),), "model.max_regions": (above(0),),
     "model.dropout": (in_range(0, 1),),
     "model.enc": (NOT_EMPTY, KnownOp("enc")), "model.dec": (NOT_EMPTY, KnownOp("dec")),
     "data.split": (TRAINING_SPLIT,), "data.word_vectors": (one_of(*WORD_VECTOR_SOURCES),),
@@ -529,39 +532,87 @@ def resolve_model_path(model: str) -> str:
                       f"nor an existing YAML file")
 
 
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    """A key given twice in one mapping; the message holds both lines."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping (a duplicate section,
+    a duplicate key inside one) is an error instead of the last one silently winning."""
+
+    def construct_mapping(self, node, deep=False):
+        first_line = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in first_line:
+                    raise _DuplicateKey(None, None, f"{_shown(key)} is given twice (lines {first_line[key]} "
+                                                    f"and {line}); keep one", key_node.start_mark)
+                first_line[key] = line
+            except TypeError:  # an unhashable key: PyYAML's own error follows
+                break
+        return super().construct_mapping(node, deep=deep)
+
+
 def _yaml_problem(e: yaml.YAMLError) -> str:
     """PyYAML's multi-line message as one clause: what is wrong and where."""
     mark = getattr(e, "problem_mark", None)
     problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    if isinstance(e, _DuplicateKey):  # its message holds the lines already
+        return problem
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
 
 
-def read_yaml(path: str) -> Dict[str, Any]:
-    """Read one config file, following `base:` links; returns the merged raw dict."""
+def _load_yaml_file(path: str, what: str, syntax: str = "YAML"):
+    """The parsed content of one YAML (or JSON) file; ConfigError naming `what` ("config file x")
+    when it cannot be read, is not UTF-8 text, is not valid `syntax`, or repeats a key."""
     try:
         with open(path, "r", encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
+            return yaml.load(f, Loader=_StrictLoader)
     except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror}.") from None
+        raise ConfigError(f"cannot read {what}: {e.strerror}.") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                          f"save it as UTF-8.") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(e)}.") from None
+        raise ConfigError(f"{what} is not valid {syntax}: {_yaml_problem(e)}.") from None
+
+
+def read_yaml(path: str, _chain: Tuple[str, ...] = ()) -> Dict[str, Any]:
+    """Read one config file, following `base:` links; returns the merged raw dict. The base is
+    read first; the file's sections then merge into it one by one, key by key (a key the file
+    gives replaces the base's value, the base's other keys stay)."""
+    chain = _chain + (os.path.realpath(path),)
+    raw = _load_yaml_file(path, f"config file {path}")
     if raw is None:
-        raw = {}
+        raise ConfigError(f"config file {path} is empty; expected model/data/train/search sections "
+                          f"(or base: another file).")
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping with model/data/train/search sections, "
                           f"not {type(raw).__name__}.")
     base = raw.pop("base", None)
+    for section, values in raw.items():
+        if values is None or values == {}:  # a bare `train:` would otherwise replace the base's section
+            raise ConfigError(f"config file {path}: section {section} is empty; give it keys or delete "
+                              f"the line (a file inherits its base's sections without naming them).")
     _check_raw(raw, f"config file {path}")  # a bad value is reported in the file that holds it
     if base is None:
         return raw
     if not isinstance(base, str):
         raise ConfigError(f"config file {path}: base is {_shown(base)}; expected the path of another config file.")
-    merged = read_yaml(os.path.join(os.path.dirname(os.path.abspath(path)), base))
+    base_path = os.path.join(os.path.dirname(os.path.abspath(path)), base)
+    if not os.path.isfile(base_path):
+        raise ConfigError(f"config file {path}: base {base} names {base_path}, which does not exist; "
+                          f"fix the path (it is relative to the file).")
+    if os.path.realpath(base_path) in chain:
+        raise ConfigError(f"config file {path}: base {base} leads back to a file already read "
+                          f"({' -> '.join(chain + (os.path.realpath(base_path),))}); remove one of the base: lines.")
+    merged = read_yaml(base_path, chain)
     for key, value in raw.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = {**merged[key], **value}
-        else:
-            merged[key] = value
+        merged[key] = {**merged.get(key, {}), **value}
     return merged
 
 
@@ -642,13 +693,7 @@ def load_config(model: str = "small", arch_path: Optional[str] = None) -> RunCon
 def read_genotype(path: str) -> Dict[str, List[str]]:
     """Read a genotype file (--ARCH_PATH): JSON or YAML with `enc` and `dec` lists, possibly
     nested under `genotype` (as the search writes it); the lists are checked as model.enc/dec."""
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            raw = yaml.safe_load(f)  # JSON is valid YAML
-    except OSError as e:
-        raise ConfigError(f"cannot read genotype file {path}: {e.strerror}.") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"genotype file {path} is not valid JSON/YAML: {_yaml_problem(e)}.") from None
+    raw = _load_yaml_file(path, f"genotype file {path}", "JSON/YAML")  # JSON is valid YAML
     if isinstance(raw, dict) and "genotype" in raw:
         return _checked_genotype(raw["genotype"], f"genotype file {path}", "genotype")
     return _checked_genotype(raw, f"genotype file {path}")

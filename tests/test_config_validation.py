@@ -128,6 +128,79 @@ def test_error_in_a_base_file_names_that_file(tmp_path, capsys, dirs):
     assert f"config file {base}: train.seed is -1" in err
 
 
+# ---- the file itself: empty, repeated keys, empty sections, base loops, encodings --------------
+
+BAD_FILES = [  # (file text, fragments of the one error line besides the file name)
+    ("", ["is empty", "model/data/train/search sections"]),
+    ("# only a comment\n", ["is empty"]),
+    ("train:\n  batch_size: 8\n  batch_size: 16\n", ["'batch_size' is given twice (lines 2 and 3)", "keep one"]),
+    ("train:\n  batch_size: 8\nmodel:\n  heads: 2\ntrain:\n  seed: 1\n", ["'train' is given twice (lines 1 and 5)"]),
+    ("train: {seed: 1, seed: 2}\n", ["'seed' is given twice (lines 1 and 1)"]),
+    ("train:\nmodel:\n  heads: 2\n", ["section train is empty", "give it keys or delete the line"]),
+    ("train: {}\n", ["section train is empty"]),
+    ("train: 5\n", ["section train is 5", "expected a mapping"]),
+    ("train: [1, 2]\n", ["section train is [1, 2]", "expected a mapping"]),
+]
+
+
+@pytest.mark.parametrize("text,fragments", BAD_FILES, ids=[t.replace("\n", "|") or "empty" for t, _ in BAD_FILES])
+def test_bad_config_file_is_one_sentence(tmp_path, capsys, dirs, text, fragments):
+    path = write_config(tmp_path, text, base=False)
+    err = usage_error(["--RUN=train", f"--MODEL={path}", *dirs], capsys)
+    for fragment in [f"config file {path}", *fragments]:
+        assert fragment in err, (fragment, err)
+
+
+def test_bare_section_does_not_drop_the_base_settings(tmp_path, capsys, dirs):
+    """Before: `train:` (null) replaced the tiny base's train section, training the default recipe."""
+    path = write_config(tmp_path, "train:\nmodel:\n  dropout: 0.2\n")  # with base: tiny
+    err = usage_error(["--RUN=train", f"--MODEL={path}", *dirs], capsys)
+    assert f"config file {path}: section train is empty" in err
+
+
+def test_derived_file_merges_section_by_section_key_by_key(tmp_path):
+    base, tiny = read_yaml(TINY), load_config(TINY)
+    cfg = load_config(write_config(tmp_path, "train:\n  seed: 5\n"))
+    assert cfg.train.seed == 5 and base["train"].get("seed") != 5
+    for key in base["train"]:  # every other key of the base's section is kept
+        if key != "seed":
+            assert getattr(cfg.train, key) == getattr(tiny.train, key), key
+    assert cfg.model == tiny.model and cfg.data == tiny.data  # sections the file does not name
+
+
+@pytest.mark.parametrize("cycle", ["self", "pair"])
+def test_base_loop_is_one_sentence(tmp_path, capsys, dirs, cycle):
+    a, b = tmp_path / "a.yml", tmp_path / "b.yml"
+    a.write_text(("base: a.yml\n" if cycle == "self" else "base: b.yml\n") + "train:\n  seed: 1\n")
+    b.write_text("base: a.yml\ntrain:\n  seed: 2\n")
+    err = usage_error(["--RUN=train", f"--MODEL={a}", *dirs], capsys)
+    looping = a if cycle == "self" else b
+    assert f"config file {looping}: base a.yml leads back to a file already read" in err
+    assert "remove one of the base: lines" in err
+
+
+def test_missing_base_names_the_file_that_names_it(tmp_path, capsys, dirs):
+    path = write_config(tmp_path, "base: nowhere.yml\ntrain:\n  seed: 1\n", base=False)
+    err = usage_error(["--RUN=train", f"--MODEL={path}", *dirs], capsys)
+    assert f"config file {path}: base nowhere.yml names {tmp_path / 'nowhere.yml'}, which does not exist" in err
+
+
+@pytest.mark.parametrize("kind", ["config", "genotype"])
+def test_non_utf8_bytes_are_one_sentence(tmp_path, capsys, dirs, kind):
+    path = tmp_path / ("my.yml" if kind == "config" else "arch.json")
+    path.write_bytes(b"train:\n  seed: 1 # caf\xe9\n" if kind == "config" else b'{"enc": ["SA"], "dec": ["GA\xff"]}')
+    flags = [f"--MODEL={path}"] if kind == "config" else ["--MODEL=tiny", f"--ARCH_PATH={path}"]
+    err = usage_error(["--RUN=train", *flags, *dirs], capsys)
+    assert f"{kind} file {path} is not UTF-8 text (byte 0x" in err and "save it as UTF-8" in err
+
+
+def test_genotype_file_with_a_repeated_key(tmp_path, capsys, dirs):
+    path = tmp_path / "arch.json"
+    path.write_text('{"enc": ["SA"], "dec": ["GA"], "enc": ["FFN"]}')
+    err = usage_error(["--RUN=train", "--MODEL=tiny", f"--ARCH_PATH={path}", *dirs], capsys)
+    assert f"genotype file {path} is not valid JSON/YAML: 'enc' is given twice" in err
+
+
 # ---- coercion: what PyYAML hands over with a surprising type ---------------------------------
 
 def test_yaml11_exponent_without_dot_is_a_float(tmp_path):
@@ -333,14 +406,17 @@ def test_bad_genotype_file(tmp_path, capsys, dirs, text, fragments):
     (["--MODEL={bad_yaml}"], "train.lr_base is 'fast'"),
     (["--MODEL=tiny", "--NW=-1"], "--NW=-1 is not valid"),
     (["--MODEL=tiny", "--BS=x"], "argument --BS: invalid int value: 'x'"),
+    (["--MODEL={empty_yaml}"], "is empty"),
 ])
 def test_run_py_exit_status_and_single_line(tmp_path, argv, fragment):
     bad_yaml = write_config(tmp_path, "train:\n  lr_base: fast\n")
+    empty_yaml = tmp_path / "empty.yml"
+    empty_yaml.write_text("")
     data_root = tmp_path / "data"
     data_root.mkdir()
     command = [sys.executable, os.path.join(REPO, "run.py"), "--RUN=train", f"--DATA_ROOT={data_root}",
                f"--RESULTS_DIR={tmp_path / 'results'}", f"--CKPT_DIR={tmp_path / 'ckpt'}",
-               *[a.format(bad_yaml=bad_yaml) for a in argv]]
+               *[a.format(bad_yaml=bad_yaml, empty_yaml=empty_yaml) for a in argv]]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert fragment in one_error_line(proc.stderr)

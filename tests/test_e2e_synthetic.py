@@ -39,14 +39,14 @@ def test_train_val_test_on_synthetic_data(tmp_path):
     baseline = evaluate(val_ann, {a["question_id"]: majority for a in val_ann})["overall"]
 
     out = run_cli(["--RUN=val", "--CKPT_V=e2e", "--CKPT_E=5", *common], tmp_path)
-    result_path = tmp_path / "results" / "cache" / "result_run_e2e_epoch5.json"
+    result_path = tmp_path / "results" / "cache" / "result_run_e2e_epoch5_val.json"
     scores = evaluate(val_ann, json.load(open(result_path)))
     assert f"overall {scores['overall']:.2f}" in out
     print(f"synthetic val accuracy {scores['overall']:.2f} vs majority baseline {baseline:.2f}")
     assert scores["overall"] >= baseline + MARGIN, (scores, baseline)
 
     run_cli(["--RUN=test", "--CKPT_V=e2e", "--CKPT_E=5", *common], tmp_path)
-    test_result = json.load(open(tmp_path / "results" / "result_test" / "result_run_e2e_epoch5.json"))
+    test_result = json.load(open(tmp_path / "results" / "result_test" / "result_run_e2e_epoch5_test.json"))
     test_questions = json.load(open(raw / "v2_OpenEnded_mscoco_test2015_questions.json"))["questions"]
     assert sorted(r["question_id"] for r in test_result) == sorted(q["question_id"] for q in test_questions)
     assert all(isinstance(r["answer"], str) and r["answer"] for r in test_result)

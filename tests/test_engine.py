@@ -521,7 +521,7 @@ def test_test_run_answers_every_test_question(world, base_run, tmp_path, capsys)
     code, out, err = cli_main(["--RUN=test", f"--MODEL={world.yml}", f"--CKPT_DIR={base_run.ckpt_dir}",
                                "--CKPT_V=base", "--CKPT_E=1", f"--RESULTS_DIR={results}"], capsys)
     assert code == 0, err[-3000:]
-    path = results / "result_test" / "result_run_base_epoch1.json"
+    path = results / "result_test" / "result_run_base_epoch1_test.json"
     with open(path) as f:
         answers = json.load(f)
     test_ids = [q["question_id"] for q in _raw(world, "v2_OpenEnded_mscoco_test2015_questions.json")["questions"]]
@@ -538,7 +538,7 @@ def test_test_run_with_ckpt_path_and_saved_logits(world, base_run, tmp_path, cap
     code, out, err = cli_main(["--RUN=test", f"--MODEL={world.yml}", f"--CKPT_PATH={weights}",
                                "--SAVE_PRED=True", f"--RESULTS_DIR={results}"], capsys)
     assert code == 0, err[-3000:]
-    with open(results / "result_test" / "result_run_my_weights.json") as f:
+    with open(results / "result_test" / "result_run_my_weights_test.json") as f:
         answers = {a["question_id"]: a["answer"] for a in json.load(f)}
     preds = glob.glob(str(results / "pred" / "*.npz"))
     assert len(preds) == 1
@@ -558,7 +558,7 @@ def test_val_run_scores_match_the_metric(world, base_run, tmp_path, capsys):
     assert code == 0, err[-3000:]
     printed = re.search(r"base_epoch1 val: overall ([0-9.]+)", out)
     assert printed, out
-    with open(results / "cache" / "result_run_base_epoch1.json") as f:
+    with open(results / "cache" / "result_run_base_epoch1_val.json") as f:
         predictions = json.load(f)
     annotations = _raw(world, "v2_mscoco_val2014_annotations.json")["annotations"]
     assert sorted(p["question_id"] for p in predictions) == sorted(a["question_id"] for a in annotations)

@@ -514,8 +514,67 @@ def test_val_with_no_answers_at_all_is_a_named_error(clean_root, root, tmp_path)
     vocab = build_vocab(root, str(tmp_path / "cache"), progress=False)
     dataset = VQADataset(root, "val", vocab, progress=False)
     model = build_model(load_config("tiny").model, vocab.token_size, vocab.answer_size)
-    expected = (r"cannot score .*result_run_x.json \(written\): none of the 80 annotations has answers to "
+    expected = (r"cannot score .*result_run_x_val.json \(written\): none of the 80 annotations has answers to "
                 r"score against .*; check the annotation file\(s\) of split 'val'")
     with pytest.raises(DataError, match=expected):
         evaluate(model, dataset, name="x", results_dir=str(tmp_path / "results"), batch_size=64, progress=False)
-    assert os.path.isfile(tmp_path / "results" / "cache" / "result_run_x.json")
+    assert os.path.isfile(tmp_path / "results" / "cache" / "result_run_x_val.json")
+
+
+# ----------------------------------------------------------------------------- vocabularies
+
+def swap_two_answers(v):
+    v["ix_to_ans"]["0"], v["ix_to_ans"]["1"] = v["ix_to_ans"]["1"], v["ix_to_ans"]["0"]
+
+
+VOCAB_DAMAGE = {  # hand edits of a vocab.json: (edit, fragment of the refusal)
+    # before: every answer 0 reported as answer 1 and back, silently
+    "ix_to_ans swapped": (swap_two_answers, "ix_to_ans[0] is"),
+    # before: a KeyError when the model picks answer 2
+    "ix_to_ans entry missing": (lambda v: v["ix_to_ans"].pop("2"), "ix_to_ans has"),
+    # before: predict allocated int64 [10**10] question ids (80 GB)
+    "max_token huge": (lambda v: v.update(max_token=10 ** 10), "max_token is 10000000000, expected 1..512"),
+    "max_token zero": (lambda v: v.update(max_token=0), "max_token is 0"),
+    "max_token text": (lambda v: v.update(max_token="many"), "non-integer ids"),
+    "token id twice": (lambda v: v["token_to_ix"].update(dog=v["token_to_ix"]["PAD"]), "are given to several entries"),
+    "token id gap": (lambda v: v["token_to_ix"].update(dog=10 ** 6), "they run from 0 to 1000000"),
+    "answer id twice": (lambda v: v["ans_to_ix"].update(
+        {a: 0 for a in v["ans_to_ix"] if v["ans_to_ix"][a] == 1}), "the ids of ans_to_ix"),
+    "no UNK": (lambda v: v.update(token_to_ix={("unk" if w == "UNK" else w): i for w, i in v["token_to_ix"].items()}),
+               "hold UNK"),
+    "no ix_to_ans": (lambda v: v.pop("ix_to_ans"), "lacks token_to_ix / ans_to_ix / ix_to_ans"),
+}
+
+
+@pytest.mark.parametrize("damage", list(VOCAB_DAMAGE))
+def test_hand_damaged_vocabulary_is_refused_by_name(clean_root, tmp_path, capsys, damage):
+    from mmnas import cli
+    edit, fragment = VOCAB_DAMAGE[damage]
+    cache = os.path.join(os.path.dirname(clean_root), "cache")
+    vocab = build_vocab(clean_root, cache, progress=False).to_dict()
+    edit(vocab)
+    path = tmp_path / "vocab.json"
+    path.write_text(json.dumps(vocab))
+    feats = feature_files(clean_root, "val2014")[0]
+    code = cli.main(["--RUN=predict", "--MODEL=tiny", f"--CKPT_PATH={weights_of(clean_root)}", f"--VOCAB={path}",
+                     f"--FEATS={feats}", "--QUESTION=what is it?", f"--RESULTS_DIR={tmp_path / 'results'}"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    line = [l for l in err.splitlines() if l.startswith("error: ")]
+    assert len(line) == 1 and "Traceback" not in err, err
+    assert line[0].startswith(f"error: vocabulary file {path}") and fragment in line[0], line[0]
+    assert "delete it to have the vocabularies rebuilt from the data files" in line[0]
+
+
+def test_damaged_vocabulary_cache_is_rebuilt(root, tmp_path):
+    cache = str(tmp_path / "cache")
+    built = build_vocab(root, cache, progress=False)
+    (cache_file,) = [os.path.join(cache, n) for n in os.listdir(cache)]
+    with open(cache_file) as f:
+        vocab = json.load(f)
+    swap_two_answers(vocab)
+    with open(cache_file, "w") as f:
+        json.dump(vocab, f)
+    with pytest.warns(UserWarning, match=r"vocabulary cache unreadable, rebuilding it: .*ix_to_ans\[0\]"):
+        again = build_vocab(root, cache, progress=False)
+    assert again.ix_to_ans == built.ix_to_ans and again.ans_to_ix == built.ans_to_ix

@@ -22,6 +22,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from mmnas import checkpoint_files
 from mmnas.config import load_config
 from mmnas.data.synthetic import make_synthetic_vqa
 from mmnas.engine import train as train_mod
@@ -411,7 +412,7 @@ def test_a_second_run_of_the_same_version_is_refused_and_a_killed_run_leaves_no_
     assert owner.proc.returncode == -signal.SIGKILL
     # the kernel dropped the lock with its process: the next run of that VERSION starts, and
     # its data-parallel processes do not wait on the lock their parent holds
-    argv = run_args(world, tmp_path, "own", "--NPROCS=2")
+    argv = run_args(world, tmp_path, "own", "--NPROCS=2", "--OVERWRITE=True")  # the killed run may have saved epochs
     argv[argv.index(f"--MAX_EPOCH={EPOCHS}")] = "--MAX_EPOCH=1"
     code, out, err = run_to_end(argv, tmp_path)
     assert code == 0, err[-3000:]
@@ -811,3 +812,139 @@ def test_resume_restores_the_process_count(world, tmp_path, capsys):
     assert args.NPROCS == 1
     assert "was trained with 2 process(es), this run uses 1: the update is the same up to float rounding" \
         in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- digests, atomic writer
+
+@pytest.fixture(scope="module")
+def trained_once(world, tmp_path_factory):
+    """One epoch of the small model, trained by the engine: ckpt/ckpt_once/epoch1.* and vocab.json."""
+    folder = tmp_path_factory.mktemp("once")
+    cfg = _small_cfg(world, folder, "once", max_epoch=1)
+    train(cfg, progress=False)
+    return SimpleNamespace(folder=folder, ckpt=folder / "ckpt" / "ckpt_once", cache=cfg.data.cache_dir)
+
+
+def _flip_one_bit(data: bytes, at: int) -> bytes:
+    out = bytearray(data)
+    out[at] ^= 0x10
+    return bytes(out)
+
+
+def _only_error_line(err):
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    return lines[0]
+
+
+def test_a_flipped_bit_in_a_checkpoint_is_refused_by_name(world, trained_once, tmp_path):
+    """Before: the flipped weight loaded and scored silently. Weights without a digest (the
+    released layout, converted files) still load."""
+    params, opt = trained_once.ckpt / "epoch1.pdparams", trained_once.ckpt / "epoch1.pdopt"
+    data = params.read_bytes()
+    assert data.endswith(b"\n") and checkpoint_files.DIGEST_MARK in data[-80:]
+    import paddle
+    assert sorted(paddle.load(str(params))) == sorted(safe_load(str(params)))  # paddle still reads it
+    bad = tmp_path / "ckpt" / "ckpt_bad"
+    bad.mkdir(parents=True)
+    (bad / "epoch1.pdparams").write_bytes(_flip_one_bit(data, len(data) // 2))  # inside a weight array
+    (bad / "epoch1.pdopt").write_bytes(opt.read_bytes())
+    (bad / "vocab.json").write_bytes((trained_once.ckpt / "vocab.json").read_bytes())
+    common = [f"--MODEL={world.yml}", f"--DATA_ROOT={world.data_root}", f"--CKPT_DIR={tmp_path / 'ckpt'}",
+              f"--RESULTS_DIR={tmp_path / 'results'}", "--NW=0"]
+    code, out, err = run_to_end([sys.executable, RUN_PY, "--RUN=val", "--CKPT_V=bad", "--CKPT_E=1", *common], tmp_path)
+    assert code == 2, err[-3000:]
+    assert _only_error_line(err) == (
+        f"error: {bad / 'epoch1.pdparams'} is damaged: its bytes no longer match the SHA-256 digest written "
+        f"with it (a changed bit on the disk, in memory or in a copy); use another epoch's checkpoint or copy "
+        f"the file again.")
+    # the optimizer file of a resume, too
+    (bad / "epoch1.pdparams").write_bytes(data)
+    (bad / "epoch1.pdopt").write_bytes(_flip_one_bit(opt.read_bytes(), 200))
+    code, out, err = run_to_end([sys.executable, RUN_PY, "--RUN=train", "--RESUME=True", "--CKPT_V=bad",
+                                 "--CKPT_E=1", "--MAX_EPOCH=2", *common], tmp_path)
+    assert code == 2, err[-3000:]
+    assert _only_error_line(err).startswith(f"error: {bad / 'epoch1.pdopt'} is damaged: ")
+    # the released layout: the same pickle without a digest loads and scores
+    released = tmp_path / "released.pdparams"
+    released.write_bytes(data[:data.rindex(checkpoint_files.DIGEST_MARK)])
+    assert pickle.loads(released.read_bytes()).keys() == safe_load(str(params)).keys()
+    code, out, err = run_to_end([sys.executable, RUN_PY, "--RUN=val", f"--CKPT_PATH={released}", *common], tmp_path)
+    assert code == 0, err[-3000:]
+    assert "released val:" in out
+
+
+def _left_in(folder):
+    """Every file under `folder` but the filler: what a failed write left behind."""
+    return sorted(os.path.relpath(os.path.join(d, n), folder) for d, _, names in os.walk(folder)
+                  for n in names if n != "filler")
+
+
+def test_save_pred_on_a_full_disk_leaves_nothing(world, trained_once, tmp_path, mount_tmpfs):
+    """Before: a truncated (corrupt) .npz was left in results/pred/."""
+    results = tmp_path / "results"
+    full = mount_tmpfs(results / "pred", "64k")
+    _fill(full)
+    code, out, err = run_to_end([sys.executable, RUN_PY, "--RUN=val", f"--MODEL={world.yml}", "--CKPT_V=once",
+                                 "--CKPT_E=1", "--SAVE_PRED=True", f"--DATA_ROOT={world.data_root}",
+                                 f"--CKPT_DIR={trained_once.folder / 'ckpt'}", f"--RESULTS_DIR={results}",
+                                 "--NW=0"], tmp_path)
+    assert code == 2, err[-3000:]
+    line = _only_error_line(err)
+    assert re.fullmatch(rf"error: cannot write {re.escape(str(full))}/result_run_once_epoch1\S*\.npz: No space "
+                        rf"left on device; free some space or choose another --RESULTS_DIR", line), line
+    assert _left_in(full) == []
+
+
+def test_predict_picture_on_a_full_disk_leaves_nothing(world, trained_once, tmp_path, mount_tmpfs):
+    """Before: a PIL traceback and a 0-byte temporary beside the picture's path."""
+    full = mount_tmpfs(tmp_path / "full", "64k")
+    _fill(full)
+    feats_dir = os.path.join(world.data_root, "vqa", "feats", "val2014")
+    feats = os.path.join(feats_dir, sorted(os.listdir(feats_dir))[0])
+    picture = full / "pictures" / "answer.png"
+    code, out, err = run_to_end([sys.executable, RUN_PY, "--RUN=predict", f"--MODEL={world.yml}",
+                                 f"--CKPT_PATH={trained_once.ckpt / 'epoch1.pdparams'}", f"--FEATS={feats}",
+                                 "--QUESTION=what is it?", f"--PICTURE={picture}",
+                                 f"--RESULTS_DIR={tmp_path / 'results'}"], tmp_path)
+    assert code == 2, err[-3000:]
+    assert _only_error_line(err) == (f"error: cannot write {picture}: No space left on device; free some space "
+                                     f"or choose another --PICTURE")
+    assert _left_in(full) == []
+
+
+# ----------------------------------------------------------------------------- nothing overwritten unasked
+
+def test_a_new_run_of_an_existing_version_is_refused_unless_asked(world, tmp_path, capsys):
+    """Before: a second `--VERSION=again --MAX_EPOCH=1` silently rewrote epoch1 beside the earlier
+    run's epoch2, one folder holding two runs."""
+    from mmnas import cli
+    cfg = _small_cfg(world, tmp_path, "again", max_epoch=2)
+    train(cfg, progress=False)
+    folder = tmp_path / "ckpt" / "ckpt_again"
+    before = {n: (folder / n).read_bytes() for n in os.listdir(folder)}
+    argv = ["--RUN=train", f"--MODEL={world.yml}", "--VERSION=again", f"--DATA_ROOT={world.data_root}",
+            f"--CKPT_DIR={tmp_path / 'ckpt'}", f"--RESULTS_DIR={tmp_path / 'results'}", f"--SEED={SEED + 1}",
+            f"--BS={BATCH}", "--MAX_EPOCH=1", "--NW=0"]
+    assert cli.main(argv) == 2
+    assert _only_error_line(capsys.readouterr().err) == (
+        f"error: {folder} already holds the checkpoints of an earlier run (epochs 1, 2); continue it with "
+        f"--RESUME=True --CKPT_V=again --CKPT_E=2, replace them with --OVERWRITE=True, or choose another --VERSION")
+    assert {n: (folder / n).read_bytes() for n in os.listdir(folder)} == before
+    # asked: the earlier run's files go, the folder holds this run only
+    assert cli.main(argv + ["--OVERWRITE=True"]) == 0
+    assert f"note: --OVERWRITE=True: removed the earlier run's epochs 1, 2 from {folder}" in capsys.readouterr().err
+    assert checkpoint_epochs(tmp_path, "again") == [1]
+    assert safe_load(str(folder / "epoch1.pdopt"))["seed"] == SEED + 1
+    # fine-tuning from a file the overwrite would remove
+    assert cli.main(argv + ["--OVERWRITE=True", f"--CKPT_PATH={folder / 'epoch1.pdparams'}"]) == 2
+    assert _only_error_line(capsys.readouterr().err) == (
+        f"error: --CKPT_PATH={folder / 'epoch1.pdparams'} is one of the files --OVERWRITE=True would remove from "
+        f"{folder}; copy it elsewhere first, or choose another --VERSION")
+    assert checkpoint_epochs(tmp_path, "again") == [1]
+    assert cli.main(argv + ["--OVERWRITE=True", "--RESUME=True", "--CKPT_V=again", "--CKPT_E=1"]) == 2
+    assert ("--OVERWRITE=True starts the run again from epoch 1, --RESUME=True continues it"
+            in _only_error_line(capsys.readouterr().err))
+    assert cli.main(["--RUN=val", f"--MODEL={world.yml}", "--CKPT_V=again", "--CKPT_E=1", "--OVERWRITE=True",
+                     f"--CKPT_DIR={tmp_path / 'ckpt'}", f"--DATA_ROOT={world.data_root}"]) == 2
+    assert "--OVERWRITE is for --RUN=train and --RUN=search, not --RUN=val." in capsys.readouterr().err

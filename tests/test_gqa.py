@@ -131,6 +131,62 @@ def test_bad_input_is_one_named_error(gqa_root, tmp_path):
         GQADataset(str(root), "val", vocab, progress=False)
 
 
+SCORING_DAMAGE = {  # a balanced val question edited by hand: (edit, fragment of the refusal)
+    "no types": (lambda q: q.pop("types"), "has types = None, expected {structural: text, semantic: text, ...}"),
+    "types without structural": (lambda q: q["types"].pop("structural"), "has types = {"),
+    "no isBalanced": (lambda q: q.pop("isBalanced"), "has isBalanced = None, expected true or false"),
+    "isBalanced as text": (lambda q: q.update(isBalanced="yes"), "has isBalanced = 'yes'"),
+    "no groups": (lambda q: q.pop("groups"), "has groups = None, expected {global: a group name or null, ...}"),
+    "groups without global": (lambda q: q.update(groups={"local": "x"}), "has groups = {'local': 'x'}"),
+    "program step without argument": (lambda q: q["semantic"][0].pop("argument"), "has semantic = [{"),
+}
+
+
+@pytest.fixture
+def damaged_copy(gqa_root, tmp_path):
+    """A private copy of the synthetic GQA and the first balanced val question, to damage."""
+    import shutil
+    root = tmp_path / "copy"
+    shutil.copytree(gqa_root, root)
+    questions = read(str(root), "val")
+    first = next(qid for qid, q in questions.items() if q["isBalanced"])
+    return str(root), questions, first
+
+
+@pytest.mark.parametrize("damage", list(SCORING_DAMAGE))
+def test_fields_the_metric_needs_are_checked_when_the_split_opens(damaged_copy, tmp_path, damage):
+    """Before: no types was a KeyError in the metric after an epoch; no isBalanced or groups
+    changed the scores silently. Only the splits that are scored are checked."""
+    root, questions, first = damaged_copy
+    edit, fragment = SCORING_DAMAGE[damage]
+    edit(questions[first])
+    path = gqa_path(root, QUESTION_FILES["val"])
+    json.dump(questions, open(path, "w"))
+    vocab = build_gqa_vocab(root, str(tmp_path / "cache"), progress=False)
+    with pytest.raises(DataError) as info:
+        GQADataset(root, "val", vocab, progress=False)
+    message = str(info.value)
+    assert message.startswith(f"{path}: question '{first}' ") and fragment in message, message
+    assert "which the GQA metric reads to score the split" in message and "\n" not in message
+    assert len(GQADataset(root, "train+val", vocab, progress=False)) > 0  # trained on, never scored
+
+
+def test_training_with_val_stops_before_the_first_epoch_on_a_val_question_without_types(damaged_copy, tmp_path,
+                                                                                       capsys):
+    from mmnas import cli
+    root, questions, first = damaged_copy
+    questions[first].pop("types")
+    json.dump(questions, open(gqa_path(root, QUESTION_FILES["val"]), "w"))
+    code = cli.main(["--RUN=train", "--MODEL=gqa_tiny", "--SPLIT=train", "--EVAL_EE=True", "--MAX_EPOCH=1",
+                     "--VERSION=types", f"--DATA_ROOT={root}", f"--CKPT_DIR={tmp_path / 'ckpt'}",
+                     f"--RESULTS_DIR={tmp_path / 'results'}", "--NW=0"])
+    err = capsys.readouterr().err
+    assert code == 2, err[-3000:]
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and f"question '{first}' has types = None" in errors[0] and "Traceback" not in err
+    assert not (tmp_path / "ckpt" / "ckpt_types" / "epoch1.pdparams").exists()
+
+
 def test_config_refuses_splits_of_the_other_dataset():
     from mmnas.config import ConfigError
     cfg = load_config("gqa_tiny")
@@ -163,7 +219,7 @@ def test_tiny_mmnasnet_learns_synthetic_gqa(tmp_path):
     print(f"synthetic GQA val: accuracy {accuracy:.2f} vs majority {majority:.2f}")
     assert accuracy >= majority + 12
     # predict on a GQA feature file (regions-first layout) answers as --RUN=val did, with softmax scores
-    val_entries = json.load(open(tmp_path / "results" / "cache" / "result_run_g_epoch5.json"))
+    val_entries = json.load(open(tmp_path / "results" / "cache" / "result_run_g_epoch5_val.json"))
     questions = read(str(data), "val")
     entry = val_entries[0]
     image = questions[entry["questionId"]]["imageId"]
@@ -176,9 +232,13 @@ def test_tiny_mmnasnet_learns_synthetic_gqa(tmp_path):
     assert answers[0]["answer"] == entry["prediction"] and sum(a["score"] for a in answers) <= 1.0 + 1e-6
     testdev = run("--RUN=val", "--CKPT_V=g", "--CKPT_E=5", "--EVAL_SPLIT=testdev")
     assert testdev.returncode == 0 and "testdev: accuracy" in testdev.stdout
+    # testdev has its own result file: the val result of the same checkpoint is still there, unchanged
+    testdev_entries = json.load(open(tmp_path / "results" / "cache" / "result_run_g_epoch5_testdev.json"))
+    assert json.load(open(tmp_path / "results" / "cache" / "result_run_g_epoch5_val.json")) == val_entries
+    assert {e["questionId"] for e in testdev_entries}.isdisjoint(e["questionId"] for e in val_entries)
     test = run("--RUN=test", "--CKPT_V=g", "--CKPT_E=5")
     assert test.returncode == 0, test.stderr[-3000:]
-    entries = json.load(open(tmp_path / "results" / "result_test" / "result_run_g_epoch5.json"))
+    entries = json.load(open(tmp_path / "results" / "result_test" / "result_run_g_epoch5_test.json"))
     submission = json.load(open(gqa_path(str(data), QUESTION_FILES["test"])))
     assert [e["questionId"] for e in entries] == list(submission) and set(entries[0]) == {"questionId", "prediction"}
 

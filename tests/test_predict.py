@@ -40,7 +40,7 @@ def trained(tmp_path_factory):
             "--EVAL_EE=False", "--PRELOAD=True", *dirs]
     assert cli.main(argv) == 0
     assert cli.main(["--RUN=val", "--CKPT_V=ask", f"--CKPT_E={EPOCHS}", *dirs]) == 0
-    with open(root / "results" / "cache" / f"result_run_ask_epoch{EPOCHS}.json") as f:
+    with open(root / "results" / "cache" / f"result_run_ask_epoch{EPOCHS}_val.json") as f:
         val_answers = {r["question_id"]: r["answer"] for r in json.load(f)}
     vqa = data_root / "vqa"
     with open(vqa / "raw" / "v2_OpenEnded_mscoco_val2014_questions.json") as f:

@@ -27,6 +27,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 
+from mmnas.checkpoint_files import atomic_write, write_json_atomic
 from mmnas.data.features import FEAT_DIM, MAX_REGIONS, BadFeatureFile, validate_features
 
 # per dataset: x regions first?, the image-size keys (width, height), the metadata keys expected
@@ -216,9 +217,7 @@ def check_feats(feat_dir: Union[str, Sequence[str]], question_files: Optional[Se
         "questions": questions,
     }
     if report_path:
-        os.makedirs(os.path.dirname(os.path.abspath(report_path)), exist_ok=True)
-        with open(report_path, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=1)
+        write_json_atomic(report, report_path, flag="", indent=1)
     if png_path:
         title = " + ".join(os.path.basename(os.path.normpath(d)) for d in feat_dirs)
         plot_box_counts(box_counts, png_path, title=title)
@@ -255,7 +254,6 @@ def plot_box_counts(box_counts: Dict[int, int], png_path: str, title: str = "") 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
     fig, ax = plt.subplots(figsize=(8, 3.5))
     ns = sorted(box_counts)
     ax.bar(ns, [box_counts[n] for n in ns], width=0.9, color="tab:blue")
@@ -263,8 +261,10 @@ def plot_box_counts(box_counts: Dict[int, int], png_path: str, title: str = "") 
     ax.set_ylabel("files")
     ax.set_title(f"box counts: {title} ({sum(box_counts.values())} files)")
     fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
+    try:
+        atomic_write(png_path, lambda f: fig.savefig(f, dpi=100, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def format_report(report: dict, max_listed: int = 5) -> str:

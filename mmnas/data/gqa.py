@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from mmnas.config import MAX_REGIONS
+from mmnas.config import EVAL_SPLITS, MAX_REGIONS
 from mmnas.data.features import FEAT_DIM, DataError
 from mmnas.data.gqa_files import (ANSWERED_PARTS, CHOICES_FILES, FEATURE_DIR, QUESTION_FILES, README_GQA,
                                   gqa_path, read_questions)
@@ -61,8 +61,10 @@ class GQADataset(RegionDataset):
         self._question_texts: List[str] = []
         self._answer_ix: List[int] = []
         image_paths, missing = [], []
+        scored = len(parts) == 1 and parts[0] in EVAL_SPLITS["gqa"]  # what --RUN=val and each epoch's val score
         for part in parts:
-            for qid, q in read_questions(gqa_path(data_root, QUESTION_FILES[part]), self.has_answers).items():
+            path = gqa_path(data_root, QUESTION_FILES[part])
+            for qid, q in read_questions(path, self.has_answers, scored=scored).items():
                 if q["imageId"] not in available:
                     missing.append((qid, q["imageId"]))
                     continue

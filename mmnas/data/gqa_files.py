@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict
+from typing import Dict, Optional
 
 from mmnas.data.features import DataError
 from mmnas.data.vocab import _prep_ans_cached, build_token_vocab, cached_vocab, tokenize
@@ -41,9 +41,10 @@ def gqa_path(data_root: str, relative: str) -> str:
     return os.path.join(data_root, "gqa", relative)
 
 
-def read_questions(path: str, need_answer: bool) -> Dict[str, dict]:
+def read_questions(path: str, need_answer: bool, scored: bool = False) -> Dict[str, dict]:
     """One GQA questions file: {question id (str): question}, every entry checked for the
-    fields the loader and the metric read."""
+    fields the loader reads, and with `scored` (an evaluation split) for those the metric reads
+    (scoring_problem), so that a damaged file stops before training, not after an epoch."""
     try:
         with open(path, "r", encoding="utf-8") as f:
             data = json.load(f)
@@ -63,7 +64,36 @@ def read_questions(path: str, need_answer: bool) -> Dict[str, dict]:
             have = {k: type(q.get(k)).__name__ for k in fields} if isinstance(q, dict) else type(q).__name__
             raise DataError(f"{path}: question {qid!r} needs the string fields {list(fields)} (has {have}); "
                             f"the file is not a GQA questions file or is damaged. See {README_GQA}.")
+        problem = scoring_problem(q) if scored else None
+        if problem:
+            raise DataError(f"{path}: question {qid!r} {problem}, which the GQA metric reads to score the split; "
+                            f"the file is damaged or not a GQA 1.2 questions file: download it again ({README_GQA}).")
     return data
+
+
+def scoring_problem(question: dict) -> Optional[str]:
+    """What metrics/gqa_accuracy.py cannot read in one question, or None: `isBalanced` (true or
+    false: only balanced questions are scored, so a missing one would drop the question
+    silently), and for a balanced question `types` {structural, semantic} (its tables),
+    `groups` {global: a group or null} (the distribution score) and the `semantic` program
+    [{operation, argument}] (the steps table)."""
+    if not isinstance(question.get("isBalanced"), bool):
+        return f"has isBalanced = {question.get('isBalanced')!r}, expected true or false"
+    if not question["isBalanced"]:
+        return None
+    types = question.get("types")
+    if not isinstance(types, dict) or not all(isinstance(types.get(k), str) for k in ("structural", "semantic")):
+        return f"has types = {types!r}, expected {{structural: text, semantic: text, ...}}"
+    groups = question.get("groups")
+    if not isinstance(groups, dict) or "global" not in groups or not isinstance(groups["global"], (str, type(None))):
+        return f"has groups = {groups!r}, expected {{global: a group name or null, ...}}"
+    program = question.get("semantic")
+    if not isinstance(program, list) or not all(
+            isinstance(op, dict) and isinstance(op.get("operation"), str) and isinstance(op.get("argument"), str)
+            for op in program):
+        shown = repr(program) if len(repr(program)) <= 80 else repr(program)[:77] + "..."
+        return f"has semantic = {shown}, expected a list of {{operation: text, argument: text}}"
+    return None
 
 
 def build_gqa_vocab(data_root: str, cache_dir: str, progress: bool = True):

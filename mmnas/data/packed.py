@@ -24,6 +24,8 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
+from mmnas.checkpoint_files import atomic_write, write_error
+
 FORMAT_VERSION = 1
 FEATS_FILE = "feats.bin"
 INDEX_FILE = "index.npz"
@@ -144,43 +146,44 @@ class PackedFeatures:
 
 def write_store(out_dir: str, entries, dtype: str = "float16", dim: int = 2048, progress=None) -> Dict[str, object]:
     """Write a store from `entries`: an iterable of (name, region_feats [n, dim] float32,
-    boxes [n, 4] float32, source_bytes). Files are written under temporary names and renamed
-    at the end, so an interrupted packing leaves no half store behind."""
+    boxes [n, 4] float32, source_bytes). Each file goes through atomic_write, so an interrupted
+    packing leaves no half file behind."""
     dtype = np.dtype(dtype)
     if dtype not in (np.dtype(np.float16), np.dtype(np.float32)):
         raise ValueError(f"dtype must be float16 or float32, got {dtype}")
-    os.makedirs(out_dir, exist_ok=True)
-    feats_tmp = os.path.join(out_dir, FEATS_FILE + f".tmp{os.getpid()}")
-    index_tmp = os.path.join(out_dir, f"index.tmp{os.getpid()}.npz")
     names, offsets, boxes, sizes = [], [0], [], []
     limit = float(np.finfo(np.float16).max)
+
+    def write_feats(f):
+        for name, region_feats, bx, source_bytes in entries:
+            if region_feats.shape[1] != dim:
+                raise ValueError(f"{name}: features have {region_feats.shape[1]} channels, expected {dim}")
+            if dtype == np.float16:
+                peak = float(np.abs(region_feats).max()) if region_feats.size else 0.0
+                if peak > limit:
+                    raise ValueError(f"{name}: a feature value {peak:g} exceeds float16's range "
+                                     f"({limit:g}); pack with --dtype float32")
+            f.write(np.ascontiguousarray(region_feats, dtype=dtype).tobytes())
+            names.append(name)
+            offsets.append(offsets[-1] + len(region_feats))
+            boxes.append(np.asarray(bx, dtype=np.float32))
+            sizes.append(int(source_bytes))
+            if progress is not None:
+                progress()
+
+    index_path = os.path.join(out_dir, INDEX_FILE)
     try:
-        with open(feats_tmp, "wb") as f:
-            for name, region_feats, bx, source_bytes in entries:
-                if region_feats.shape[1] != dim:
-                    raise ValueError(f"{name}: features have {region_feats.shape[1]} channels, expected {dim}")
-                if dtype == np.float16:
-                    peak = float(np.abs(region_feats).max()) if region_feats.size else 0.0
-                    if peak > limit:
-                        raise ValueError(f"{name}: a feature value {peak:g} exceeds float16's range "
-                                         f"({limit:g}); pack with --dtype float32")
-                f.write(np.ascontiguousarray(region_feats, dtype=dtype).tobytes())
-                names.append(name)
-                offsets.append(offsets[-1] + len(region_feats))
-                boxes.append(np.asarray(bx, dtype=np.float32))
-                sizes.append(int(source_bytes))
-                if progress is not None:
-                    progress()
-        boxes_all = np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32)
-        np.savez(index_tmp, names=np.array(names, dtype=str), offsets=np.array(offsets, dtype=np.int64),
-                 boxes=boxes_all, dtype=np.array(dtype.name), dim=np.array(dim),
-                 version=np.array(FORMAT_VERSION), source_bytes=np.array(sizes, dtype=np.int64))
-        os.replace(feats_tmp, os.path.join(out_dir, FEATS_FILE))
-        os.replace(index_tmp, os.path.join(out_dir, INDEX_FILE))
-    finally:
-        for tmp in (feats_tmp, index_tmp):
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        os.remove(index_path)  # an old index never describes the new feature file (is_store needs both)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise write_error(index_path, e) from None
+    atomic_write(os.path.join(out_dir, FEATS_FILE), write_feats)
+    boxes_all = np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32)
+    atomic_write(index_path, lambda f: np.savez(
+        f, names=np.array(names, dtype=str), offsets=np.array(offsets, dtype=np.int64), boxes=boxes_all,
+        dtype=np.array(dtype.name), dim=np.array(dim), version=np.array(FORMAT_VERSION),
+        source_bytes=np.array(sizes, dtype=np.int64)))  # written last: the store is complete once it is there
     total = offsets[-1]
     return {"images": len(names), "regions": int(total), "dtype": dtype.name,
             "bytes": int(total) * dim * dtype.itemsize + int(total) * 16, "path": os.path.abspath(out_dir)}

@@ -44,6 +44,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from mmnas.checkpoint_files import write_json_atomic, write_text_atomic
+
 FEAT_DIM = 2048
 CATEGORIES = ("dog", "cat", "car", "ball", "cup", "chair", "bird", "tree")
 COLOURS = ("red", "blue", "green", "yellow", "black", "white")
@@ -281,7 +283,10 @@ class FeatureWorld:
 
 def save_npz_deterministic(path: str, arrays: Dict[str, np.ndarray], compresslevel: int = 1) -> None:
     """Like np.savez_compressed, but with fixed zip timestamps (identical bytes on re-run)
-    and written to a temporary name first, so an interrupted run leaves no truncated file."""
+    and written to a temporary name first, so an interrupted run leaves no truncated file.
+    (Not checkpoint_files.atomic_write: one file per image, thousands per folder, where its
+    fsync and its folder scan for dead temporaries cost more than the file; the data can be
+    generated again.)"""
     tmp = path + ".part"
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for name, value in arrays.items():
@@ -660,13 +665,6 @@ def make_questions(rng: np.random.Generator, scene: Scene, n_questions: int, qid
 
 # ----------------------------------------------------------------------------- files
 
-def _write_json(path: str, obj) -> None:
-    tmp = path + ".part"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(obj))  # dumps uses the C encoder; dump(obj, f) does not
-    os.replace(tmp, path)
-
-
 def _questions_file(subtype: str, questions: List[dict], data_type: str = "mscoco") -> dict:
     return {"info": INFO, "task_type": "Open-Ended", "data_type": data_type, "license": LICENSE,
             "data_subtype": subtype, "questions": questions}
@@ -780,8 +778,8 @@ def make_synthetic_vqa(out_root: str, n_train_images: int = 1500, n_val_images: 
                               f"(--overwrite) to replace it, or choose another output folder.")
     os.makedirs(os.path.join(vqa_root, "raw"), exist_ok=True)
     _remove_old_files(vqa_root)
-    with open(os.path.join(vqa_root, MARKER_FILE), "w", encoding="utf-8") as f:
-        f.write(_readme_text(seed, sizes, questions_per_image, min_boxes, max_boxes, style, family_weights))
+    write_text_atomic(_readme_text(seed, sizes, questions_per_image, min_boxes, max_boxes, style, family_weights),
+                      os.path.join(vqa_root, MARKER_FILE))
 
     # Features: one job per image, each reproducible on its own, so a pool changes nothing.
     # With a pool, one worker builds the questions while the others write files.
@@ -807,12 +805,12 @@ def make_synthetic_vqa(out_root: str, n_train_images: int = 1500, n_val_images: 
 
     raw = lambda key: os.path.join(vqa_root, RAW_FILES[key])
     for split in ("train", "val", "test"):
-        _write_json(raw(f"{split}_questions"), _questions_file(SPLITS[split][0], questions[split]))
+        write_json_atomic(_questions_file(SPLITS[split][0], questions[split]), raw(f"{split}_questions"), flag="")
     for split in ("train", "val"):
-        _write_json(raw(f"{split}_annotations"), _annotations_file(SPLITS[split][0], annotations[split]))
-    _write_json(raw("vg_questions"), _questions_file("VG", questions["vg"], data_type="vg"))
-    _write_json(raw("vg_annotations"), _annotations_file("VG", annotations["vg"], data_type="vg"))
-    _write_json(os.path.join(vqa_root, TRUTH_FILE), truth)
+        write_json_atomic(_annotations_file(SPLITS[split][0], annotations[split]), raw(f"{split}_annotations"), flag="")
+    write_json_atomic(_questions_file("VG", questions["vg"], data_type="vg"), raw("vg_questions"), flag="")
+    write_json_atomic(_annotations_file("VG", annotations["vg"], data_type="vg"), raw("vg_annotations"), flag="")
+    write_json_atomic(truth, os.path.join(vqa_root, TRUTH_FILE), flag="")
 
     return _summary(vqa_root, seed, sizes, questions, annotations, box_counts, time.time() - start)
 

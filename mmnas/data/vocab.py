@@ -19,7 +19,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from mmnas.config import LOSSES
+from mmnas.checkpoint_files import write_json_atomic
+from mmnas.config import LOSSES, MAX_TOKEN_LIMIT
 from mmnas.data.features import (ANNOTATION_FILES, QUESTION_FILES, README_DATA, DataError,
                                  read_json, vqa_path)
 from mmnas.metrics.normalize import prep_ans
@@ -142,22 +143,53 @@ VOCAB_FILE = "vocab.json"  # written by training beside its checkpoints (ckpt/ck
 
 
 def read_vocab_file(path: str) -> Vocab:
-    """A vocabulary JSON (Vocab.to_dict: training's vocab.json or the cache); DataError if unusable."""
+    """A vocabulary JSON (Vocab.to_dict: training's vocab.json or the cache); DataError if unusable
+    or inconsistent (check_vocab)."""
+    fix = (f"delete it to have the vocabularies rebuilt from the data files (--DATA_ROOT), or use the "
+           f"{VOCAB_FILE} that training wrote beside the checkpoint")
     try:
         with open(path, "r", encoding="utf-8") as f:
-            vocab = Vocab.from_dict(json.load(f))
+            raw = json.load(f)
     except OSError as e:
         raise DataError(f"vocabulary file {path}: cannot read it ({e.strerror}); check the path.") from None
-    except ValueError as e:  # json.JSONDecodeError is a ValueError
-        raise DataError(f"vocabulary file {path} is not valid JSON ({e}); use the vocab.json that "
-                        f"training wrote beside the checkpoint.") from None
-    except (KeyError, TypeError, AttributeError):
-        raise DataError(f"vocabulary file {path} lacks token_to_ix / ans_to_ix / ix_to_ans; use the "
-                        f"vocab.json that training wrote beside the checkpoint.") from None
-    for name, table in (("token_to_ix", vocab.token_to_ix), ("ans_to_ix", vocab.ans_to_ix)):
-        if sorted(table.values()) != list(range(len(table))):
-            raise DataError(f"vocabulary file {path}: the ids of {name} must be 0..{len(table) - 1}, each once.")
+    except ValueError as e:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise DataError(f"vocabulary file {path} is not valid JSON ({e}); {fix}.") from None
+    try:
+        vocab = Vocab.from_dict(raw)
+    except (KeyError, TypeError, AttributeError, ValueError):
+        raise DataError(f"vocabulary file {path} lacks token_to_ix / ans_to_ix / ix_to_ans or holds "
+                        f"non-integer ids; {fix}.") from None
+    problem = vocab_problem(vocab)
+    if problem:
+        raise DataError(f"vocabulary file {path} is inconsistent: {problem}; {fix}.")
     return vocab
+
+
+def vocab_problem(vocab: Vocab) -> Optional[str]:
+    """What makes `vocab` unusable, or None: ids that are not 0..n-1 each once (an embedding row
+    or an output unit would mean two things, or none), an ix_to_ans that is not the inverse of
+    ans_to_ix (answers would be reported under another's name), no PAD = 0 / UNK token, or a
+    max_token outside 1..MAX_TOKEN_LIMIT (it sizes every question array)."""
+    for name, table in (("token_to_ix", vocab.token_to_ix), ("ans_to_ix", vocab.ans_to_ix)):
+        if not table:
+            return f"{name} is empty"
+        ids = sorted(table.values())
+        if ids != list(range(len(table))):
+            repeated = sorted({i for i in ids if ids.count(i) > 1})[:3] if len(set(ids)) != len(ids) else []
+            return (f"the ids of {name} must be 0..{len(table) - 1}, each once, but " +
+                    (f"id(s) {repeated} are given to several entries" if repeated else
+                     f"they run from {ids[0]} to {ids[-1]}"))
+    if vocab.token_to_ix.get(PAD) != 0 or UNK not in vocab.token_to_ix:
+        return f"token_to_ix must give {PAD} the id 0 and hold {UNK} (it gives {PAD} {vocab.token_to_ix.get(PAD)})"
+    if len(vocab.ix_to_ans) != len(vocab.ans_to_ix):
+        return f"ix_to_ans has {len(vocab.ix_to_ans)} answers but ans_to_ix has {len(vocab.ans_to_ix)}"
+    for ix, answer in sorted(vocab.ix_to_ans.items()):
+        if vocab.ans_to_ix.get(answer) != ix:
+            return (f"ix_to_ans[{ix}] is {answer!r} but ans_to_ix[{answer!r}] is {vocab.ans_to_ix.get(answer)}; "
+                    f"ix_to_ans must be the inverse of ans_to_ix")
+    if not 1 <= vocab.max_token <= MAX_TOKEN_LIMIT:
+        return f"max_token is {vocab.max_token}, expected 1..{MAX_TOKEN_LIMIT} words per question"
+    return None
 
 
 def read_answer_dict(path: str) -> Tuple[Dict[str, int], Dict[int, str]]:
@@ -238,9 +270,5 @@ def cached_vocab(cache_dir: str, prefix: str, key: list, input_paths: List[str],
     ix_to_ans = {ix: answer for answer, ix in ans_to_ix.items()}
     vocab = Vocab(token_to_ix, ans_to_ix, ix_to_ans, sources=[os.path.abspath(p) for p in input_paths],
                   max_token=max_token)
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp_path = f"{cache_path}.tmp{os.getpid()}"
-    with open(tmp_path, "w", encoding="utf-8") as f:
-        json.dump(vocab.to_dict(), f, ensure_ascii=False)
-    os.replace(tmp_path, cache_path)  # atomic: a concurrent reader never sees half a file
+    write_json_atomic(vocab.to_dict(), cache_path, "data.cache_dir")  # a concurrent reader never sees half a file
     return vocab

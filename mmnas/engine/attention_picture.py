@@ -20,6 +20,8 @@ from typing import Optional, Union
 
 import numpy as np
 
+from ..checkpoint_files import atomic_write
+
 MAX_SIDE = 1280  # the image panel's longer side at most this many pixels
 MIN_WIDTH = 480  # ... and its width at least this many, so the words stay readable
 OUTLINED = 3  # regions outlined and labelled
@@ -201,16 +203,13 @@ def _line(x1, x2, y, transform):
     return Line2D([x1, x2], [y, y], transform=transform, color="#8e8e8e", lw=1.5)
 
 
-def save_attention_picture(answer, path: str, photo: Union[str, np.ndarray, None] = None) -> dict:
-    """Write the picture as a PNG (atomically); returns its size and where the image panel is:
+def save_attention_picture(answer, path: str, photo: Union[str, np.ndarray, None] = None, flag: str = "") -> dict:
+    """Write the picture as a PNG (atomically; `flag` names the option that moves it); returns its size and where the image panel is:
     {"path", "width", "height", "image_box": [x0, y0, x1, y1] in PNG pixels from the top-left, "scale"}."""
     from PIL import Image
 
     rgb = attention_image(answer, photo)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    Image.fromarray(rgb).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: Image.fromarray(rgb).save(f, format="PNG"), flag)
     scale = display_scale(answer.image.image_w, answer.image.image_h)
     panel = [0, 0, int(round(answer.image.image_w * scale)), int(round(answer.image.image_h * scale))]
     return {"path": path, "width": int(rgb.shape[1]), "height": int(rgb.shape[0]), "image_box": panel,

@@ -7,7 +7,6 @@ similar n; logits are written back to dataset order, so answers do not depend on
 from __future__ import annotations
 
 import functools
-import json
 import os
 import signal
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from ..data.regions import (FailureCheckedLoader, FailureReportingDataset, colla
 from ..inference import InferenceError, build_predictor, resolve_engine
 from ..progress import progress_bar
 from ..tasks import Task, task_named
-from ..checkpoint_files import write_error
+from ..checkpoint_files import atomic_write, write_json_atomic
 from ..runtime import STOP_SIGNALS, release_stop_signals
 
 
@@ -106,21 +105,6 @@ class EvalResult:
     pred_path: Optional[str] = None
 
 
-def write_json_atomic(obj, path: str) -> None:
-    """Write JSON through a temporary of this process; an OSError (disk full, read-only folder)
-    becomes a WriteError naming `path`, with the temporary removed."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f)
-        os.replace(tmp, path)
-    except OSError as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise write_error(path, e, "--RESULTS_DIR") from None
-
-
 def evaluate(model, dataset, *, name: str, results_dir: str, batch_size: int, num_workers: int = 0,
              save_pred: bool = False, progress: bool = True, engine: str = "dygraph",
              precision: str = "fp32", task: Optional[Task] = None) -> EvalResult:
@@ -129,9 +113,9 @@ def evaluate(model, dataset, *, name: str, results_dir: str, batch_size: int, nu
     Annotated splits write `results/cache/<result file>`; the test split writes
     `results/<dataset.result_folder_test>/<result file>`, ready for the test server (EvalAI for
     VQA-v2). The file's name, entries and the metric are the task's (`result_file`,
-    `result_entries`, `score`; the answer task: result_run_<name>.json and the dataset's own
+    `result_entries`, `score`; the answer task: result_run_<name>_<split>.json and the dataset's own
     format and metric). With save_pred, the kept outputs (the answer task: logits) and the
-    sample ids go to `results/pred/result_run_<name>.npz`. `task`: default the answer task.
+    sample ids go to `results/pred/result_run_<name>_<split>.npz`. `task`: default the answer task.
     """
     task = task or task_named("answer")
     outputs = predict_outputs(model, dataset, task, batch_size, num_workers, progress, engine=engine,
@@ -142,12 +126,9 @@ def evaluate(model, dataset, *, name: str, results_dir: str, batch_size: int, nu
     write_json_atomic(results, result_path)
     pred_path = None
     if save_pred:
-        pred_path = os.path.join(results_dir, "pred", f"result_run_{name}.npz")
-        try:
-            os.makedirs(os.path.dirname(pred_path), exist_ok=True)
-            np.savez(pred_path, question_ids=np.asarray(dataset.question_ids), **outputs)
-        except OSError as e:
-            raise write_error(pred_path, e, "--RESULTS_DIR") from None
+        pred_path = os.path.join(results_dir, "pred", f"result_run_{name}_{dataset.split}.npz")
+        atomic_write(pred_path, lambda f: np.savez(f, question_ids=np.asarray(dataset.question_ids), **outputs),
+                     "--RESULTS_DIR")
     scores = None
     if dataset.has_answers:
         try:

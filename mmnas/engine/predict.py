@@ -315,13 +315,13 @@ def run_predict(cfg: RunConfig, weights: str, feats: str, question: str, image_p
     predictor = Predictor.from_checkpoint(weights, cfg, vocab_path=vocab_path)
     answer = predictor.ask(image, question, topk)
     picture_path = picture_path or default_picture_path(cfg.results_dir, image, question)
-    picture = save_attention_picture(answer, picture_path, photo_rgb)
+    picture = save_attention_picture(answer, picture_path, photo_rgb, flag="--PICTURE")
     print(format_answer(answer))
     print(f"picture: {picture_path} ({'on ' + photo if photo else 'on a blank canvas'}, "
           f"{picture['width']}x{picture['height']} px)")
     result = {**answer.to_json(), "weights": weights, "vocabulary": predictor.vocab_source,
               "photo": photo, "picture": picture}
     if out_json:
-        write_json_atomic(result, out_json)
+        write_json_atomic(result, out_json, "--OUT")
         print(f"wrote {out_json}")
     return result

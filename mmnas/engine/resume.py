@@ -15,7 +15,7 @@ import shlex
 from typing import Any, Dict, List, Optional
 
 from ..config import MODEL_ALIASES, CONFIG_DIR, REPO_ROOT, RunConfig
-from ..checkpoint_files import CheckpointError, safe_load
+from ..checkpoint_files import safe_load
 
 
 class ResumeError(ValueError):
@@ -48,10 +48,7 @@ def restore_settings(cfg: RunConfig, args) -> List[str]:
     path = _opt_path(cfg)
     if not os.path.isfile(path):
         return []  # the run itself says which file is missing
-    try:
-        saved = safe_load(path)
-    except CheckpointError:
-        return []  # reported by the run, which reads the same file
+    saved = safe_load(path)  # a damaged file stops here, before settings it would have restored are checked
     if not isinstance(saved, dict):
         return []
     saved_cfg = saved.get("config") or {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shlex
 import socket
 import sys
@@ -23,6 +24,11 @@ from ..checkpoint_files import write_error
 
 class RunBusyError(RuntimeError):
     """Another live run owns the run folder; the message names it."""
+
+
+class EarlierRunError(RuntimeError):
+    """The run folder holds an earlier run's checkpoints and the command does not say what to do
+    with them; the message gives the choices."""
 
 
 def current_command() -> str:
@@ -105,6 +111,45 @@ def run_folder_locks(ckpt_dir: str, results_dir: str, version: str) -> List[RunF
             RunFolderLock(os.path.join(results_dir, "log", f".log_run_{version}.lock"),
                           f"the log {os.path.join(results_dir, 'log', f'log_run_{version}.txt')}",
                           "--RESULTS_DIR")]
+
+
+_EPOCH_FILE = re.compile(r"epoch(\d+)\.(pdparams|pdopt)$")
+
+
+def claim_run_folder(ckpt_dir: str, results_dir: str, version: str, *, run: str, resume_version: Optional[str],
+                     overwrite: bool, weights: Optional[str] = None) -> List[str]:
+    """A run never writes its epochs beside the checkpoints of an earlier run of the same
+    VERSION (the folder would mix two runs): refused (EarlierRunError) unless the run continues
+    that VERSION (--RESUME=True --CKPT_V=VERSION) or --OVERWRITE=True, which removes the earlier
+    run's checkpoints, vocab.json and search reports first (never `weights`, the --CKPT_PATH
+    the run starts from). Called by the lock's holder. Returns the notes to print."""
+    folder = os.path.join(ckpt_dir, f"ckpt_{version}")
+    names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    epochs = sorted({int(m.group(1)) for m in map(_EPOCH_FILE.match, names) if m})
+    if not epochs or resume_version == version:
+        return []
+    listed = (f"{epochs[0]} to {epochs[-1]}" if len(epochs) > 2 and epochs == list(range(epochs[0], epochs[-1] + 1))
+              else ", ".join(map(str, epochs)))
+    if not overwrite:
+        complete = [e for e in epochs if {f"epoch{e}.pdparams", f"epoch{e}.pdopt"} <= set(names)]
+        resume = f"continue it with --RESUME=True --CKPT_V={version} --CKPT_E={complete[-1]}, " if complete else ""
+        raise EarlierRunError(f"{folder} already holds the checkpoints of an earlier run (epochs {listed}); "
+                              f"{resume}replace them with --OVERWRITE=True, or choose another --VERSION")
+    reports = os.path.join(results_dir, "search", version)
+    removed = [os.path.join(folder, n) for n in names if _EPOCH_FILE.match(n) or n == "vocab.json"]
+    if weights and any(os.path.exists(p) and os.path.samefile(weights, p) for p in removed):
+        raise EarlierRunError(f"--CKPT_PATH={weights} is one of the files --OVERWRITE=True would remove from "
+                              f"{folder}; copy it elsewhere first, or choose another --VERSION")
+    if run == "search" and os.path.isdir(reports):
+        removed += [os.path.join(reports, n) for n in os.listdir(reports) if re.fullmatch(r"epoch\d+\.(json|png)", n)]
+    for path in removed:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise write_error(path, e, "--CKPT_DIR" if path.startswith(folder) else "--RESULTS_DIR") from None
+    return [f"note: --OVERWRITE=True: removed the earlier run's epochs {listed} from {folder}"]
 
 
 class RunOwnership:

@@ -16,7 +16,6 @@ k+1.. exactly. Data parallel: see each strategy's docstring.
 """
 from __future__ import annotations
 
-import io
 import os
 from typing import Dict, Optional
 
@@ -24,7 +23,7 @@ import numpy as np
 import paddle
 import paddle.distributed as dist
 
-from ..checkpoint_files import write_error
+from ..checkpoint_files import atomic_write
 from ..config import RunConfig
 from ..models.supernet import Searchable, genotype_from_choices
 from ..ops.registry import op_names
@@ -203,13 +202,7 @@ def publish_report(report: dict, results_dir: str, version: str, logger: RunLogg
 
 def _save_png(image: np.ndarray, path: str) -> None:
     import matplotlib.pyplot as plt
-    buf = io.BytesIO()
-    plt.imsave(buf, image, format="png")
-    try:
-        with open(path, "wb") as f:
-            f.write(buf.getvalue())
-    except OSError as e:
-        raise write_error(path, e, "--RESULTS_DIR") from None
+    atomic_write(path, lambda f: plt.imsave(f, image, format="png"), "--RESULTS_DIR")
 
 
 # ---- the whole search --------------------------------------------------------------------------

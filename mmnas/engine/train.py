@@ -157,7 +157,7 @@ def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLog
         logger.text(f"train split {dcfg.split}: {len(train_set)} questions, {steps_per_epoch} steps/epoch, "
                     f"{world} process(es), vocab {task.vocab_text(vocab)}{start}")
         # the vocabularies travel with the checkpoints: --RUN=predict reads them from here
-        write_json_atomic(vocab.to_dict(), os.path.join(cfg.ckpt_dir, f"ckpt_{cfg.version}", VOCAB_FILE))
+        write_json_atomic(vocab.to_dict(), os.path.join(cfg.ckpt_dir, f"ckpt_{cfg.version}", VOCAB_FILE), "--CKPT_DIR")
     history = []
     # attention pictures of a few val questions (tasks whose demo draws them)
     watch = AttentionWatch.for_run(val_set, vocab, logger) if task.watches_attention else None

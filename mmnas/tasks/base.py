@@ -81,7 +81,7 @@ class Task:
         raise NotImplementedError
 
     def result_file(self, name: str, dataset) -> str:
-        return f"result_run_{name}.json"
+        return f"result_run_{name}_{dataset.split}.json"  # the split: val and testdev of one checkpoint apart
 
     def result_entries(self, dataset, outputs: Dict[str, np.ndarray]):
         raise NotImplementedError
