@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the published small genotype: 5.75)")
     p.add_argument("--ENGINE", default=None, choices=list(ENGINES),
                    help="what runs evaluation on CPU: Paddle Inference (oneDNN) or the dygraph model "
-                        "(default auto: the faster one, see README Performance)")
+                        "(default auto: the one measured faster on this machine for this model, cached in "
+                        "<RESULTS_DIR>/cache/engine_choice.json)")
     p.add_argument("--PRECISION", default=None, choices=list(PRECISIONS),
                    help="evaluation precision; bf16 needs a CPU with avx512_bf16/AMX (default fp32)")
     p.add_argument("--CKPT_DIR", default="ckpt", help="where checkpoints are written")

@@ -203,13 +203,18 @@ def filter_paddle_noise() -> None:
     """Ignore PADDLE_WARNINGS in this process and in the processes it starts (PYTHONWARNINGS is
     read by every new interpreter). Cheap, imports nothing: tools that never import Paddle call
     it instead of configure()."""
+    _ignore_paddle_warnings()
     current = [f for f in os.environ.get("PYTHONWARNINGS", "").split(",") if f]
     for message in PADDLE_WARNINGS:
-        warnings.filterwarnings("ignore", message=re.escape(message), category=UserWarning)
         entry = f"ignore:{message}:UserWarning"  # PYTHONWARNINGS: action:message prefix:category
         if entry not in current:
             current.append(entry)
     os.environ["PYTHONWARNINGS"] = ",".join(current)
+
+
+def _ignore_paddle_warnings() -> None:
+    for message in PADDLE_WARNINGS:
+        warnings.filterwarnings("ignore", message=re.escape(message), category=UserWarning)
 
 
 def is_paddle_noise(line: str) -> bool:
@@ -219,12 +224,14 @@ def is_paddle_noise(line: str) -> bool:
 
 @contextlib.contextmanager
 def paddle_log_filtered():
-    """Run the block with file descriptor 2 sent to a temporary file, then write its lines back to
-    stderr except Paddle's known noise (its C++ logs bypass sys.stderr and the warnings filter).
-    Output of the block therefore appears when it ends, also when it raises."""
+    """Run the block with PADDLE_WARNINGS ignored (whatever filters the caller has, e.g. pytest's)
+    and file descriptor 2 sent to a temporary file, then write its lines back to stderr except
+    Paddle's known noise (its C++ logs bypass sys.stderr and the warnings filter). Output of the
+    block therefore appears when it ends, also when it raises."""
     sys.stderr.flush()
     saved = os.dup(2)
-    with tempfile.TemporaryFile() as capture:
+    with tempfile.TemporaryFile() as capture, warnings.catch_warnings():
+        _ignore_paddle_warnings()
         os.dup2(capture.fileno(), 2)
         try:
             yield

@@ -53,16 +53,22 @@ def make_loader(dataset, batches: List[List[int]], num_workers: int):
 
 
 def predict(model, dataset, batch_size: int, num_workers: int = 0, progress: bool = True,
-            desc: str = "eval", engine: str = "dygraph", precision: str = "fp32") -> np.ndarray:
+            desc: str = "eval", engine: str = "dygraph", precision: str = "fp32",
+            cache_dir: Optional[str] = None) -> np.ndarray:
     """Logits [len(dataset), A] in dataset order, the model in eval mode (restored after).
-    `engine` / `precision`: what runs the network (inference.build_predictor; --ENGINE, --PRECISION)."""
+    `engine` / `precision`: what runs the network (inference.build_predictor; --ENGINE, --PRECISION);
+    for auto, the engines are timed on the middle batch and the choice is kept in `cache_dir`."""
     order = np.argsort(dataset.box_counts, kind="stable")
     batches = [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
     logits = np.zeros((len(dataset), dataset.vocab.answer_size), dtype=np.float32)
     was_training = model.training
     model.eval()
     try:
-        run = build_predictor(model, engine, precision, gpu=not paddle.device.get_device().startswith("cpu"))
+        sample = None
+        if engine == "auto" and batches:  # a batch of median box count: what most batches cost
+            sample = next(iter(make_loader(dataset, [batches[len(batches) // 2]], 0)))[:3]
+        run = build_predictor(model, engine, precision, gpu=not paddle.device.get_device().startswith("cpu"),
+                              sample=sample, batches=len(batches), cache_dir=cache_dir)
         for region_feats, boxes, question_ids, _, index in progress_bar(
                 make_loader(dataset, batches, num_workers), total=len(batches), desc=desc,
                 disable=not progress, mininterval=1.0, dynamic_ncols=True):
@@ -109,7 +115,8 @@ def evaluate(model, dataset, *, name: str, results_dir: str, batch_size: int, nu
     The entries and the metric are the dataset's (`result_entries`, `score`). With save_pred,
     the raw logits and question ids go to `results/pred/result_run_<name>.npz`.
     """
-    logits = predict(model, dataset, batch_size, num_workers, progress, engine=engine, precision=precision)
+    logits = predict(model, dataset, batch_size, num_workers, progress, engine=engine, precision=precision,
+                     cache_dir=os.path.join(results_dir, "cache"))
     answers = answers_from_logits(logits, dataset.vocab.ix_to_ans)
     results = dataset.result_entries(answers)  # the dataset's result-file format
     folder = "cache" if dataset.has_answers else dataset.result_folder_test
