@@ -97,8 +97,9 @@ def test_keys_follow_the_model_architecture_not_its_weights():
 
 
 def test_auto_through_build_predictor_measures_real_engines_once(tmp_path):
-    """The real engines (the dygraph model, its Paddle Inference export) timed on a real batch;
-    the second build reads the cache; a small evaluation with nothing cached is not measured."""
+    """The real engines (the dygraph model, its Paddle Inference export) timed on a real batch and
+    the choice cached under this machine's and this model's key; a small evaluation with nothing
+    cached is not measured."""
     model = tiny_model()
     sample = sample_inputs(8, 12, T, seed=1)
     expected = build_predictor(model, "dygraph")(*sample)
@@ -112,10 +113,8 @@ def test_auto_through_build_predictor_measures_real_engines_once(tmp_path):
     assert list(entries) == [key]
     seconds = entries[key]["seconds"]
     assert set(seconds) == {"dygraph", "inference"} and entries[key]["engine"] == min(seconds, key=seconds.get)
-    assert lines[0].startswith(f"engine auto: {entries[key]['engine']}, the faster on this machine")
-    build_predictor(model, "auto", sample=sample, batches=1, cache_dir=str(tmp_path), say=lines.append)
-    assert "cached in" in lines[1] and json.loads(cache.read_text()) == entries  # not measured again
-
+    assert len(lines) == 1 and lines[0].startswith(f"engine auto: {entries[key]['engine']}, the faster on this machine")
+    # (the cache's reuse: test_the_choice_follows_the_measurement_and_is_cached; a second export is slow)
     fresh = []
     small = build_predictor(model, "auto", sample=sample, batches=AUTO_MIN_BATCHES - 1,
                             cache_dir=str(tmp_path / "other"), say=fresh.append)
