@@ -19,7 +19,10 @@ def input_parser(description: str, batch: int, batch_help: str) -> argparse.Argu
 
 
 def configure_runtime(args) -> None:
-    """mmnas.runtime.configure() unless --defaults (measure Paddle's own settings)."""
-    if not args.defaults:
-        from mmnas import runtime
+    """mmnas.runtime.configure() unless --defaults (measure Paddle's own settings); Paddle's
+    known warnings are filtered either way."""
+    from mmnas import runtime
+    if args.defaults:
+        runtime.filter_paddle_noise()
+    else:
         runtime.configure(threads=args.threads)

@@ -22,9 +22,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from mmnas import runtime  # noqa: E402
+
 if "--defaults" not in sys.argv:  # as run.py: threads, MKL path, malloc keeping freed memory
-    from mmnas import runtime  # noqa: E402
     runtime.configure()
+else:
+    runtime.filter_paddle_noise()  # Paddle's own settings, without its known warnings
 
 import paddle  # noqa: E402
 

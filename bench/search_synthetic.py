@@ -25,6 +25,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from mmnas import runtime  # noqa: E402
+
+runtime.configure()  # threads, MKL, and Paddle's known warnings filtered (before Paddle is imported)
+
 from mmnas.config import CONFIG_DIR, load_config, read_genotype  # noqa: E402
 from mmnas.data.synthetic import make_synthetic_vqa  # noqa: E402
 

@@ -22,6 +22,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from mmnas import runtime  # noqa: E402
+
+runtime.configure()  # threads, MKL, and Paddle's known warnings filtered (before Paddle is imported)
+
 import paddle  # noqa: E402
 
 import mmnas.models.mmnasnet as mmnasnet  # noqa: E402

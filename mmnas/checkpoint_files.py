@@ -209,26 +209,33 @@ def match_state_dict(model, state: Dict[str, np.ndarray], path: str = "<checkpoi
     misshaped = [(k, tuple(own[k].shape), tuple(state[k].shape)) for k in own
                  if k in state and k not in aliases and tuple(own[k].shape) != tuple(state[k].shape)]
     if missing or unexpected or misshaped:
-        lines = [f"{path} does not fit the model:"]
-        if missing:
-            lines.append(f"  missing keys ({len(missing)}): " + ", ".join(missing[:20])
-                         + (" ..." if len(missing) > 20 else ""))
-        if unexpected:
-            lines.append(f"  unexpected keys ({len(unexpected)}): " + ", ".join(unexpected[:20])
-                         + (" ..." if len(unexpected) > 20 else ""))
-        explained = [(key, expected, found, mismatch_meaning(key, expected, found))
-                     for key, expected, found in misshaped]
-        explained.sort(key=lambda row: not row[3])  # the keys that say what differs come first
-        for key, expected, found, meaning in explained[:20]:
-            meaning = f" -> {meaning}" if meaning else ""
-            lines.append(f"  {key}: model expects {list(expected)}, file has {list(found)}{meaning}")
-        if len(explained) > 20:
-            lines.append(f"  ... and {len(explained) - 20} more mis-shaped keys")
-        if missing or unexpected:
-            lines.append("  (is the config/genotype the one this checkpoint was trained with? "
-                         "--MODEL and --ARCH_PATH choose it)")
-        raise CheckpointError("\n".join(lines))
+        raise CheckpointError(mismatch_report(path, missing, unexpected, misshaped))
     return state
+
+
+MISMATCH_LISTED = 3  # keys named per kind in a mismatch report (a model has hundreds)
+
+
+def mismatch_report(path: str, missing, unexpected, misshaped) -> str:
+    """The error for weights that do not fit: a first line saying what to do (from the first
+    mis-shaped key whose meaning is known, else: choose the config the file was trained with),
+    then how many keys are missing, unexpected and mis-shaped, naming at most MISMATCH_LISTED each."""
+    explained = [(key, expected, found, mismatch_meaning(key, expected, found)) for key, expected, found in misshaped]
+    explained.sort(key=lambda row: not row[3])  # the keys that say what differs come first
+    lead = explained[0][3] if explained and explained[0][3] else (
+        "it was trained with another config or genotype; give the one it was trained with "
+        "(--MODEL, and --ARCH_PATH for a searched genotype)")
+    lines = [f"{path} does not fit the model: {lead}."]
+    for kind, keys in (("missing", missing), ("unexpected", unexpected)):
+        if keys:
+            more = ", ..." if len(keys) > MISMATCH_LISTED else ""
+            lines.append(f"  {kind} keys ({len(keys)}): {', '.join(keys[:MISMATCH_LISTED])}{more}")
+    for key, expected, found, meaning in explained[:MISMATCH_LISTED]:
+        meaning = f" -> {meaning}" if meaning and meaning != lead else ""
+        lines.append(f"  {key}: model expects {list(expected)}, file has {list(found)}{meaning}")
+    if len(explained) > MISMATCH_LISTED:
+        lines.append(f"  ... and {len(explained) - MISMATCH_LISTED} more mis-shaped keys")
+    return "\n".join(lines)
 
 
 def load_weights(model, path: str, state: Optional[Dict[str, np.ndarray]] = None) -> None:

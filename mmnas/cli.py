@@ -99,9 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--VOCAB", help="vocabulary JSON (default: vocab.json beside the weights, else "
                                          "built from the data files)")
     predict.add_argument("--PICTURE", help="where the attention PNG goes (default results/predict/...)")
+    p.add_argument("--BUDGET_GFLOPS", default=None,
+                   help="--RUN=search: the reported genotype fits this many forward GFLOPs per sample at "
+                        "n = 100 regions at the width of search.target_model (search.budget_gflops; "
+                        "the published small genotype: 5.75)")
     p.add_argument("--ENGINE", default=None, choices=list(ENGINES),
                    help="what runs evaluation on CPU: Paddle Inference (oneDNN) or the dygraph model "
-                        "(default auto: the faster one, see README Performance)")
+                        "(default auto: the one measured faster on this machine for this model, cached in "
+                        "<RESULTS_DIR>/cache/engine_choice.json)")
     p.add_argument("--PRECISION", default=None, choices=list(PRECISIONS),
                    help="evaluation precision; bf16 needs a CPU with avx512_bf16/AMX (default fp32)")
     p.add_argument("--CKPT_DIR", default="ckpt", help="where checkpoints are written")
@@ -121,6 +126,7 @@ FLAG_OF_KEY = {"data.dataset": "--DATASET", "data.eval_split": "--EVAL_SPLIT", "
                "train.seed": "--SEED", "train.eval_every_epoch": "--EVAL_EE", "train.save_pred": "--SAVE_PRED",
                "train.amp": "--AMP", "train.to_static": "--TO_STATIC",
                "train.eval_engine": "--ENGINE", "train.eval_precision": "--PRECISION", "gpu": "--GPU",
+               "search.budget_gflops": "--BUDGET_GFLOPS",
                "ckpt_epoch": "--CKPT_E"}
 
 
@@ -171,7 +177,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                  ("train", "batch_size", args.BS), ("train", "seed", args.SEED),
                  ("train", "eval_every_epoch", args.EVAL_EE), ("train", "save_pred", args.SAVE_PRED),
                  ("train", "amp", args.AMP), ("train", "to_static", args.TO_STATIC),
-                 ("train", "eval_engine", args.ENGINE), ("train", "eval_precision", args.PRECISION)]
+                 ("train", "eval_engine", args.ENGINE), ("train", "eval_precision", args.PRECISION),
+                 ("search", "budget_gflops", args.BUDGET_GFLOPS)]
     for section, key, value in overrides:
         if value is not None:
             setattr(getattr(cfg, section), key, _from_flag(f"{section}.{key}", value))
@@ -221,6 +228,9 @@ def validate_args(cfg: RunConfig, args: argparse.Namespace) -> None:
             raise UsageError(f"--RUN={cfg.run} needs weights: --CKPT_PATH=file.pdparams, or --CKPT_V and --CKPT_E.")
     if cfg.run == "predict" and (args.FEATS is None or args.QUESTION is None):
         raise UsageError("--RUN=predict needs --FEATS=<one .npz feature file> and --QUESTION=\"...\".")
+    if args.BUDGET_GFLOPS is not None and cfg.run != "search":
+        raise UsageError(f"--BUDGET_GFLOPS bounds the genotype a search reports; it is for --RUN=search, "
+                         f"not --RUN={cfg.run}.")
     if args.TOPK < 1:
         raise flag_error("--TOPK", args.TOPK, "an integer >= 1")
     if t.amp != "off" and not cfg.gpu:

@@ -4,7 +4,8 @@ In a terminal a bar redraws itself in place ("\\r"). Written to a file or a pipe
 `> log.txt 2>&1`), those redraws would pile up into one line thousands of characters long;
 there the bar instead writes a plain line every `LOG_STEP_PERCENT` percent (or every
 `LOG_INTERVAL_S` seconds when the total is unknown), without the bar graphic, and at most one
-line per `LOG_MIN_INTERVAL_S` (a bar that finishes within a second writes its first and last line).
+line per `LOG_MIN_INTERVAL_S`. Either way a bar shows only once its work has taken
+`SHOW_AFTER_S` seconds: work done sooner (a small vocabulary, a small split) prints nothing.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from tqdm import tqdm
 LOG_STEP_PERCENT = 5  # one line per this much of the total when not writing to a terminal
 LOG_INTERVAL_S = 30.0  # ... or per this many seconds when the total is unknown
 LOG_MIN_INTERVAL_S = 1.0  # and never more often than this
+SHOW_AFTER_S = 1.0  # no bar at all for work done within this many seconds
 _LOG_FORMAT = "{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
 _LOG_FORMAT_NO_TOTAL = "{desc}: {n_fmt} [{elapsed}, {rate_fmt}{postfix}]"
 
@@ -50,9 +52,10 @@ def progress_bar(iterable: Optional[Iterable] = None, total: Optional[int] = Non
 
     To a terminal: a normal bar (mininterval 1 s unless given). Otherwise: a line per
     LOG_STEP_PERCENT percent of `total` (per LOG_INTERVAL_S seconds without a total), at most
-    one per LOG_MIN_INTERVAL_S.
+    one per LOG_MIN_INTERVAL_S. Nothing before SHOW_AFTER_S seconds (unless `delay` is given).
     """
     stream = sys.stderr if file is None else file
+    kwargs.setdefault("delay", SHOW_AFTER_S)
     if total is None and iterable is not None:
         try:
             total = len(iterable)

@@ -26,8 +26,14 @@ What it does (measured on a 2-core AMD EPYC with bench/train_step.py, bench/eval
   Paddle's OpenMP pool is sized with its own `set_num_threads` right after the import
   (`set_paddle_threads`, also called in every spawned training process). Importing Paddle also
   runs `paddle.utils.cpp_extension`, which warns "No ccache found" (a compiler cache for building
-  custom C++ ops, which this project never builds): that one warning is filtered, here and, via
-  PYTHONWARNINGS, in child processes. An OMP_NUM_THREADS the user set is passed on untouched.
+  custom C++ ops, which this project never builds). An OMP_NUM_THREADS the user set is passed on
+  untouched.
+* Known noise. PADDLE_WARNINGS and PADDLE_LOG_LINES list what Paddle prints that says nothing
+  about the user's run ("No ccache found"; on every export and Paddle Inference start, a
+  "Tensor do not have 'place' interface" warning per attention layer and a PIR "not support
+  input out tensor" log line). `filter_paddle_noise()` (called by configure(), and by the tools
+  that never import Paddle) filters the warnings here and, via PYTHONWARNINGS, in child processes;
+  `paddle_log_filtered()` drops the log lines Paddle's C++ side writes straight to stderr.
 
 Nothing here changes results beyond the float summation order of threaded GEMMs.
 """
@@ -35,8 +41,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import sys
+import tempfile
 import warnings
 from typing import Dict, Optional
 
@@ -46,9 +54,37 @@ from typing import Dict, Optional
 PADDLE_FLAGS = {"FLAGS_use_stride_kernel": "0"}
 _THREAD_VARS = ("MKL_NUM_THREADS", "OMP_NUM_THREADS", "CPU_NUM")
 _MARK = "MMNAS_RUNTIME_SET"  # names configure() set itself; inherited by the processes it starts
-# Paddle's import-time "No ccache found" UserWarning (PYTHONWARNINGS syntax: action:message prefix:category)
-CCACHE_WARNING_FILTER = "ignore:No ccache found:UserWarning"
+# Paddle's known noise (see "Known noise"): Python warnings by the start of their message ...
+PADDLE_WARNINGS = (
+    "No ccache found",  # importing paddle.utils.cpp_extension: a compiler cache for custom C++ ops
+    "Tensor do not have 'place' interface for pir graph mode",  # paddle.where while exporting
+)
+# ... and lines its C++ side writes to file descriptor 2 (glog), by a part of the line
+PADDLE_LOG_LINES = (
+    "Paddle static graph(PIR) not support input out tensor",  # paddle.jit.save
+)
 _state: Dict[str, object] = {}
+
+
+# import name -> pip name of the packages every entry point needs (requirements.txt)
+REQUIRED_PACKAGES = {"paddle": "paddlepaddle", "numpy": "numpy", "yaml": "pyyaml", "tqdm": "tqdm"}
+
+
+def require_packages() -> None:
+    """Exit (status 2) with one line naming this interpreter and the install command when a required
+    package is missing (instead of a ModuleNotFoundError traceback from deep in an import).
+    Called by run.py and configure() before anything imports them."""
+    import importlib.util
+    missing = [pip for name, pip in REQUIRED_PACKAGES.items() if importlib.util.find_spec(name) is None]
+    if missing:
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        version = ".".join(map(str, sys.version_info[:3]))
+        print(
+            f"error: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed in the Python that "
+            f"runs this ({sys.executable}, Python {version}); run it with the interpreter of the project's "
+            f"environment (e.g. .venv/bin/python), or install into this one: {sys.executable} -m pip install "
+            f"-r {os.path.join(repo, 'requirements.txt')} -e {repo}", file=sys.stderr)
+        sys.exit(2)
 
 
 def usable_cpus() -> int:
@@ -128,6 +164,7 @@ def configure(processes: int = 1, threads: Optional[int] = None, verbose: bool =
     threads: force a thread count (otherwise `thread_count(processes)`).
     Variables the user set are left alone. Safe to call more than once; returns what is in force.
     """
+    require_packages()
     user = user_settings()
     n = int(threads) if threads else thread_count(processes, user)
     ours = []
@@ -144,7 +181,7 @@ def configure(processes: int = 1, threads: Optional[int] = None, verbose: bool =
         put(flag, value)  # Paddle reads FLAGS_* from the environment when imported
     os.environ[_MARK] = ",".join(ours)
     malloc = keep_freed_memory() if os.environ.get("MMNAS_MALLOC_KEEP", "1") != "0" else False
-    quiet_paddle_import()
+    filter_paddle_noise()
     imported_before = "paddle" in sys.modules
     set_paddle_threads(n)  # imports Paddle if needed, then sizes its MKL + OpenMP threads
     if imported_before:  # flags are read from the environment at import; after it, set them directly
@@ -163,13 +200,52 @@ def configure(processes: int = 1, threads: Optional[int] = None, verbose: bool =
     return dict(_state)
 
 
-def quiet_paddle_import() -> None:
-    """Filter Paddle's import-time "No ccache found" warning in this process and in the processes
-    it starts (PYTHONWARNINGS is read by every new interpreter)."""
-    warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
+def filter_paddle_noise() -> None:
+    """Ignore PADDLE_WARNINGS in this process and in the processes it starts (PYTHONWARNINGS is
+    read by every new interpreter). Cheap, imports nothing: tools that never import Paddle call
+    it instead of configure()."""
+    _ignore_paddle_warnings()
     current = [f for f in os.environ.get("PYTHONWARNINGS", "").split(",") if f]
-    if CCACHE_WARNING_FILTER not in current:
-        os.environ["PYTHONWARNINGS"] = ",".join(current + [CCACHE_WARNING_FILTER])
+    for message in PADDLE_WARNINGS:
+        entry = f"ignore:{message}:UserWarning"  # PYTHONWARNINGS: action:message prefix:category
+        if entry not in current:
+            current.append(entry)
+    os.environ["PYTHONWARNINGS"] = ",".join(current)
+
+
+def _ignore_paddle_warnings() -> None:
+    for message in PADDLE_WARNINGS:
+        warnings.filterwarnings("ignore", message=re.escape(message), category=UserWarning)
+
+
+def is_paddle_noise(line: str) -> bool:
+    """True for a line of Paddle's known noise (a PADDLE_WARNINGS warning or a PADDLE_LOG_LINES line)."""
+    return any(part in line for part in PADDLE_LOG_LINES + PADDLE_WARNINGS)
+
+
+@contextlib.contextmanager
+def paddle_log_filtered():
+    """Run the block with PADDLE_WARNINGS ignored (whatever filters the caller has, e.g. pytest's)
+    and file descriptor 2 sent to a temporary file, then write its lines back to stderr except
+    Paddle's known noise (its C++ logs bypass sys.stderr and the warnings filter). Output of the
+    block therefore appears when it ends, also when it raises."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture, warnings.catch_warnings():
+        _ignore_paddle_warnings()
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            kept = [line for line in capture.read().decode("utf-8", "replace").splitlines(keepends=True)
+                    if not is_paddle_noise(line)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
 
 
 def set_paddle_threads(threads: Optional[int] = None) -> None:

@@ -188,3 +188,17 @@ def test_help_in_a_subprocess():
     for flag in ("--RUN", "--MODEL", "--RESUME", "--CKPT_V", "--CKPT_E", "--CKPT_PATH", "--ACCU", "--NPROCS",
                  "--ARCH_PATH", "--SAVE_PRED"):
         assert flag in proc.stdout
+
+
+def test_budget_gflops_flag_sets_the_search_budget(capsys, dirs):
+    """--BUDGET_GFLOPS is search.budget_gflops (a search under it: test_search_strategies); a bad
+    value or another run is one sentence and exit 2."""
+    args = cli.build_parser().parse_args(["--RUN=search", "--MODEL=search_tiny", "--BUDGET_GFLOPS=4.5"])
+    assert cli.config_from_args(args).search.budget_gflops == 4.5
+    no_flag = cli.build_parser().parse_args(["--RUN=search", "--MODEL=search_tiny"])
+    assert cli.config_from_args(no_flag).search.budget_gflops is None
+    assert_usage_error(["--RUN=search", "--MODEL=search_tiny", "--BUDGET_GFLOPS=four", *dirs], capsys,
+                       "--BUDGET_GFLOPS")
+    assert_usage_error(["--RUN=search", "--MODEL=search_tiny", "--BUDGET_GFLOPS=0", *dirs], capsys, "--BUDGET_GFLOPS")
+    assert_usage_error(["--RUN=train", "--MODEL=tiny", "--BUDGET_GFLOPS=4", *dirs], capsys,
+                       "--BUDGET_GFLOPS", "--RUN=search")

@@ -214,8 +214,9 @@ def run_search(tmp_path, root, *args):
     assert code == 0
 
 
-def test_resume_equals_uninterrupted_and_genotype_trains(tmp_path, synthetic_root):
+def test_resume_equals_uninterrupted_and_genotype_trains(tmp_path, synthetic_root, capsys):
     run_search(tmp_path, synthetic_root, "--VERSION=whole", "--MAX_EPOCH=3")
+    console = capsys.readouterr().out
     run_search(tmp_path, synthetic_root, "--VERSION=part", "--MAX_EPOCH=2")
     run_search(tmp_path, synthetic_root, "--RESUME=True", "--CKPT_V=part", "--CKPT_E=2", "--MAX_EPOCH=3")
 
@@ -237,6 +238,16 @@ def test_resume_equals_uninterrupted_and_genotype_trains(tmp_path, synthetic_roo
     assert first["phase"] == "warm-up" and reports["whole"]["phase"] == "search"
     assert max(abs(p - 1 / len(ps)) for ps in first["probabilities"]["dec"] for p in ps) < 1e-2
     assert reports["whole"]["probabilities"] != first["probabilities"]
+    # the console: the warm-up said as such, then the genotype; scores and probabilities in percent
+    epoch1, later = console.split("search epoch 1/3:")[1].split("search epoch 2/3:")
+    assert "architecture steps from epoch 2 (epoch 1: warm-up, weight steps only)" in console
+    assert "architecture frozen until epoch 2 (warm-up)" in epoch1 and "enc:" not in epoch1 and "GFLOPs" not in epoch1
+    assert f"  enc: {' '.join(reports['whole']['genotype']['enc'])}\n" in later.split("search epoch 3/3:")[1]
+    assert f"top path score {100 * reports['whole']['top_path_score']:.2f}%" in console
+    with open(tmp_path / "results" / "log" / "log_run_whole.txt", encoding="utf-8") as f:
+        log = f.read()
+    p00 = reports["whole"]["probabilities"]["dec"][0]
+    assert "  p(dec00) " + " ".join(f"{op} {100 * p:.1f}%" for op, p in zip(reports["whole"]["ops"]["dec"][0], p00)) in log
     assert (tmp_path / "results" / "search" / "whole" / "epoch3.png").is_file()
 
     # the epoch file is an --ARCH_PATH: read back, trained by the normal engine

@@ -3,6 +3,7 @@
 logits, exact resume); the FLOP budget (penalty gradient, exact fit, a search under a budget);
 binary_gate unchanged against a reference recorded before the strategies were split out."""
 import copy
+import dataclasses
 import itertools
 import json
 import os
@@ -378,16 +379,17 @@ def budget_search(tmp_path, root, algorithm, flops_weight, version):
         f"base: {os.path.join(CONFIGS, 'search', base)}\n"
         "model: {hidden_size: 16, heads: 2, rel_head_width: 8, rel_size: 8, flat_mlp: 16, flat_out: 32, word_embed: 12}\n"
         "train: {batch_size: 8, warmup_epochs: 0}\n"
-        f"search: {{warmup_epochs: 1, arch_every: 1, budget_gflops: {budget}, flops_weight: {flops_weight}, "
-        "eval_top_path: false}\n")
-    run_cli(tmp_path, f"--MODEL={path}", f"--DATA_ROOT={root}", f"--VERSION={version}", "--MAX_EPOCH=2")
+        f"search: {{warmup_epochs: 1, arch_every: 1, flops_weight: {flops_weight}, eval_top_path: false}}\n")
+    run_cli(tmp_path, f"--MODEL={path}", f"--DATA_ROOT={root}", f"--VERSION={version}", "--MAX_EPOCH=2",
+            f"--BUDGET_GFLOPS={budget}")  # the flag sets search.budget_gflops
     folder = tmp_path / "results" / "search" / version
     return budget, [json.load(open(folder / f"epoch{e}.json")) for e in (1, 2)]
 
 
 @pytest.mark.parametrize("algorithm", ["snas", "binary_gate"])
-def test_search_under_a_budget_below_the_published_genotype_fits_it(tmp_path, synthetic_root, algorithm):
+def test_search_under_a_budget_below_the_published_genotype_fits_it(tmp_path, synthetic_root, algorithm, capsys):
     budget, reports = budget_search(tmp_path, synthetic_root, algorithm, 0.0, "b")
+    console = capsys.readouterr().out
     for report in reports:
         assert report["budget_gflops"] == budget and report["gflops"] <= budget
         assert len(report["top_ops"]["enc"]) == 12 and len(report["top_ops"]["dec"]) == 18
@@ -395,6 +397,20 @@ def test_search_under_a_budget_below_the_published_genotype_fits_it(tmp_path, sy
         assert report["gflops"] == pytest.approx(genotype_gflops(load_config("small").model, report["genotype"]),
                                                  abs=1e-4)
     assert read_genotype(str(tmp_path / "results" / "search" / "b" / "epoch2.json")) == reports[-1]["genotype"]
+    # the console says the budget bound the genotype, with the numbers of the JSON (binary_gate:
+    # not in its warm-up epoch, when no genotype is chosen)
+    shown = reports[1:] if algorithm == "binary_gate" else reports
+    for report in shown:
+        assert (f"budget {budget:g} GFLOPs: argmax genotype {report['argmax_gflops']:.2f} -> fitted "
+                f"{report['gflops']:.2f}") in console
+    assert console.count("argmax genotype") == len(shown)
+    # each strategy's JSON lists the shared settings and its own only
+    own = {"snas": {"tau_start", "tau_end", "tau_anneal", "tau_epochs", "hard"},
+           "binary_gate": {"warmup_epochs", "arch_every", "arch_mode"}}
+    settings = set(reports[-1]["search"])
+    assert own[algorithm] <= settings and not (set().union(*own.values()) - own[algorithm]) & settings
+    assert {"budget_gflops", "weight_fraction", "enc_ops", "target_model"} <= settings
+    assert {f.name for f in dataclasses.fields(SearchConfig)} - settings == set().union(*own.values()) - own[algorithm]
 
 
 def test_flops_penalty_pulls_the_expected_flops_down(tmp_path, synthetic_root):

@@ -16,6 +16,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from mmnas import runtime  # noqa: E402
+
+runtime.filter_paddle_noise()  # Paddle's known warnings filtered (this tool never imports Paddle)
+
 from mmnas.data.check_feats import LAYOUTS, USUAL_MIN_REGIONS, check_feats, format_report  # noqa: E402
 from mmnas.data.features import FEAT_DIM, MAX_REGIONS  # noqa: E402
 

@@ -11,6 +11,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from mmnas import runtime  # noqa: E402
+
+runtime.configure()  # threads, MKL, and Paddle's known warnings filtered (before Paddle is imported)
+
 from mmnas.config import ConfigError, load_config  # noqa: E402
 from mmnas.checkpoint_files import CheckpointError  # noqa: E402
 from mmnas.models.convert import convert_openvqa_checkpoint  # noqa: E402

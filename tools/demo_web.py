@@ -11,6 +11,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from mmnas import runtime  # noqa: E402
+
+runtime.filter_paddle_noise()  # Paddle's known warnings filtered; web_demo.main configures threads
+
 from mmnas.web_demo import main  # noqa: E402
 
 if __name__ == "__main__":

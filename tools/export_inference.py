@@ -16,6 +16,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from mmnas import runtime  # noqa: E402
+
+runtime.configure()  # threads, MKL, and Paddle's known warnings filtered (before Paddle is imported)
+
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 

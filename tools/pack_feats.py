@@ -21,6 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from mmnas import runtime  # noqa: E402
+
+runtime.filter_paddle_noise()  # Paddle's known warnings filtered (this tool never imports Paddle)
+
 from mmnas.data.features import DataError, feature_index, load_npz  # noqa: E402
 from mmnas.data.packed import store_dir_for, write_store  # noqa: E402
 

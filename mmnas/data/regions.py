@@ -156,7 +156,7 @@ class RegionDataset(paddle.io.Dataset):
                                [self._image_paths[i] for i in unpacked])
             bar = progress_bar(results, total=len(unpacked), desc=f"preload {self.split}",
                                disable=not self.progress or not unpacked)
-            for i, region_feats_and_boxes in zip(unpacked, bar):
+            for region_feats_and_boxes, i in zip(bar, unpacked):  # bar first: its last step is counted
                 images[i] = region_feats_and_boxes
         finally:
             pool.shutdown(wait=True, cancel_futures=True)  # on error, do not read the rest

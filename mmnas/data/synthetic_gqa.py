@@ -137,8 +137,8 @@ def make_synthetic_gqa(out_root: str, n_train_images: int = 1500, n_val_images: 
     choices: Dict[str, dict] = {}
     box_counts = []
     if progress:
-        from tqdm import tqdm
-        plan = tqdm(plan, desc="synthetic GQA", unit="img")
+        from mmnas.progress import progress_bar  # lines, not in-place redraws, in a pipe or a log
+        plan = progress_bar(plan, desc="synthetic GQA", unit="img")
     for part, world_split, index in plan:
         scene = sample_scene(seed, world_split, index, min_boxes, max_boxes)
         region_feats = world.region_features(seed, scene).T  # [n, 2048]: GQA files keep regions as rows

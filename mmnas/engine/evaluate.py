@@ -19,6 +19,7 @@ from ..data import DataError
 from ..data.regions import (FailureCheckedLoader, FailureReportingDataset, collate_batch, collate_or_failure,
                             die_with_parent)
 from ..inference import InferenceError, build_predictor, resolve_engine
+from ..inference.predictor import AUTO
 from ..progress import progress_bar
 from ..tasks import Task, task_named
 from ..checkpoint_files import atomic_write, write_json_atomic
@@ -61,21 +62,30 @@ def make_loader(dataset, batches: List[List[int]], num_workers: int):
 
 
 def predict_outputs(model, dataset, task: Task, batch_size: int, num_workers: int = 0, progress: bool = True,
-                    desc: str = "eval", engine: str = "dygraph", precision: str = "fp32") -> Dict[str, np.ndarray]:
+                    desc: str = "eval", engine: str = "dygraph", precision: str = "fp32",
+                    cache_dir: Optional[str] = None) -> Dict[str, np.ndarray]:
     """What the task keeps of every sample (Task.predict_outputs; the answer task: logits
     [len(dataset), A]) in dataset order, the model in eval mode (restored after).
-    `engine` / `precision`: what runs the network (inference.build_predictor; --ENGINE, --PRECISION)."""
+    `engine` / `precision`: what runs the network (inference.build_predictor; --ENGINE, --PRECISION);
+    for auto, the engines are timed on the middle batch and the choice is kept in `cache_dir`."""
     order = np.argsort(dataset.box_counts, kind="stable")
     batches = [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
     gpu = not paddle.device.get_device().startswith("cpu")
-    if not task.exportable and resolve_engine(engine, precision, gpu) != "dygraph":
-        raise InferenceError(f"the {task.name} task's model has several outputs and runs in dygraph only; "
-                             f"use --ENGINE=dygraph (or auto) and --PRECISION=fp32.")
+    if not task.exportable:
+        if resolve_engine(engine, precision, gpu) not in ("dygraph", AUTO):
+            raise InferenceError(f"the {task.name} task's model has several outputs and runs in dygraph only; "
+                                 f"use --ENGINE=dygraph (or auto) and --PRECISION=fp32.")
+        engine = "dygraph"  # auto has nothing to choose between
     outputs: Dict[str, np.ndarray] = {}
     was_training = model.training
     model.eval()
     try:
-        run = build_predictor(model, engine, precision, gpu=gpu)
+        sample = None
+        if engine == AUTO and batches:  # a batch of median box count: what most batches cost
+            middle = task.as_batch(next(iter(make_loader(dataset, [batches[len(batches) // 2]], 0))))
+            sample = (middle["region_feats"], middle["boxes"], middle["token_ids"])
+        run = build_predictor(model, engine, precision, gpu=gpu, sample=sample, batches=len(batches),
+                              cache_dir=cache_dir)
         for loaded in progress_bar(make_loader(dataset, batches, num_workers), total=len(batches), desc=desc,
                                    disable=not progress, mininterval=1.0, dynamic_ncols=True):
             batch = task.as_batch(loaded)
@@ -119,7 +129,7 @@ def evaluate(model, dataset, *, name: str, results_dir: str, batch_size: int, nu
     """
     task = task or task_named("answer")
     outputs = predict_outputs(model, dataset, task, batch_size, num_workers, progress, engine=engine,
-                              precision=precision)
+                              precision=precision, cache_dir=os.path.join(results_dir, "cache"))
     results = task.result_entries(dataset, outputs)
     folder = "cache" if dataset.has_answers else dataset.result_folder_test
     result_path = os.path.join(results_dir, folder, task.result_file(name, dataset))

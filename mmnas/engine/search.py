@@ -27,7 +27,7 @@ from ..checkpoint_files import atomic_write
 from ..config import RunConfig
 from ..models.supernet import Searchable, genotype_from_choices
 from ..ops.registry import op_names
-from ..search import Partition, SearchStrategy, StepAt, strategy_class
+from ..search import Partition, SearchStrategy, StepAt, strategy_class, strategy_settings
 from ..search.budget import BUDGET_REGIONS, check_feasible, expected_gflops, genotype_gflops, position_costs, target_model_config
 from .checkpoint import TrainingError, ckpt_paths, materialize_optimizer_state, resume_from, save_epoch
 from .evaluate import make_loader, write_json_atomic
@@ -131,7 +131,7 @@ def epoch_report(strategy: SearchStrategy, cfg: RunConfig, epoch: int, steps: in
         **stats,
         **strategy.report(last_step),
         "hidden_size": cfg.model.hidden_size,
-        "search": {k: v for k, v in cfg.to_dict()["search"].items()},
+        "search": strategy_settings(scfg.algorithm, cfg.to_dict()["search"]),  # shared + this strategy's
     }
 
 
@@ -140,7 +140,25 @@ def format_report(report: dict) -> str:
              f"genotype dec: {' '.join(report['genotype']['dec'])}"]
     for part in ("enc", "dec"):
         for i, (ops, probs) in enumerate(zip(report["ops"][part], report["probabilities"][part])):
-            lines.append(f"  p({part}{i:02d}) " + " ".join(f"{op} {p:.3f}" for op, p in zip(ops, probs)))
+            lines.append(f"  p({part}{i:02d}) " + " ".join(f"{op} {100 * p:.1f}%" for op, p in zip(ops, probs)))
+    return "\n".join(lines)
+
+
+def console_architecture(report: dict, arch_start: int, target_model: str) -> str:
+    """The lines under a search epoch's console line: during the warm-up (epochs 1..arch_start)
+    only when the architecture starts to move; after it, the genotype, its GFLOPs and, under a
+    FLOP budget, whether the budget changed it."""
+    if report["epoch"] <= arch_start:
+        return (f"  architecture frozen until epoch {arch_start + 1} (warm-up): weight steps only, "
+                f"no genotype chosen yet")
+    lines = [f"  enc: {' '.join(report['genotype']['enc'])}", f"  dec: {' '.join(report['genotype']['dec'])}",
+             f"  {report['gflops']:.2f} GFLOPs per sample at n = 100 at the width of {target_model}"]
+    budget = report["budget_gflops"]
+    if budget is not None and "argmax_gflops" in report:
+        lines.append(f"  budget {budget:g} GFLOPs: argmax genotype {report['argmax_gflops']:.2f} -> "
+                     f"fitted {report['gflops']:.2f} (the most probable genotype within the budget)")
+    elif budget is not None:
+        lines.append(f"  budget {budget:g} GFLOPs: the argmax genotype fits ({report['gflops']:.2f})")
     return "\n".join(lines)
 
 
@@ -259,6 +277,14 @@ def _search(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLo
                     f"for architecture steps, {steps} steps/epoch, {world} process(es), hidden size "
                     f"{cfg.model.hidden_size}, {len(model.mixed_ops('enc'))} encoder + "
                     f"{len(model.mixed_ops('dec'))} decoder positions")
+        arch_start = strategy.arch_start_epoch()
+        warmup = "epoch 1" if arch_start == 1 else f"epochs 1-{arch_start}"
+        moves = (f"architecture steps from epoch {arch_start + 1} ({warmup}: warm-up, weight steps only)"
+                 if arch_start else "architecture steps from the first step (no warm-up)")
+        if scfg.budget_gflops is not None:
+            moves += f"; reported genotypes fit {scfg.budget_gflops:g} GFLOPs at the width of {scfg.target_model}"
+        print(moves)
+        logger.text(moves)
     history, last_json = [], None
     for epoch in range(start_epoch, tcfg.max_epoch):
         position.epoch, position.step, position.phase = epoch, 0, ""
@@ -281,12 +307,11 @@ def _search(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLo
             report = epoch_report(strategy, cfg, epoch + 1, steps, {**summary, "checkpoint": params_path})
             last_json = publish_report(report, cfg.results_dir, cfg.version, logger)
             arch_text = f", arch loss {arch_loss:.5f} ({arch_steps} steps)" if arch_loss is not None else ""
-            score_text = (f", top path score {summary['top_path_score']:.4f}" if scfg.eval_top_path else "")
+            score_text = (f", top path score {100 * summary['top_path_score']:.2f}%" if scfg.eval_top_path else "")
             line = (f"search epoch {epoch + 1}/{tcfg.max_epoch}: weight loss {weight_loss:.5f}{arch_text}"
                     f"{score_text}, lr {stats.lr:.3e}, {stats.seconds:.1f}s, saved {params_path}, {last_json}")
             print(line)
-            print(f"  enc: {' '.join(report['genotype']['enc'])}\n  dec: {' '.join(report['genotype']['dec'])}\n"
-                  f"  {report['gflops']} GFLOPs per sample at n = 100 at the width of {scfg.target_model}")
+            print(console_architecture(report, strategy.arch_start_epoch(), scfg.target_model))
             logger.text(line)
             logger.scalars({k: v for k, v in summary.items() if isinstance(v, float)}, epoch + 1)
             history.append(report)

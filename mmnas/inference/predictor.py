@@ -13,8 +13,13 @@ train.eval_precision):
 - `inference`: the model exported with `paddle.jit.save` (models/export.py), run by a Paddle
   Inference predictor with oneDNN and the runtime's thread count; `bf16` adds oneDNN's bf16
   pass (matrix products in bfloat16) and needs avx512_bf16 or AMX-BF16.
-- `auto`: `inference` for bf16, otherwise the engine measured faster in fp32 on CPU
-  (FASTEST_FP32_CPU_ENGINE, see README "Performance"), `dygraph` on a GPU.
+- `auto`: `inference` for bf16, `dygraph` on a GPU; in fp32 on CPU the engine that answers a
+  batch of the data faster on this machine (`choose_engine`): both are timed on one real batch
+  (after a warm-up call each), the faster one runs, and the choice is cached per machine (CPU
+  model, flags, threads, Paddle version) and model (parameter names and shapes) in
+  <results>/cache/engine_choice.json, so later runs measure nothing. An evaluation of fewer than
+  AUTO_MIN_BATCHES batches with nothing cached runs dygraph unmeasured: the export and the timing
+  would cost more than the faster engine could save. One line says what was picked and why.
 A request this machine cannot honour (bf16 on a CPU without bf16, the inference engine on a
 GPU, bf16 through the dygraph engine) raises InferenceError, reported as one sentence with
 exit status 2: nothing falls back silently to another precision.
@@ -24,9 +29,12 @@ mmnas.runtime has configured the process (threads must be set before Paddle load
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
-from typing import Callable, Dict, Optional
+import time
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -34,12 +42,11 @@ from .. import runtime
 
 ENGINES = ("auto", "dygraph", "inference")
 PRECISIONS = ("fp32", "bf16")
-# On the 2-core AMD EPYC this was built on, bench/eval.py measured the dygraph model (with the
-# numpy kernels of ops/fast.py on both cores) faster than Paddle Inference + oneDNN in fp32 at
-# n = 100 and level with it at mixed n, per unit of GEMM rate (README "Evaluation engines"); it
-# also needs no export.
-FASTEST_FP32_CPU_ENGINE = "dygraph"
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of oneDNN's bf16 paths
+AUTO = "auto"  # resolve_engine's answer when the engine is to be chosen by measurement
+AUTO_MIN_BATCHES = 20  # below this (and nothing cached) auto runs dygraph without measuring
+AUTO_REPEATS = 2  # timed calls per engine, after one warm-up call each; the best counts
+ENGINE_CACHE_FILE = "engine_choice.json"
 
 Predictor = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
@@ -48,9 +55,8 @@ class InferenceError(ValueError):
     """An engine/precision request this machine cannot honour; the message says what to change."""
 
 
-def cpu_info() -> Dict[str, object]:
-    """The CPU's model name and its bf16 capability: the cpuinfo flags, Paddle's own check
-    (`core.supports_bfloat16`, False where oneDNN would emulate bf16), and `bf16`: both agree."""
+def _cpuinfo() -> Tuple[str, set]:
+    """(model name, flags) of the first CPU in /proc/cpuinfo; ('', set()) where there is none."""
     model, flags = "", set()
     try:
         with open("/proc/cpuinfo") as f:
@@ -62,6 +68,13 @@ def cpu_info() -> Dict[str, object]:
                     flags = set(value.split())
     except OSError:
         pass
+    return model, flags
+
+
+def cpu_info() -> Dict[str, object]:
+    """The CPU's model name and its bf16 capability: the cpuinfo flags, Paddle's own check
+    (`core.supports_bfloat16`, False where oneDNN would emulate bf16), and `bf16`: both agree."""
+    model, flags = _cpuinfo()
     try:
         from paddle.base import core
         paddle_bf16 = bool(core.supports_bfloat16())
@@ -93,17 +106,129 @@ def resolve_engine(engine: str = "auto", precision: str = "fp32", gpu: bool = Fa
             raise InferenceError(f"--PRECISION=bf16 needs a CPU with avx512_bf16 or AMX-BF16 and this one "
                                  f"({info['model']}) has neither; use --PRECISION=fp32.")
         return "inference"
-    return FASTEST_FP32_CPU_ENGINE if engine == "auto" else engine
+    return engine  # AUTO: chosen by measurement when the model is built (choose_engine)
 
 
 def build_predictor(model, engine: str = "auto", precision: str = "fp32", threads: Optional[int] = None,
-                    gpu: bool = False) -> Predictor:
+                    gpu: bool = False, sample: Optional[Sequence] = None, batches: Optional[int] = None,
+                    cache_dir: Optional[str] = None, say: Callable[[str], None] = print) -> Predictor:
     """A callable (region_feats, boxes, question_ids) -> logits numpy [B, A] running `model`
-    (in eval mode) on the resolved engine. Inputs may be numpy arrays or Paddle tensors."""
+    (in eval mode) on the resolved engine. Inputs may be numpy arrays or Paddle tensors.
+    For auto in fp32 on CPU: `sample` is the batch both engines are timed on (default: a random
+    one of 64 questions at 50 regions), `batches` how many the caller will run (None: unknown),
+    `cache_dir` where the choice is kept (None: not kept), `say` prints the line about it."""
+    threads = threads or runtime.thread_count(user=os.environ)
+    builders = {"dygraph": lambda: _dygraph_predictor(model),
+                "inference": lambda: _inference_predictor(model, precision, threads)}
     chosen = resolve_engine(engine, precision, gpu)
-    if chosen == "dygraph":
-        return _dygraph_predictor(model)
-    return _inference_predictor(model, precision, threads or runtime.thread_count(user=os.environ))
+    if chosen != AUTO:
+        return builders[chosen]()
+    key = f"{machine_key(threads)}/{model_key(model)}"
+    cache_path = os.path.join(cache_dir, ENGINE_CACHE_FILE) if cache_dir else None
+    if batches is not None and batches < AUTO_MIN_BATCHES and key not in read_engine_cache(cache_path):
+        say(f"engine auto: dygraph, unmeasured: {batches} batch(es) are too few to repay exporting and timing "
+            f"Paddle Inference (measured from {AUTO_MIN_BATCHES} batches on; --ENGINE=inference runs it)")
+        return builders["dygraph"]()
+    if sample is None:
+        from ..models.export import sample_inputs
+        cfg = model.cfg
+        sample = sample_inputs(64, min(50, cfg.max_regions), model_sizes(model)[0], cfg.max_token, cfg.feat_size)
+    return choose_engine(builders, sample, key, cache_path, say=say)[1]
+
+
+# ---- auto: the faster engine, measured on this machine ------------------------------------------
+
+def machine_key(threads: int) -> str:
+    """What the engines' relative speed depends on besides the model: CPU model and flags, thread
+    count, Paddle version; hashed (the CPU model stays readable in the cache entry)."""
+    import paddle
+    model, flags = _cpuinfo()
+    text = json.dumps([model, sorted(flags), threads, paddle.__version__])
+    return "cpu-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def model_sizes(model) -> Tuple[int, int]:
+    """(token vocabulary T, answer vocabulary A) of an MMNasNet, from its weight shapes."""
+    return int(model.embedding.weight.shape[0]), int(model.proj.weight.shape[1])
+
+
+def model_key(model) -> str:
+    """The model's architecture and sizes (parameter names and shapes, not values), hashed."""
+    shapes = [(name, list(value.shape)) for name, value in model.state_dict().items()]
+    text = json.dumps([type(model).__name__, shapes])
+    return "model-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def read_engine_cache(path: Optional[str]) -> Dict[str, dict]:
+    """key -> {"engine", "seconds", ...}; empty when there is no file (or it is unreadable:
+    then the engines are measured again and the file rewritten)."""
+    if not path or not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            entries = json.load(f)
+        return entries if isinstance(entries, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_engine_cache(path: str, key: str, entry: dict) -> None:
+    entries = read_engine_cache(path)
+    entries[key] = entry
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(entries, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError:  # a cache: the run goes on, the next one measures again
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def time_engines(runners: Dict[str, Predictor], sample: Sequence, repeats: int = AUTO_REPEATS) -> Dict[str, float]:
+    """Best wall-clock seconds of one call of each runner on `sample`, after one warm-up call
+    each. Calls alternate between the runners, so a change in the machine's load hits all."""
+    for run in runners.values():
+        run(*sample)
+    best = {name: float("inf") for name in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run(*sample)
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def choose_engine(builders: Dict[str, Callable[[], Predictor]], sample: Sequence, key: str,
+                  cache_path: Optional[str], repeats: int = AUTO_REPEATS,
+                  say: Callable[[str], None] = print) -> Tuple[str, Predictor]:
+    """(name, predictor) of the faster of `builders` (name -> function building a predictor) on
+    `sample`, or of the engine cached under `key` in `cache_path` (then only that one is built
+    and nothing is timed). Says in one line what it picked and why."""
+    cached = read_engine_cache(cache_path).get(key)
+    if cached and cached.get("engine") in builders:
+        name = cached["engine"]
+        say(f"engine auto: {name} ({_timings(cached.get('seconds', {}))} per batch, measured on this machine "
+            f"for this model on {cached.get('measured', '?')}; cached in {cache_path}, delete it to measure again)")
+        return name, builders[name]()
+    runners = {name: build() for name, build in builders.items()}
+    seconds = time_engines(runners, sample, repeats)
+    name = min(seconds, key=seconds.get)
+    batch, regions = np.shape(sample[0])[:2]
+    if cache_path:
+        _write_engine_cache(cache_path, key, {
+            "engine": name, "seconds": {k: round(v, 6) for k, v in seconds.items()}, "cpu": _cpuinfo()[0] or "unknown",
+            "batch": [int(batch), int(regions)], "measured": time.strftime("%Y-%m-%d %H:%M")})
+    kept = f"; cached in {cache_path}" if cache_path else ""
+    say(f"engine auto: {name}, the faster on this machine ({_timings(seconds)} per batch of {batch} questions "
+        f"at {regions} regions, best of {repeats} after a warm-up{kept})")
+    return name, runners[name]
+
+
+def _timings(seconds: Dict[str, float]) -> str:
+    """'dygraph 0.120 s vs inference 0.100 s' (the order of the dict)."""
+    return " vs ".join(f"{name} {value:.3f} s" for name, value in seconds.items())
 
 
 def _dygraph_predictor(model) -> Predictor:

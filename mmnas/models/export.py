@@ -16,6 +16,8 @@ import paddle
 import paddle.nn as nn
 from paddle.static import InputSpec
 
+from ..runtime import paddle_log_filtered
+
 
 class InferenceWrapper(nn.Layer):
     """MMNasNet without the unused grid-feature input, so the exported program has exactly
@@ -45,7 +47,8 @@ def export_inference(model: nn.Layer, out_prefix: str, max_token: int = 14,
     wrapper = InferenceWrapper(model)
     wrapper.eval()
     os.makedirs(os.path.dirname(os.path.abspath(out_prefix)), exist_ok=True)
-    paddle.jit.save(wrapper, out_prefix, input_spec=input_specs(max_token, feat_size))
+    with paddle_log_filtered():  # Paddle's PIR log lines, see runtime "Known noise"
+        paddle.jit.save(wrapper, out_prefix, input_spec=input_specs(max_token, feat_size))
     return exported_files(out_prefix)
 
 

@@ -99,6 +99,7 @@ def arch_step(net, model: Searchable, arch_optimizer, weight_optimizer, batch, c
 @register_strategy("binary_gate")
 class BinaryGate(SearchStrategy):
     needs_arch_part = True
+    settings = ("warmup_epochs", "arch_every", "arch_mode")
 
     @classmethod
     def partition(cls, n: int, cfg) -> Partition:
@@ -106,10 +107,13 @@ class BinaryGate(SearchStrategy):
 
     def arch_batches_per_epoch(self, epoch: int, steps: int) -> int:
         scfg = self.cfg.search
-        return steps // scfg.arch_every if epoch >= scfg.warmup_epochs else 0
+        return steps // scfg.arch_every if epoch >= self.arch_start_epoch() else 0
 
     def phase(self, epoch: int) -> str:
-        return "search" if epoch >= self.cfg.search.warmup_epochs else "warm-up"
+        return "search" if epoch >= self.arch_start_epoch() else "warm-up"
+
+    def arch_start_epoch(self) -> int:
+        return self.cfg.search.warmup_epochs
 
     def train_step(self, net, weight_opt, arch_opt, batch, lr, rng, at: StepAt, arch_batches, world=1):
         loss, grad_norm = weight_step(net, self.model, weight_opt, batch, lr, self.cfg, rng, world, self.task)

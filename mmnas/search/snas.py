@@ -72,6 +72,7 @@ def sample_position(m, noise: np.ndarray, tau: float, hard: bool) -> None:
 
 @register_strategy("snas")
 class SNAS(SearchStrategy):
+    settings = ("tau_start", "tau_end", "tau_anneal", "tau_epochs", "hard")
 
     @classmethod
     def partition(cls, n: int, cfg) -> Partition:

@@ -11,7 +11,10 @@ owns the algorithm, through these methods:
   mixing coefficients, see models/supernet.py), run the mixed output, take the architecture
   gradient and step(s); returns the losses;
 - `choices()` / `genotype()`: the top op per position, within the FLOP budget if there is one;
-- `report(at)`: what the epoch JSON adds for this strategy.
+- `report(at)`: what the epoch JSON adds for this strategy;
+- `settings`: the search-section fields only this strategy reads (the epoch JSON lists the
+  shared fields and these, not another strategy's); `arch_start_epoch()`: when the logits
+  first move (after a warm-up, or from the first step).
 
 A strategy is one file in this folder that registers its class with `@register_strategy("name")`;
 `search.algorithm: name` in the search YAML selects it.
@@ -21,7 +24,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, NamedTuple, Optional, Type
+from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple, Type
 
 import numpy as np
 import paddle
@@ -55,6 +58,13 @@ def strategy_class(name: str) -> Type["SearchStrategy"]:
     if name not in _STRATEGIES:
         raise ConfigError(f"search.algorithm={name!r} is not a search strategy; choose one of {names}")
     return _STRATEGIES[name]
+
+
+def strategy_settings(name: str, search: dict) -> dict:
+    """The search section (as a dict) as strategy `name` reads it: without the fields other
+    strategies declare as their own."""
+    others = {key for other in strategy_names() if other != name for key in _STRATEGIES[other].settings}
+    return {key: value for key, value in search.items() if key not in others - set(strategy_class(name).settings)}
 
 
 # ---- shared pieces -------------------------------------------------------------------------------
@@ -103,6 +113,7 @@ def batch_loss(net, task: Task, batch, cfg):
 class SearchStrategy:
     name = ""
     needs_arch_part = False  # True: arch steps draw batches from Partition.arch
+    settings: Tuple[str, ...] = ()  # search-section fields only this strategy reads
 
     def __init__(self, model: Searchable, cfg: RunConfig, costs: Optional[PositionCosts] = None,
                  task: Optional[Task] = None):
@@ -121,6 +132,10 @@ class SearchStrategy:
 
     def phase(self, epoch: int) -> str:
         return "search"
+
+    def arch_start_epoch(self) -> int:
+        """The first epoch (from 0) whose steps move the architecture logits."""
+        return 0
 
     # ---- optimizers
     def build_optimizers(self, lr_base: float):
