@@ -26,6 +26,11 @@ OUTLINED = 3  # regions outlined and labelled
 DPI = 100
 OUTLINE_COLOURS = ("#ff2d95", "#00d7ff", "#ff9f0a", "#bf5af2", "#ffffff")  # on a black halo
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg")
+MAX_PHOTO_PIXELS = 40_000_000  # a photo's width x height at most (8000 x 5000); read as float RGB: 480 MB
+
+
+class PhotoError(ValueError):
+    """A photo too large to draw on; the message names it and its size."""
 
 
 def find_photo(feature_path: str) -> Optional[str]:
@@ -44,10 +49,20 @@ def find_photo(feature_path: str) -> Optional[str]:
 
 
 def read_photo(photo) -> np.ndarray:
-    """A path or an array -> float RGB [H, W, 3] in 0..1."""
+    """A path or an array -> float RGB [H, W, 3] in 0..1. A file's size is read from its header
+    first (PIL opens lazily): PhotoError above MAX_PHOTO_PIXELS, before any pixel is decoded, so
+    a small compressed file that would expand to gigabytes takes no memory."""
     if isinstance(photo, (str, os.PathLike)):
         from PIL import Image
-        with Image.open(photo) as im:
+        try:
+            im = Image.open(photo)
+        except Image.DecompressionBombError:  # PIL's own limit (2 x Image.MAX_IMAGE_PIXELS), above ours
+            raise PhotoError(f"the photo {photo} has more than {MAX_PHOTO_PIXELS:,} pixels, "
+                             f"the most a picture is drawn on.") from None
+        with im:
+            if im.width * im.height > MAX_PHOTO_PIXELS:
+                raise PhotoError(f"the photo {photo} is {im.width} x {im.height} pixels; a picture is drawn on "
+                                 f"at most {MAX_PHOTO_PIXELS:,} pixels.")
             photo = np.asarray(im.convert("RGB"))
     photo = np.asarray(photo)
     if photo.ndim == 2:
