@@ -192,7 +192,7 @@ def answer_notes(answer) -> str:
     """Markdown under the answers: what the scores are, the words the model could not read, and
     where the image came from."""
     from .engine.predict import format_score, score_meaning
-    notes = [f"**{answer.answers[0]}** ({format_score(answer.scores[0], answer.score_kind)}): "
+    notes = [f"**{answer.answers[0]}** ({format_score(answer.scores[0], answer.score_kind)}). The numbers are "
              f"{score_meaning(answer.score_kind)}"]
     unknown, cut = answer.unread_words()
     if unknown:

@@ -203,11 +203,11 @@ def format_score(score: float, kind: str) -> str:
 
 
 def score_meaning(kind: str) -> str:
-    """One sentence saying what an answer's score is."""
+    """What the answers' numbers are, to follow "the numbers are "."""
     if kind == "softmax":
         return "probabilities: the softmax of the logits over all answers, summing to 100%."
-    return ("scores, not probabilities: one sigmoid per answer (0 to 1, each answer judged on its own), "
-            "so they need not sum to 1.")
+    return ("scores, not probabilities: one sigmoid per answer, 0 to 1, each answer judged on its own "
+            "(they need not sum to 1).")
 
 
 def answer_probabilities(logits: np.ndarray, softmax: bool) -> np.ndarray:
