@@ -27,7 +27,7 @@ from ..runtime import amp_context, clip_and_step, make_grad_scaler, maybe_to_sta
 from .checkpoint import TrainingError, ckpt_paths, load_pretrained, resume_from, save_epoch
 from .evaluate import evaluate, write_json_atomic
 from .interrupt import RunPosition
-from .logger import RunLogger
+from .logger import RunLogger, vdl_tag
 from .runner import initial_word_vectors, open_dataset, open_vocab, run_epoch, run_logged, seed_epoch
 from .schedule import base_learning_rate
 from .watch_attention import HPARAM_METRICS, AttentionWatch, hparams_of
@@ -153,7 +153,7 @@ def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLog
         # the vocabularies travel with the checkpoints: --RUN=predict reads them from here
         write_json_atomic(vocab.to_dict(), os.path.join(cfg.ckpt_dir, f"ckpt_{cfg.version}", VOCAB_FILE))
     history = []
-    watch = AttentionWatch.for_run(val_set, vocab, logger)  # attention pictures of a few val questions
+    watch = AttentionWatch.for_run(val_set, vocab, logger, dcfg.dataset)  # attention pictures of a few val questions
     for epoch in range(start_epoch, tcfg.max_epoch):
         position.epoch, position.step, position.phase = epoch, 0, ""
         stats = train_one_epoch(net, optimizer, train_set, cfg, epoch, steps_per_epoch, lr_base, rank, world,
@@ -169,7 +169,8 @@ def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLog
                     f"{stats.seconds:.1f}s, saved {params_path}")
             print(line)
             logger.text(line)
-            logger.scalars({"epoch/loss": mean_loss, "epoch/lr": stats.lr}, epoch + 1)
+            logger.scalars({vdl_tag("train", "epoch_loss"): mean_loss, vdl_tag("train", "epoch_lr"): stats.lr},
+                           epoch + 1)
             record = {"epoch": epoch + 1, "loss": mean_loss, "lr": stats.lr, "checkpoint": params_path}
             if val_set is not None:
                 position.phase = "evaluating on val after its checkpoint"
@@ -193,6 +194,6 @@ def validate(model, val_set, cfg: RunConfig, epoch: int, logger: RunLogger, prog
     line = f"epoch {epoch} val: {val_set.format_scores(result.scores)}"
     print(line)
     logger.text(line)
-    logger.scalars({"val/overall": result.scores["overall"],
-                    **{f"val/{t}": v for t, v in result.scores["per_answer_type"].items()}}, epoch)
+    logger.scalars({vdl_tag("val", "overall"): result.scores["overall"],
+                    **{vdl_tag("val", t): v for t, v in result.scores["per_answer_type"].items()}}, epoch)
     return result.scores
