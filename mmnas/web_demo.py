@@ -7,25 +7,87 @@ picture. Built on Gradio (`pip install -e ".[demo]"`); started by tools/demo_web
 The page only wraps engine/predict.py (Predictor: one model load, many questions) and
 engine/attention_picture.py: its answers are exactly those of `--RUN=predict`. It listens on
 127.0.0.1 unless --HOST says otherwise (anyone who can reach the port can use the model).
+
+Uploads are bounded before they are read (MAX_UPLOAD_BYTES on the file, MAX_UNPACKED_BYTES on
+what its .npz members declare they unpack to, checked from the zip directory and the .npy
+headers), read once into memory and deleted. Errors a user can fix come back on the page as one
+sentence, with no traceback on the server's console.
 """
 from __future__ import annotations
 
 import argparse
+import collections
+import errno
 import os
+import socket
 import sys
 import time
-from typing import Dict, List, Optional
+import zipfile
+from typing import List, Optional, Tuple
 
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 MAX_LISTED = 500  # feature files offered in the image list (the first, in name order)
+MAX_UPLOAD_BYTES = 16 * 2**20  # an uploaded feature file (100 regions x 2048 float32 is 0.8 MB)
+MAX_UNPACKED_BYTES = 64 * 2**20  # what its arrays unpack to, from the zip directory and .npy headers
+KEPT_UPLOADS = 8  # uploads kept in memory (after their file is deleted) for further questions
+NEXT_PORTS = 100  # ports after a busy --PORT tried for the free one the message offers
 EXAMPLE_QUESTIONS = ("what is the biggest object?", "how many objects are there?", "is there a red car?",
                      "what colour is the tree?")
 
 
 class DemoError(ValueError):
-    """The demo cannot start (missing Gradio, an empty feature folder); the message says the fix."""
+    """The demo cannot start (missing Gradio, an empty feature folder, a busy port) or cannot use an
+    upload; the message says the fix."""
+
+
+def megabytes(n: int) -> str:
+    return f"{n / 2**20:.1f} MB" if n < 2**30 else f"{n / 2**30:.1f} GB"
+
+
+def check_upload(path: str, max_bytes: int = MAX_UPLOAD_BYTES, max_unpacked: int = MAX_UNPACKED_BYTES) -> None:
+    """DemoError unless `path` is a .npz of at most max_bytes whose members unpack to at most
+    max_unpacked bytes, judged without unpacking anything: the sizes the zip directory declares
+    (zipfile never reads a member past them) and the array sizes the .npy headers declare (numpy
+    allocates those before reading). A small file of zeros that would unpack to gigabytes is
+    refused here, before np.load."""
+    import numpy as np
+    size = os.path.getsize(path)
+    if size > max_bytes:
+        raise DemoError(f"the uploaded file is {megabytes(size)}; the demo takes feature files up to "
+                        f"{megabytes(max_bytes)}.")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+            declared = sum(m.file_size for m in members)
+            if declared > max_unpacked:
+                raise DemoError(f"the uploaded file would unpack to {megabytes(declared)}; the demo takes feature "
+                                f"files that unpack to at most {megabytes(max_unpacked)}.")
+            for member in members:
+                with archive.open(member) as f:
+                    version = np.lib.format.read_magic(f)  # numpy writes 3.0 only for unicode field names
+                    read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                                   (2, 0): np.lib.format.read_array_header_2_0}[version]
+                    shape, _, dtype = read_header(f)
+                array_bytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                if array_bytes > max_unpacked:
+                    raise DemoError(f"the uploaded file's array {member.filename[:-len('.npy')]!r} declares shape "
+                                    f"{list(shape)} ({megabytes(array_bytes)}); the demo takes feature files that "
+                                    f"unpack to at most {megabytes(max_unpacked)}.")
+    except DemoError:
+        raise
+    except Exception:  # BadZipFile, a member that is not .npy, a damaged header, ...
+        raise DemoError("the uploaded file is not a feature file: upload a .npz with x [2048, n], bbox [n, 4], "
+                        "image_w and image_h (numpy.savez).") from None
+
+
+def remove_upload(path: str) -> None:
+    """Delete an upload after use; one already gone is fine."""
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
 
 
 def list_feature_files(feats_dir: Optional[str], limit: int = MAX_LISTED) -> List[str]:
@@ -43,19 +105,46 @@ def list_feature_files(feats_dir: Optional[str], limit: int = MAX_LISTED) -> Lis
 
 class DemoBackend:
     """What the page does, without Gradio: answer a question about a listed or uploaded feature
-    file. Errors a user can fix come back as PredictError / DataError with one sentence."""
+    file. Errors a user can fix come back as DemoError / PredictError / DataError (user_errors())
+    with one sentence."""
 
     def __init__(self, predictor, feats_dir: Optional[str] = None, topk: int = 5):
         self.predictor, self.feats_dir, self.topk = predictor, feats_dir, topk
         self.names = list_feature_files(feats_dir)
+        # upload path -> its ImageFeatures, read once (the file is deleted), the latest KEPT_UPLOADS;
+        # Gradio names an upload by its content's hash, so the same path is the same file
+        self.uploads = collections.OrderedDict()
 
-    def feature_path(self, name: Optional[str], upload: Optional[str]) -> str:
-        from .engine.predict import PredictError
+    def read_upload(self, upload: str):
+        """The ImageFeatures of an uploaded .npz (checked by check_upload before reading); the file
+        is deleted whether or not it could be used."""
+        from .engine.predict import read_image_features
+        if upload in self.uploads:
+            self.uploads.move_to_end(upload)
+            return self.uploads[upload]
+        if not os.path.isfile(upload):
+            raise DemoError("the uploaded file is no longer on the server (uploads are deleted after use "
+                            "and only the latest few are kept); upload it again.")
+        try:
+            check_upload(upload)
+            image = read_image_features(upload, self.predictor.feat_size)
+        finally:
+            remove_upload(upload)
+        image.path = None  # the temporary name means nothing to the user
+        self.uploads[upload] = image
+        while len(self.uploads) > KEPT_UPLOADS:
+            self.uploads.popitem(last=False)
+        return image
+
+    def features(self, name: Optional[str], upload: Optional[str]):
+        """(features for Predictor.ask, the photo or None) of a listed image or an upload."""
+        from .engine.attention_picture import find_photo
         if upload:
-            return upload
+            return self.read_upload(upload), None
         if name and name in self.names:
-            return os.path.join(self.feats_dir, name)
-        raise PredictError("choose an image from the list or upload a feature file (.npz) first.")
+            path = os.path.join(self.feats_dir, name)
+            return path, find_photo(path)
+        raise DemoError("choose an image from the list or upload a feature file (.npz) first.")
 
     def photo(self, name: Optional[str]) -> Optional[str]:
         """The photo of a listed feature file (attention_picture.find_photo), or None."""
@@ -64,22 +153,48 @@ class DemoBackend:
 
     def ask(self, name: Optional[str], upload: Optional[str], question: str):
         """(answer, attention picture uint8 [H, W, 3]) for a listed image `name` or an uploaded .npz."""
-        from .engine.attention_picture import attention_image, find_photo
-        path = self.feature_path(name, upload)
-        answer = self.predictor.ask(path, question, topk=self.topk)
-        photo = None if upload else find_photo(path)
+        from .engine.attention_picture import attention_image
+        features, photo = self.features(name, upload)
+        answer = self.predictor.ask(features, question, topk=self.topk)
         return answer, attention_image(answer, photo)
 
+    def page(self, name: Optional[str], upload: Optional[str], question: str):
+        """What the page shows: (answer rows, picture or None, notes markdown). A user error is
+        answered in the notes, as one sentence, instead of raised."""
+        try:
+            answer, picture = self.ask(name, upload, question)
+        except user_errors() as e:
+            return [], None, f"**Cannot answer:** {e}"
+        return answer_rows(answer), picture, answer_notes(answer)
 
-def answer_scores(answer) -> Dict[str, float]:
-    """{answer: score} in rank order, for a gr.Label."""
-    return {a: float(s) for a, s in zip(answer.answers, answer.scores)}
+
+def user_errors() -> Tuple[type, ...]:
+    """The errors a user of the page can fix (the command line's, the demo's and a photo's)."""
+    from .cli import expected_errors
+    from .engine.attention_picture import PhotoError
+    return (DemoError, PhotoError) + expected_errors()
+
+
+def score_heading(softmax: bool) -> str:
+    """The heading of the score column: softmax outputs are probabilities (shown in %), sigmoid
+    outputs are one independent 0..1 score per answer (not probabilities)."""
+    return "probability (%)" if softmax else "score (0 to 1)"
+
+
+def answer_rows(answer) -> List[list]:
+    """[[answer, score], ...] in rank order; a softmax probability in % (one decimal), a sigmoid
+    score as it is (three decimals)."""
+    if answer.score_kind == "softmax":
+        return [[a, round(100.0 * s, 1)] for a, s in zip(answer.answers, answer.scores)]
+    return [[a, round(s, 3)] for a, s in zip(answer.answers, answer.scores)]
 
 
 def answer_notes(answer) -> str:
-    """Markdown under the answers: the words the model could not read, and where the image came from."""
-    notes = [f"**{answer.answers[0]}** ({answer.scores[0]:.3f}): scores are sigmoids of the logits, "
-             f"one per answer, so they need not sum to 1."]
+    """Markdown under the answers: what the scores are, the words the model could not read, and
+    where the image came from."""
+    from .engine.predict import format_score, score_meaning
+    notes = [f"**{answer.answers[0]}** ({format_score(answer.scores[0], answer.score_kind)}). The numbers are "
+             f"{score_meaning(answer.score_kind)}"]
     unknown, cut = answer.unread_words()
     if unknown:
         notes.append(f"Not in the vocabulary (read as UNK): {', '.join(unknown)}.")
@@ -95,21 +210,14 @@ def build_demo(backend: DemoBackend, title: str = "MMNasNet: ask the model"):
     """The Gradio Blocks page. Its one API endpoint, /ask (name, upload, question) -> (answers,
     picture, notes), is what the page's button calls and what tests/test_demo.py calls over HTTP."""
     import gradio as gr
-    from .data import DataError
-    from .engine.predict import PredictError
-
-    def ask(name, upload, question):
-        try:
-            answer, picture = backend.ask(name, upload, question)
-        except (PredictError, DataError) as e:
-            raise gr.Error(str(e)) from None
-        return answer_scores(answer), picture, answer_notes(answer)
 
     def preview(name):
         return backend.photo(name)
 
     first = backend.names[0] if backend.names else None
-    with gr.Blocks(title=title, analytics_enabled=False) as demo:
+    # uploads are deleted once read (DemoBackend.read_upload); delete_cache also removes, every 15
+    # minutes, those older than 15 minutes that nobody asked about, and pictures already sent
+    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(900, 900)) as demo:
         gr.Markdown(f"## {title}\nPick an image (or upload a feature file), type a question, press **Ask**. "
                     f"The picture shows where the model looked (image attention) and which words it "
                     f"weighed (language attention).")
@@ -121,17 +229,21 @@ def build_demo(backend: DemoBackend, title: str = "MMNasNet: ask the model"):
                 question = gr.Textbox(label="question", value=EXAMPLE_QUESTIONS[0], lines=1, max_lines=1)
                 button = gr.Button("Ask", variant="primary")
                 gr.Examples([[q] for q in EXAMPLE_QUESTIONS], inputs=[question], label="questions to try")
-                upload = gr.File(label="or upload a feature file (.npz: x [2048, n], bbox [n, 4], image_w, "
-                                       "image_h); it is used instead of the image above", file_types=[".npz"],
-                                 type="filepath", height=120)
+                upload = gr.File(label=f"or upload a feature file (.npz: x [2048, n], bbox [n, 4], image_w, "
+                                       f"image_h; at most {megabytes(MAX_UPLOAD_BYTES)}); it is used instead of "
+                                       f"the image above", file_types=[".npz"], type="filepath", height=120)
             with gr.Column(scale=2):
-                answers = gr.Label(label="answers", num_top_classes=backend.topk, elem_id="answers")
+                answers = gr.Dataframe(headers=["answer", score_heading(backend.predictor.softmax_scores)],
+                                       datatype=["str", "number"], label="answers", interactive=False,
+                                       elem_id="answers")
                 picture = gr.Image(label="where the model looked", type="numpy", format="png", interactive=False,
                                    elem_id="attention")
                 notes = gr.Markdown(elem_id="notes")
         name.change(preview, inputs=name, outputs=photo, api_name=False)
-        button.click(ask, inputs=[name, upload, question], outputs=[answers, picture, notes], api_name="ask")
-        question.submit(ask, inputs=[name, upload, question], outputs=[answers, picture, notes], api_name=False)
+        button.click(backend.page, inputs=[name, upload, question], outputs=[answers, picture, notes],
+                     api_name="ask")
+        question.submit(backend.page, inputs=[name, upload, question], outputs=[answers, picture, notes],
+                        api_name=False)
     return demo
 
 
@@ -157,6 +269,30 @@ def parse_args(argv=None) -> argparse.Namespace:
                         f"to the network)")
     p.add_argument("--PORT", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     return p.parse_args(argv)
+
+
+def bind_error(host: str, port: int) -> Optional[OSError]:
+    """Why a server could not listen on host:port now (bound as uvicorn binds, then released), or None."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            return e
+    return None
+
+
+def check_port(host: str, port: int) -> None:
+    """DemoError naming a busy --PORT and the next free port after it, or why host:port cannot be used."""
+    error = bind_error(host, port)
+    if error is None:
+        return
+    if error.errno != errno.EADDRINUSE:
+        raise DemoError(f"cannot listen on {host}:{port} ({error.strerror}); check --HOST and --PORT "
+                        f"(ports below 1024 need root).")
+    free = next((p for p in range(port + 1, min(port + 1 + NEXT_PORTS, 65536)) if bind_error(host, p) is None), None)
+    offer = f"use --PORT={free}, which is free" if free else "choose a free one with --PORT"
+    raise DemoError(f"port {port} on {host} is in use (another demo?); {offer}.")
 
 
 def weights_of(args: argparse.Namespace) -> str:
@@ -198,22 +334,30 @@ def serve(args) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no usage reports to gradio.app
     import logging
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests, one line each
-    from .cli import expected_errors
     try:
+        check_port(args.HOST, args.PORT)  # before the slow imports and the model load
         try:
             import gradio  # noqa: F401
         except ImportError:
             raise DemoError("the web demo needs Gradio, which is not installed: pip install -e \".[demo]\"") from None
         backend = make_backend(args)
         demo = build_demo(backend)
-    except (DemoError,) + expected_errors() as e:
+    except user_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"web demo: http://{args.HOST}:{args.PORT}/ ({len(backend.names)} images from {args.FEATS_DIR}, "
           f"vocabulary from {backend.predictor.vocab_source}); Ctrl-C stops it")
     # Gradio's own wait (without prevent_thread_lock) would take a signal as a normal end
-    demo.queue().launch(server_name=args.HOST, server_port=args.PORT, share=False, show_error=True, quiet=True,
-                        prevent_thread_lock=True)
+    try:
+        demo.queue().launch(server_name=args.HOST, server_port=args.PORT, share=False, show_error=True, quiet=True,
+                            max_file_size=MAX_UPLOAD_BYTES, prevent_thread_lock=True)
+    except OSError:  # taken between the check and the launch
+        try:
+            check_port(args.HOST, args.PORT)
+        except DemoError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
     try:
         while True:
             time.sleep(3600)

@@ -25,6 +25,7 @@ from mmnas.data.synthetic import make_synthetic_vqa
 from mmnas.engine import train as train_mod
 from mmnas.checkpoint_files import atomic_save, load_weights, safe_load
 from mmnas.engine.evaluate import predict
+from mmnas.engine.logger import vdl_tag
 from mmnas.engine.schedule import base_learning_rate, learning_rate
 from mmnas.engine.checkpoint import TrainingError, ckpt_paths
 from mmnas.engine.train import sorted_pieces, train
@@ -101,12 +102,17 @@ def cli_main(argv, capsys):
     return code, captured.out, captured.err
 
 
+GRAD_NORM = vdl_tag("train", "grad_norm")
+
+
 def vdl_scalars(vdl_dir, tag):
-    """Values of one VisualDL scalar tag, in step order."""
+    """Values of one VisualDL scalar tag (which must exist), in step order."""
     visualdl = pytest.importorskip("visualdl")
     files = glob.glob(os.path.join(vdl_dir, "vdlrecords.*.log"))
     assert len(files) == 1, files
-    records = visualdl.LogReader(file_path=files[0]).get_data("scalar", tag)
+    reader = visualdl.LogReader(file_path=files[0])
+    assert tag in reader.get_tags()["scalar"], tag
+    records = reader.get_data("scalar", tag)
     return np.array([r.value for r in sorted(records, key=lambda r: r.id)])
 
 
@@ -201,7 +207,7 @@ def test_base_learning_rate_follows_split():
 
 
 def test_training_uses_the_schedule(base_run):
-    lrs = vdl_scalars(os.path.join(base_run.results_dir, "vdl", "base"), "train/lr")
+    lrs = vdl_scalars(os.path.join(base_run.results_dir, "vdl", "base"), vdl_tag("train", "lr"))
     t = base_run.cfg.train
     expected = [learning_rate(s, 0, STEPS, t.lr_base, t.warmup_epochs, t.lr_decay_epochs, t.lr_decay_rate)
                 for s in range(1, STEPS + 1)]
@@ -218,8 +224,8 @@ def test_accumulation_equals_full_batch(world, base_run, tmp_path):
     accu = safe_load(ckpt_paths(cfg.ckpt_dir, "accu2", 1)[0])
     assert_same_weights(accu, full, rtol=1e-5)
     # the summed loss (not a mean per sub-batch): equal gradient norms before clipping
-    np.testing.assert_allclose(vdl_scalars(os.path.join(cfg.results_dir, "vdl", "accu2"), "train/grad_norm"),
-                               vdl_scalars(os.path.join(base_run.results_dir, "vdl", "base"), "train/grad_norm"),
+    np.testing.assert_allclose(vdl_scalars(os.path.join(cfg.results_dir, "vdl", "accu2"), GRAD_NORM),
+                               vdl_scalars(os.path.join(base_run.results_dir, "vdl", "base"), GRAD_NORM),
                                rtol=1e-5)
 
 
@@ -235,8 +241,8 @@ def test_two_process_data_parallel_equals_one_process(world, base_run, tmp_path,
     assert proc.returncode == 0, proc.stderr[-3000:]
     dp = safe_load(ckpt_paths(str(ckpt_dir), "dp", 1)[0])
     assert_same_weights(dp, safe_load(base_run.params), rtol=1e-5)
-    np.testing.assert_allclose(vdl_scalars(os.path.join(results_dir, "vdl", "dp"), "train/grad_norm"),
-                               vdl_scalars(os.path.join(base_run.results_dir, "vdl", "base"), "train/grad_norm"),
+    np.testing.assert_allclose(vdl_scalars(os.path.join(results_dir, "vdl", "dp"), GRAD_NORM),
+                               vdl_scalars(os.path.join(base_run.results_dir, "vdl", "base"), GRAD_NORM),
                                rtol=1e-5)
     # the epoch loss is the mean over both processes' questions
     line = re.search(r"epoch 1/1: loss ([0-9.]+)", proc.stdout)
@@ -615,9 +621,9 @@ def test_text_log_and_visualdl(base_run):
     assert re.search(r"epoch 1 val: overall [0-9.]+", log)
     vdl_dir = os.path.join(base_run.results_dir, "vdl", "base")
     assert glob.glob(os.path.join(vdl_dir, "vdlrecords.*.log"))
-    assert len(vdl_scalars(vdl_dir, "train/loss")) == STEPS
-    assert len(vdl_scalars(vdl_dir, "epoch/loss")) == 1
-    assert vdl_scalars(vdl_dir, "epoch/loss")[0] == pytest.approx(base_run.summary["history"][0]["loss"], rel=1e-6)
+    assert len(vdl_scalars(vdl_dir, vdl_tag("train", "loss"))) == STEPS
+    assert len(vdl_scalars(vdl_dir, vdl_tag("train", "epoch_loss"))) == 1
+    assert vdl_scalars(vdl_dir, vdl_tag("train", "epoch_loss"))[0] == pytest.approx(base_run.summary["history"][0]["loss"], rel=1e-6)
 
 
 # ----------------------------------------------------------------------------- 9. --TO_STATIC, --AMP

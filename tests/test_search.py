@@ -249,6 +249,15 @@ def test_resume_equals_uninterrupted_and_genotype_trains(tmp_path, synthetic_roo
     p00 = reports["whole"]["probabilities"]["dec"][0]
     assert "  p(dec00) " + " ".join(f"{op} {100 * p:.1f}%" for op, p in zip(reports["whole"]["ops"]["dec"][0], p00)) in log
     assert (tmp_path / "results" / "search" / "whole" / "epoch3.png").is_file()
+    # VisualDL: the search's charts in two sections, both sorting after a training's (1_train, 2_val)
+    visualdl = pytest.importorskip("visualdl")
+    (records,) = (tmp_path / "results" / "vdl" / "whole").glob("vdlrecords.*.log")
+    tags = visualdl.LogReader(file_path=str(records)).get_tags()
+    sections = sorted({t.split("/")[0] for t in tags["scalar"]}, key=str.upper)  # as VisualDL orders them
+    assert sections == ["3_search", "4_search_ops"]
+    assert sorted(["1_train", "2_val"] + sections, key=str.upper)[:2] == ["1_train", "2_val"]
+    assert "4_search_ops/dec00_GA" in tags["scalar"] and "3_search/epoch_weight_loss" in tags["scalar"]
+    assert tags["image"] == ["3_search/probabilities"]
 
     # the epoch file is an --ARCH_PATH: read back, trained by the normal engine
     arch_path = str(tmp_path / "results" / "search" / "whole" / "epoch3.json")

@@ -39,7 +39,7 @@ def test_attention_pictures_of_the_same_questions_after_every_epoch(watched_run)
     from PIL import Image
     cfg, reader = watched_run
     tags = sorted(reader.get_tags()["image"])
-    assert len(tags) == WATCHED_QUESTIONS and all(t.startswith("attention/q") for t in tags), tags
+    assert len(tags) == WATCHED_QUESTIONS and all(t.startswith("attention_vqa/q") for t in tags), tags
     for tag in tags:
         records = sorted(reader.get_data("image", tag), key=lambda r: r.id)
         assert [r.id for r in records] == list(range(1, EPOCHS + 1))  # one picture per epoch, step = epoch
@@ -49,7 +49,7 @@ def test_attention_pictures_of_the_same_questions_after_every_epoch(watched_run)
     # the question ids in the tags are those watched_questions picks from val
     from mmnas.data import VQADataset, build_vocab
     val = VQADataset(cfg.data.data_root, "val", build_vocab(cfg.data.data_root, cfg.data.cache_dir), progress=False)
-    expected = sorted(f"attention/q{val.question_ids[i]}" for i in watched_questions(val))
+    expected = sorted(f"attention_vqa/q{val.question_ids[i]}" for i in watched_questions(val))
     assert tags == expected
 
 
@@ -67,6 +67,17 @@ def test_hparams_page_has_the_run_config_and_its_metrics(watched_run):
     assert [m.name for m in record.hparam.metricInfos] == HPARAM_METRICS
     scalar_tags = set(reader.get_tags()["scalar"])
     assert set(HPARAM_METRICS) <= scalar_tags  # every metric the page lists is a scalar of the run
+
+
+def test_visualdl_sections_put_training_first_and_name_the_dataset(watched_run):
+    """VisualDL orders its sections by the tag's first part, case-insensitively: a training's come
+    first (the search's are 3_search and 4_search_ops, tests/test_search.py), and the attention
+    pictures are in a section of their dataset."""
+    cfg, reader = watched_run
+    tags = reader.get_tags()
+    assert sorted({t.split("/")[0] for t in tags["scalar"]}, key=str.upper) == ["1_train", "2_val"]
+    assert {"1_train/loss", "1_train/lr", "1_train/epoch_loss", "2_val/overall", "2_val/yes/no"} <= set(tags["scalar"])
+    assert {t.split("/")[0] for t in tags["image"]} == {"attention_vqa"}
 
 
 def test_hparams_of_keeps_only_visualdl_value_types():

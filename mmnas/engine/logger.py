@@ -6,6 +6,22 @@ import time
 
 from ..checkpoint_files import write_error
 
+# VisualDL shows the charts of a tag "group/name" in one section per group and orders the sections
+# by group name, case-insensitively (ChartPage.js of VisualDL 2.5), over every run shown at once:
+# the numbers keep a training's sections first and a search's after them.
+VDL_GROUPS = {"train": "1_train", "val": "2_val", "search": "3_search", "search_ops": "4_search_ops"}
+
+
+def vdl_tag(group: str, name: str) -> str:
+    """The VisualDL tag of scalar or image `name` in section `group` (a key of VDL_GROUPS)."""
+    return f"{VDL_GROUPS[group]}/{name}"
+
+
+def attention_tag(dataset: str, question_id) -> str:
+    """The tag of the attention picture of one watched question: one section per dataset, so that
+    runs on VQA and GQA shown together never mix their pictures."""
+    return f"attention_{dataset}/q{question_id}"
+
 
 class RunLogger:
     """Writes `results/log/log_run_<VERSION>.txt` and VisualDL scalars under

@@ -74,6 +74,7 @@ class Answer:
     image_attention: np.ndarray  # [n] over the regions, sums to 1 over the real (non-zero) rows
     image: ImageFeatures
     blocks: List[BlockMap] = field(default_factory=list)
+    score_kind: str = "sigmoid"  # what `scores` are: "sigmoid" (independent 0..1 scores) or "softmax"
 
     @property
     def region_is_padding(self) -> np.ndarray:
@@ -195,6 +196,20 @@ def resolve_vocab(weights_path: str, vocab_path: Optional[str], cfg: RunConfig) 
                            f"--VOCAB=<the vocab.json of the training run> or the --DATA_ROOT it was trained on.") from None
 
 
+def format_score(score: float, kind: str) -> str:
+    """A softmax probability in % ("62.3%"), a sigmoid score as a number ("0.83"): only the
+    softmax's scores are a distribution over the answers."""
+    return f"{100.0 * score:.1f}%" if kind == "softmax" else f"{score:.2f}"
+
+
+def score_meaning(kind: str) -> str:
+    """What the answers' numbers are, to follow "the numbers are "."""
+    if kind == "softmax":
+        return "probabilities: the softmax of the logits over all answers, summing to 100%."
+    return ("scores, not probabilities: one sigmoid per answer, 0 to 1, each answer judged on its own "
+            "(they need not sum to 1).")
+
+
 def answer_probabilities(logits: np.ndarray, softmax: bool) -> np.ndarray:
     """[A] scores of the answers: one sigmoid per answer (BCE training), or the softmax."""
     if softmax:
@@ -266,7 +281,8 @@ class Predictor:
             lang_attention=maps.lang.numpy()[0].mean(axis=1),  # [T, G] -> [T] (glimpses averaged)
             image_attention=maps.img.numpy()[0].mean(axis=1),  # [N, G] -> [N]
             image=image,
-            blocks=[BlockMap(b.part, b.position, b.op, b.map.numpy()[0]) for b in maps.blocks])
+            blocks=[BlockMap(b.part, b.position, b.op, b.map.numpy()[0]) for b in maps.blocks],
+            score_kind="softmax" if self.softmax_scores else "sigmoid")
 
 
 # ---- --RUN=predict -----------------------------------------------------------------------
@@ -294,7 +310,7 @@ def run_predict(cfg: RunConfig, weights: str, feats: str, question: str, image_p
                 topk: int = 5, out_json: Optional[str] = None, vocab_path: Optional[str] = None,
                 picture_path: Optional[str] = None) -> dict:
     """--RUN=predict: answer, print, draw the attention picture, optionally write JSON."""
-    from .attention_picture import find_photo, read_photo, save_attention_picture
+    from .attention_picture import PhotoError, find_photo, read_photo, save_attention_picture
     from .evaluate import write_json_atomic
 
     # the user's files are checked before the (slower) model load
@@ -308,6 +324,8 @@ def run_predict(cfg: RunConfig, weights: str, feats: str, question: str, image_p
             photo_rgb = read_photo(photo)
         except OSError as e:
             raise PredictError(f"cannot read the photo {photo} ({e}); give a PNG or JPEG with --IMAGE.") from None
+        except PhotoError as e:
+            raise PredictError(f"{e} Give a smaller photo with --IMAGE.") from None
         photo_h, photo_w = photo_rgb.shape[:2]
         if abs(photo_w / photo_h - image.image_w / image.image_h) > 0.02 * image.image_w / image.image_h:
             print(f"note: the photo {photo} is {photo_w}x{photo_h} but the features describe a "

@@ -30,7 +30,7 @@ from ..progress import progress_bar
 from .checkpoint import TrainingError, ckpt_paths
 from .evaluate import make_loader
 from .interrupt import InterruptGuard, RunInterrupted, RunPosition, interrupted_by, signal_of
-from .logger import RunLogger
+from .logger import RunLogger, vdl_tag
 from .resume import resume_command
 from .schedule import learning_rate
 
@@ -224,10 +224,10 @@ def _read_pending(pending: List[PendingStep], cfg: RunConfig, position: RunPosit
                                     f"tools/check_feats.py.")
     if rank == 0 and logger.has_vdl:
         for p, values in zip(pending, read):
-            logger.scalars({f"{tag}/{name}": value / per_rank if name.endswith("loss") else value
+            logger.scalars({vdl_tag(tag, name): value / per_rank if name.endswith("loss") else value
                             for name, value in values.items()}, p.global_step)
-            logger.scalars({f"{tag}/lr": p.lr}, p.global_step)
+            logger.scalars({vdl_tag(tag, "lr"): p.lr}, p.global_step)
         elapsed = max(time.time() - start, 1e-9)
-        logger.scalars({f"{tag}/samples_per_s": (pending[-1].step_in_epoch + 1) * cfg.train.batch_size / elapsed},
+        logger.scalars({vdl_tag(tag, "samples_per_s"): (pending[-1].step_in_epoch + 1) * cfg.train.batch_size / elapsed},
                        pending[-1].global_step)
     return read

@@ -32,7 +32,7 @@ from ..search.budget import BUDGET_REGIONS, check_feasible, expected_gflops, gen
 from .checkpoint import TrainingError, ckpt_paths, materialize_optimizer_state, resume_from, save_epoch
 from .evaluate import make_loader, write_json_atomic
 from .interrupt import RunPosition
-from .logger import RunLogger
+from .logger import RunLogger, vdl_tag
 from .runner import epoch_seed, initial_word_vectors, open_dataset, open_vocab, run_epoch, run_logged, seed_epoch
 from .schedule import base_learning_rate
 from ..tasks import Task, task_of
@@ -209,12 +209,12 @@ def publish_report(report: dict, results_dir: str, version: str, logger: RunLogg
     scalars = {}
     for part in ("enc", "dec"):
         for i, (ops, probs) in enumerate(zip(report["ops"][part], report["probabilities"][part])):
-            scalars.update({f"prob_{part}{i:02d}/{op}": p for op, p in zip(ops, probs)})
+            scalars.update({vdl_tag("search_ops", f"{part}{i:02d}_{op}"): p for op, p in zip(ops, probs)})
     logger.scalars(scalars, report["epoch"])
     image = heatmap(report)
     if image is not None:
         _save_png(image, os.path.join(folder, f"epoch{report['epoch']}.png"))
-        logger.image("search/probabilities", image, report["epoch"])
+        logger.image(vdl_tag("search", "probabilities"), image, report["epoch"])
     return path
 
 
@@ -313,7 +313,8 @@ def _search(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLo
             print(line)
             print(console_architecture(report, strategy.arch_start_epoch(), scfg.target_model))
             logger.text(line)
-            logger.scalars({k: v for k, v in summary.items() if isinstance(v, float)}, epoch + 1)
+            logger.scalars({vdl_tag("search", f"epoch_{k}"): v for k, v in summary.items() if isinstance(v, float)},
+                           epoch + 1)
             history.append(report)
         if world > 1:
             dist.barrier()

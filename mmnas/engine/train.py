@@ -26,7 +26,7 @@ from ..runtime import amp_context, clip_and_step, make_grad_scaler, maybe_to_sta
 from .checkpoint import TrainingError, ckpt_paths, load_pretrained, resume_from, save_epoch
 from .evaluate import evaluate, write_json_atomic
 from .interrupt import RunPosition
-from .logger import RunLogger
+from .logger import RunLogger, vdl_tag
 from .runner import initial_word_vectors, open_dataset, open_vocab, run_epoch, run_logged, seed_epoch
 from .schedule import base_learning_rate
 from .watch_attention import HPARAM_METRICS, AttentionWatch, hparams_of
@@ -159,8 +159,8 @@ def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLog
         # the vocabularies travel with the checkpoints: --RUN=predict reads them from here
         write_json_atomic(vocab.to_dict(), os.path.join(cfg.ckpt_dir, f"ckpt_{cfg.version}", VOCAB_FILE), "--CKPT_DIR")
     history = []
-    # attention pictures of a few val questions (tasks whose demo draws them)
-    watch = AttentionWatch.for_run(val_set, vocab, logger) if task.watches_attention else None
+    # attention pictures of a few val questions (tasks whose demo draws them), tagged per dataset
+    watch = AttentionWatch.for_run(val_set, vocab, logger, dcfg.dataset) if task.watches_attention else None
     for epoch in range(start_epoch, tcfg.max_epoch):
         position.epoch, position.step, position.phase = epoch, 0, ""
         stats = train_one_epoch(net, optimizer, train_set, cfg, epoch, steps_per_epoch, lr_base, rank, world,
@@ -176,7 +176,8 @@ def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLog
                     f"{stats.seconds:.1f}s, saved {params_path}")
             print(line)
             logger.text(line)
-            logger.scalars({"epoch/loss": mean_loss, "epoch/lr": stats.lr}, epoch + 1)
+            logger.scalars({vdl_tag("train", "epoch_loss"): mean_loss, vdl_tag("train", "epoch_lr"): stats.lr},
+                           epoch + 1)
             record = {"epoch": epoch + 1, "loss": mean_loss, "lr": stats.lr, "checkpoint": params_path}
             if val_set is not None:
                 position.phase = "evaluating on val after its checkpoint"
@@ -202,5 +203,5 @@ def validate(model, val_set, cfg: RunConfig, epoch: int, logger: RunLogger, prog
     line = f"epoch {epoch} val: {task.format_scores(val_set, result.scores)}"
     print(line)
     logger.text(line)
-    logger.scalars(task.scalars(result.scores, "val"), epoch)
+    logger.scalars({vdl_tag("val", name): value for name, value in task.scalars(result.scores).items()}, epoch)
     return result.scores

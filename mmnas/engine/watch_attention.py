@@ -10,11 +10,11 @@ from typing import List, Optional
 
 import numpy as np
 
-from .logger import RunLogger
+from .logger import RunLogger, attention_tag, vdl_tag
 
 WATCHED_QUESTIONS = 3  # val questions pictured after every epoch
 # scalars shown beside the hyper-parameters (the last value of each; written by train.py)
-HPARAM_METRICS = ["epoch/loss", "val/overall", "val/yes/no", "val/number", "val/other"]
+HPARAM_METRICS = [vdl_tag("train", "epoch_loss")] + [vdl_tag("val", t) for t in ("overall", "yes/no", "number", "other")]
 
 
 def hparams_of(cfg_dict: dict) -> dict:
@@ -49,16 +49,17 @@ def watched_questions(dataset, count: int = WATCHED_QUESTIONS) -> List[int]:
 class AttentionWatch:
     """Pictures the model's attention on a few fixed val questions after every epoch."""
 
-    def __init__(self, dataset, vocab, logger: RunLogger, count: int = WATCHED_QUESTIONS):
-        self.dataset, self.vocab, self.logger = dataset, vocab, logger
+    def __init__(self, dataset, vocab, logger: RunLogger, dataset_name: str, count: int = WATCHED_QUESTIONS):
+        self.dataset, self.vocab, self.logger, self.dataset_name = dataset, vocab, logger, dataset_name
         self.indices = watched_questions(dataset, count)
 
     @classmethod
-    def for_run(cls, val_set, vocab, logger: RunLogger) -> Optional["AttentionWatch"]:
-        """None when there is nothing to watch or nowhere to show it (no val, no VisualDL)."""
+    def for_run(cls, val_set, vocab, logger: RunLogger, dataset_name: str) -> Optional["AttentionWatch"]:
+        """None when there is nothing to watch or nowhere to show it (no val, no VisualDL);
+        dataset_name (data.dataset) names the pictures' section."""
         if val_set is None or not logger.has_vdl:
             return None
-        return cls(val_set, vocab, logger)
+        return cls(val_set, vocab, logger, dataset_name)
 
     def features(self, i: int):
         """The question's image as predict reads it: its .npz (with image_w, image_h), or the
@@ -72,11 +73,12 @@ class AttentionWatch:
 
     def log(self, model, step: int) -> None:
         """Ask every watched question with the live model (its train/eval mode is restored) and
-        add each picture under the tag attention/q<question_id> at `step` (the epoch)."""
+        add each picture under the tag attention_<dataset>/q<question_id> at `step` (the epoch)."""
         from .attention_picture import attention_image, find_photo
         from .predict import Predictor
         predictor = Predictor(model, self.vocab)
         for i in self.indices:
             answer = predictor.ask(self.features(i), self.dataset.question_text(i), topk=3)
             photo = find_photo(self.dataset.image_path(i))
-            self.logger.image(f"attention/q{self.dataset.question_ids[i]}", attention_image(answer, photo), step)
+            self.logger.image(attention_tag(self.dataset_name, self.dataset.question_ids[i]),
+                              attention_image(answer, photo), step)

@@ -42,9 +42,8 @@ class AnswerTask(Task):
         answers = [ix_to_ans[int(ix)] for ix in outputs["logits"].argmax(axis=1)]
         return dataset.result_entries(answers)  # the dataset's result-file format
 
-    def scalars(self, scores: dict, prefix: str = "val") -> Dict[str, float]:
-        return {f"{prefix}/overall": scores["overall"],
-                **{f"{prefix}/{t}": v for t, v in scores.get("per_answer_type", {}).items()}}
+    def scalars(self, scores: dict) -> Dict[str, float]:
+        return {"overall": scores["overall"], **scores.get("per_answer_type", {})}
 
     def search_score(self, outputs, batch) -> float:
         """The training target of the argmax answer: a quick VQA-accuracy proxy."""

@@ -59,9 +59,8 @@ class GroundingTask(Task):
     def result_entries(self, dataset, outputs):
         return dataset.result_entries(outputs["boxes"][:, 0], outputs["regions"][:, 0])
 
-    def scalars(self, scores: dict, prefix: str = "val") -> Dict[str, float]:
-        return {f"{prefix}/overall": scores["overall"], f"{prefix}/mean_iou": scores["mean_iou"],
-                f"{prefix}/mean_iou_hits": scores["mean_iou_hits"]}
+    def scalars(self, scores: dict) -> Dict[str, float]:
+        return {"overall": scores["overall"], "mean_iou": scores["mean_iou"], "mean_iou_hits": scores["mean_iou_hits"]}
 
     def search_score(self, outputs, batch) -> float:
         """Hits at IoU >= 0.5 of the top region's decoded box."""

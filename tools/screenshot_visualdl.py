@@ -1,0 +1,27 @@
+"""Screenshot a running VisualDL page in headless Chromium (how the README's docs/visualdl.png is made).
+
+    visualdl --logdir results/vdl --host 127.0.0.1 --port 8040 --language en &
+    python tools/screenshot_visualdl.py --url http://127.0.0.1:8040/app/scalar --out docs/visualdl.png
+
+Needs the `playwright` Python package (pip install playwright; no browser download: it drives an
+installed Chromium, e.g. Debian's `apt-get install chromium`, given by --chromium).
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from screenshot_web_demo import add_page_args, screenshot  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_page_args(p, "http://127.0.0.1:8040/app/scalar", "docs/visualdl.png", 900)
+    p.add_argument("--wait", type=float, default=5.0, help="seconds to let the charts draw after the page loads")
+    args = p.parse_args(argv)
+    return screenshot(args, lambda page, timeout_ms: page.wait_for_timeout(args.wait * 1000), full_page=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
