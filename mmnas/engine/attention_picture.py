@@ -189,9 +189,9 @@ def legend_entries(answer) -> List[Tuple[str, str]]:
     colours, the word marks the question has, and the answer scores mean. Keys: "label" (drawn as
     the #1 region's label), "words", "unk", "cut", "score"."""
     from .predict import score_meaning
-    entries = [("label", f"the region the model looked at most (#1, then #2, #3) and its share of the "
-                         f"image attention (all regions' shares sum to 1); the greyer and dimmer a place, "
-                         f"the less it was looked at."),
+    entries = [("label", "the region the model looked at most (#1, then #2, #3) and its share of the "
+                         "image attention (all regions' shares sum to 1); the greyer and dimmer a place, "
+                         "the less it was looked at."),
                ("words", "word colour: how much the model weighed the word (language attention, darker = "
                          "more; the numbers under the words sum to 1).")]
     unknown, cut = answer.unread_words()
