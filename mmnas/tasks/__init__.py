@@ -1,6 +1,6 @@
 """Tasks over the one backbone: each file one task (base.py: the interface), listed in TASKS.
 A dataset names its task (data/datasets.py, DatasetSpec.task); `task_of(cfg)` is the task of
-the run's data.dataset. Adding a task: docs/architecture_tasks.md."""
+the run's data.dataset. Adding a task: docs/architecture.md, section "Adding a task"."""
 from __future__ import annotations
 
 from .answer import AnswerTask
