@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train through paddle.jit.to_static (off by default: slower on CPU)")
     p.add_argument("--CHECK_FEATS", type=str2bool, default=None,
                    help="validate every feature file the split needs before step 1 (parallel, progress bar)")
-    predict = p.add_argument_group("--RUN=predict (ask one question about one image; README \"Ask the model\")")
+    predict = p.add_argument_group("--RUN=predict (ask one question about one image; docs/predict.md)")
     predict.add_argument("--FEATS", help="one feature file in the real layout (.npz with x, bbox, image_w, image_h)")
     predict.add_argument("--QUESTION", help="the question, e.g. \"what colour is the dog?\"")
     predict.add_argument("--IMAGE", help="the photo the features came from (default: <root>/images/<split>/ "
@@ -261,7 +261,7 @@ def check_paths(cfg: RunConfig, args: argparse.Namespace) -> None:
         given = (f"--DATA_ROOT={cfg.data.data_root}" if args.DATA_ROOT is not None else
                  f"data.data_root={cfg.data.data_root} (from {cfg.config_path}; --DATA_ROOT overrides it)")
         raise UsageError(f"{given} is not an existing folder; expected the folder holding {cfg.data.dataset}/raw "
-                         f"and {cfg.data.dataset}/feats (README.md, \"Real VQA-v2 data\" or \"GQA\").")
+                         f"and {cfg.data.dataset}/feats (see docs/data.md).")
 
 
 def checkpoint_for_eval(cfg: RunConfig):

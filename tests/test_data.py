@@ -195,7 +195,7 @@ def test_missing_raw_files_all_listed(root):
         VQADataset(root, "train+val+vg", tiny_vocab_stub(), progress=False)
     msg = str(err.value)
     assert "2 VQA-v2 file(s)" in msg and RAW["train_a"].split("/")[-1] in msg and "VG_questions.json" in msg
-    assert "Real VQA-v2 data" in msg
+    assert 'docs/data.md, section "VQA-v2"' in msg
     with pytest.raises(DataError, match=r"(?s)2 VQA-v2.*train2014_annotations.json.*nothing.json"):
         check_raw_files(root, [RAW["train_a"], RAW["vg_a"], "raw/nothing.json"])
     assert check_raw_files(root, [RAW["vg_a"]]) == [os.path.abspath(os.path.join(root, "vqa", RAW["vg_a"]))]

@@ -1,6 +1,6 @@
 """End to end on the synthetic dataset, as a user runs it: train with --SPLIT=train and val after
 every epoch, then --RUN=val and --RUN=test from the checkpoint. The model must beat the
-majority-answer baseline by a wide margin (README, "Results on the synthetic dataset")."""
+majority-answer baseline by a wide margin (README.md, "Result")."""
 import collections
 import json
 import os

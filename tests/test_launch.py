@@ -1,7 +1,7 @@
 """Several machines: two "machines" on this host through `python -m paddle.distributed.launch
 --nnodes=2` (one CPU process each, gloo) train to the same weights as one process.
 
-This is the path of the README's several-machines command: each launched process finds its
+This is the path of the several-machines command of docs/training.md: each launched process finds its
 rank in the environment (PADDLE_TRAINERS_NUM, ...) and run.py does not spawn. Dropout is 0:
 with dropout, each process draws the masks of its own slice, so weights agree only in law.
 """

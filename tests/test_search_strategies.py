@@ -302,7 +302,7 @@ def test_fit_budget_is_the_most_probable_genotype_within_the_budget():
 
 
 def test_genotype_gflops_of_the_published_genotype():
-    """MMNasNet-small with the published genotype: 5.75 GFLOPs forward at n = 100 (README)."""
+    """MMNasNet-small with the published genotype: 5.75 GFLOPs forward at n = 100 (docs/search.md)."""
     published = read_genotype(os.path.join(CONFIGS, "genotypes", "mmnasnet_vqa.json"))
     assert genotype_gflops(load_config("small").model, published) == pytest.approx(5.75, abs=0.005)
 

@@ -1,4 +1,4 @@
-"""Web demo (Gradio): ask the model about an image in the browser; see README "Web demo".
+"""Web demo (Gradio): ask the model about an image in the browser; see docs/predict.md, section "Web demo".
 
     pip install -e ".[demo]"
     python tools/demo_web.py --MODEL=tiny --CKPT_V=demo --CKPT_E=6 --FEATS_DIR=data/vqa/feats/val2014

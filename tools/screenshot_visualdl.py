@@ -1,4 +1,4 @@
-"""Screenshot a running VisualDL page in headless Chromium (how the README's docs/visualdl.png is made).
+"""Screenshot a running VisualDL page in headless Chromium (how docs/visualdl.png of docs/training.md is made).
 
     visualdl --logdir results/vdl --host 127.0.0.1 --port 8040 --language en &
     python tools/screenshot_visualdl.py --url http://127.0.0.1:8040/app/scalar --out docs/visualdl.png

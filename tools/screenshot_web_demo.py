@@ -1,5 +1,5 @@
 """Screenshot the running web demo in headless Chromium after asking it a question (how the
-README's docs/web_demo.png is made).
+docs/web_demo.png of docs/predict.md is made).
 
     python tools/demo_web.py --MODEL=tiny --CKPT_V=demo --CKPT_E=6 --FEATS_DIR=data/vqa/feats/val2014 &
     python tools/screenshot_web_demo.py --url http://127.0.0.1:7860/ --out docs/web_demo.png \

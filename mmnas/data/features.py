@@ -1,6 +1,6 @@
 """VQA-v2 files on disk: where they live, and reading them with loud, specific errors.
 
-Layout under `<data_root>/vqa/` (see README.md, section "Real VQA-v2 data"):
+Layout under `<data_root>/vqa/` (see docs/data.md, section "VQA-v2"):
 
     raw/v2_OpenEnded_mscoco_{train2014,val2014,test2015}_questions.json
     raw/v2_mscoco_{train2014,val2014}_annotations.json
@@ -24,7 +24,7 @@ import numpy as np
 from mmnas.config import MAX_REGIONS, MIN_REGIONS  # the accepted box range, defined once
 
 FEAT_DIM = 2048
-README_DATA = 'README.md, section "Real VQA-v2 data"'
+README_DATA = 'docs/data.md, section "VQA-v2"'  # where the user reads about these files
 
 # Paths relative to <data_root>/vqa, per split part.
 QUESTION_FILES = {

@@ -1,6 +1,6 @@
 """GQA files on disk (the layout of the openvqa release) and its vocabularies.
 
-Layout under `<data_root>/gqa/` (README.md, section "GQA"):
+Layout under `<data_root>/gqa/` (docs/data.md, section "GQA"):
 
     raw/questions1.2/{train,val,testdev}_balanced_questions.json   # {question id: question}
     raw/questions1.2/submission_all_questions.json                 # the test server's questions
@@ -21,7 +21,7 @@ from typing import Dict, Optional
 from mmnas.data.features import DataError
 from mmnas.data.vocab import _prep_ans_cached, build_token_vocab, cached_vocab, tokenize
 
-README_GQA = 'README.md, section "GQA"'
+README_GQA = 'docs/data.md, section "GQA"'
 
 QUESTION_FILES = {
     "train": "raw/questions1.2/train_balanced_questions.json",

@@ -27,8 +27,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import paddle
 
-from mmnas.data.features import (FEAT_DIM, BadFeatureFile, DataError, check_box_count, check_feature_width,
-                                  feature_width_error, load_npz, read_box_count)
+from mmnas.data.features import (FEAT_DIM, README_DATA, BadFeatureFile, DataError, check_box_count,
+                                  check_feature_width, feature_width_error, load_npz, read_box_count)
 from mmnas.data.packed import PackedFeatures, is_store, store_dir_for
 from mmnas.data.vocab import encode_question
 from mmnas.progress import progress_bar
@@ -41,7 +41,7 @@ class RegionDataset(paddle.io.Dataset):
     `readme_section`, and call `_setup_images` from their constructor."""
 
     regions_first = False
-    readme_section = 'README.md, section "Real VQA-v2 data"'
+    readme_section = README_DATA
 
     def _setup_images(self, image_paths: Sequence[str], *, split: str, progress: bool, max_regions: int,
                       packed_feats: Optional[str], check_feats: bool, preload: bool, preload_workers: int,

@@ -2,7 +2,7 @@
 
 `--GPU=0,1` spawns one process per listed GPU (NCCL); on a CPU-only build `--NPROCS=2` runs the
 same code path with 2 CPU processes over gloo. For several machines, start run.py through
-`python -m paddle.distributed.launch` instead (README, "Several GPUs and machines"): each
+`python -m paddle.distributed.launch` instead (docs/training.md, section "Several GPUs and machines"): each
 process then finds its rank in the environment and `run_parallel` does not spawn.
 
 Stopping: a signal to run.py (Ctrl-C, SIGTERM, SIGHUP), to its process group or to one process
