@@ -300,7 +300,6 @@ def describe() -> str:
             f"{s['malloc_keep']}; user-set: {', '.join(s['user_set']) or 'none'}")
 
 
-
 # ---- signals around child processes -------------------------------------------------------------
 
 # the signals that stop a run (Ctrl-C, a scheduler's or `timeout`'s SIGTERM, a dropped terminal's

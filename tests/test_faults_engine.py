@@ -682,23 +682,6 @@ def test_ctrl_c_in_a_search_then_the_printed_command_resumes_exactly(world, tmp_
         assert_same_state(safe_load(whole[1])[name], safe_load(cut[1])[name], name)
 
 
-def test_ctrl_c_to_the_parent_of_data_parallel_processes(world, tmp_path):
-    """`kill -INT` reaching only run.py's parent (not the terminal's process group): it passes
-    the signal on, both processes stop at the same step (none is left waiting in an all-reduce),
-    rank 0 prints the one line, exit 130; the printed command resumes with 2 processes."""
-    run = Run(run_args(world, tmp_path, "dp", "--NPROCS=2"), tmp_path)
-    run.wait_for(rf"epoch 2/{EPOCHS}:\s+0%")
-    time.sleep(random.Random(3).uniform(0.0, 1.0))
-    run.proc.send_signal(signal.SIGINT)
-    assert run.finish() == 130, run.stderr[-3000:]
-    match = the_interrupt_line(run.stderr)
-    assert match.group("cmd") and "--NPROCS=2" in match.group("cmd"), match.group(0)
-    assert checkpoint_epochs(tmp_path, "dp")
-    code, out, err = run_to_end([sys.executable] + shlex.split(match.group("cmd"))[1:], tmp_path)
-    assert code == 0, err[-3000:]
-    assert checkpoint_epochs(tmp_path, "dp") == [1, 2, 3]
-
-
 def run_processes(sid):
     """Live processes of session `sid` (run.py, its spawned processes, their loader workers and
     helpers), read from the process table; zombies, already dead, are not counted."""
@@ -728,28 +711,44 @@ def assert_no_process_left(sid, within=20.0):
     assert left == [], f"processes of the run still alive {within}s later: {left}"
 
 
-def test_sigterm_to_a_data_parallel_run_stops_every_process_and_resumes_exactly(world, tmp_path):
-    """SIGTERM to the process group of a 2-process run (as `timeout` and `scancel` send it) at a
-    random moment of epoch 2: exit 143, one line naming SIGTERM, no process of the run left in
-    the process table; the printed command resumes to the weights and Adam moments of an
-    uninterrupted 2-process run."""
-    code, _, err = run_to_end(run_args(world, tmp_path, "whole", "--NPROCS=2", "--MAX_EPOCH=2"), tmp_path)
+@pytest.fixture(scope="module")
+def reference_dp(world, tmp_path_factory):
+    """An uninterrupted 2-process run of 2 epochs (with dropout, the masks differ from one process's)."""
+    folder = tmp_path_factory.mktemp("reference_dp")
+    code, _, err = run_to_end(run_args(world, folder, "whole", "--NPROCS=2", "--MAX_EPOCH=2"), folder)
     assert code == 0, err[-3000:]
+    params, opt = ckpt_paths(str(folder / "ckpt"), "whole", 2)
+    return SimpleNamespace(params=safe_load(params), opt=safe_load(opt)["optimizer"])
+
+
+@pytest.mark.parametrize("signum, to_group", [(signal.SIGINT, False), (signal.SIGTERM, True)],
+                         ids=["SIGINT-to-run.py", "SIGTERM-to-the-group"])
+def test_signal_to_a_data_parallel_run_stops_every_process_and_resumes_exactly(world, reference_dp, tmp_path,
+                                                                               signum, to_group):
+    """A 2-process run at a random moment of epoch 2: `kill -INT` reaching run.py only (it passes
+    the signal on), or SIGTERM to the whole process group (as `timeout` and `scancel` send it).
+    Both processes stop at the same step (none is left waiting in an all-reduce), rank 0 prints
+    the one line, exit 128 + the signal's number, and no process of the run is left in the
+    process table; the printed command resumes with 2 processes to the weights and Adam
+    moments of the uninterrupted 2-process run."""
     run = Run(run_args(world, tmp_path, "cut", "--NPROCS=2", "--MAX_EPOCH=2"), tmp_path)
     run.wait_for(r"epoch 2/2:\s+0%")
-    time.sleep(random.Random(11).uniform(0.0, 1.0))
-    run.interrupt(signal.SIGTERM)
-    assert run.finish() == 143, run.stderr[-3000:]
+    time.sleep(random.Random(3 + signum).uniform(0.0, 1.0))
+    if to_group:
+        run.interrupt(signum)
+    else:
+        run.proc.send_signal(signum)
+    assert run.finish() == 128 + signum, run.stderr[-3000:]
     assert_no_process_left(run.proc.pid)
-    match = the_interrupt_line(run.stderr, run.stdout, signal.SIGTERM)
+    match = the_interrupt_line(run.stderr, run.stdout, signum)
     assert checkpoint_epochs(tmp_path, "cut")
-    if match.group("cmd"):
+    if match.group("cmd"):  # else it stopped after the last checkpoint
         assert "--NPROCS=2" in match.group("cmd"), match.group(0)
         code, _, err = run_to_end([sys.executable] + shlex.split(match.group("cmd"))[1:], tmp_path)
         assert code == 0, err[-3000:]
-    whole, cut = (ckpt_paths(str(tmp_path / "ckpt"), version, 2) for version in ("whole", "cut"))
-    assert_same_state(safe_load(whole[0]), safe_load(cut[0]), "weights")
-    assert_same_state(safe_load(whole[1])["optimizer"], safe_load(cut[1])["optimizer"], "optimizer state")
+    params, opt = ckpt_paths(str(tmp_path / "ckpt"), "cut", 2)
+    assert_same_state(reference_dp.params, safe_load(params), "weights")
+    assert_same_state(reference_dp.opt, safe_load(opt)["optimizer"], "optimizer state")
 
 
 def test_kill_9_of_the_parent_leaves_no_process_of_the_run(world, tmp_path):

@@ -78,9 +78,9 @@ def _worker(fn, cfg, use_gpu, expected=(), parent_pid=None):
     except expected as e:
         if not spawned:
             raise
-        # the message the single-process run would print, then a plain exit the parent recognises;
-        # os._exit skips Paddle's exit handlers, which wait for the other processes (still blocked
-        # in a collective) until gloo times out, so the parent can stop them at once
+        # the message the single-process run would print, then an exit status the parent
+        # recognises; a normal exit releases the loader's semaphores, and the other processes,
+        # whose next collective fails at once, leave without a word (_supervise)
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(_EXPECTED_EXIT)
     except KeyboardInterrupt as e:  # RunInterrupted, or a signal before the run started

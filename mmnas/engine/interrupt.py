@@ -8,13 +8,14 @@ both are handled as Ctrl-C (SIGINT) is, and the run exits with 128 + the signal'
 Python turns SIGINT into KeyboardInterrupt wherever the main thread happens to be, and Paddle
 re-raises it from inside backward (a PyLayer's Python backward called from C++) as an OSError
 with a long report. Importing Paddle also installs a C++ handler for SIGTERM that prints a C++
-traceback ("Termination signal") and kills the process. So the command line replaces it right
-after the import (`stop_on_signals`), and a run installs its own handler (`InterruptGuard`): it
-records which signal came, then raises KeyboardInterrupt; the run's top level treats *any*
-exception that follows a recorded signal as the interrupt and prints one line. While a
-checkpoint is being written the handler only records, and the interrupt takes effect once both
-files are complete. A signal whose handler the parent set to "ignore" (`nohup` ignores SIGHUP)
-stays ignored.
+traceback ("Termination signal") and kills the process. So run.py holds the three signals from
+its first line (runtime.hold_stop_signals: every thread numpy and Paddle start holds them too),
+the command line replaces Paddle's handler after the import (`stop_on_signals`) and only then
+releases them. A run installs its own handler (`InterruptGuard`): it records which signal came,
+then raises KeyboardInterrupt; the run's top level treats *any* exception that follows a
+recorded signal as the interrupt and prints one line. While a checkpoint is being written the
+handler only records, and the interrupt takes effect once both files are complete. A signal
+whose handler the parent set to "ignore" (`nohup` ignores SIGHUP) stays ignored.
 """
 from __future__ import annotations
 
