@@ -6,7 +6,6 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -67,12 +66,15 @@ def weights(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(weights, tmp_path_factory):
-    """tools/demo_web.py on a free loopback port; yields (url, port, console log path); stopped at the end."""
+    """tools/demo_web.py on a free loopback port with its own Gradio cache folder; yields (url, port,
+    console log path, cache folder); stopped at the end."""
     path, feats_dir = weights
     port = free_port()
     console = tmp_path_factory.mktemp("console") / "demo.log"
+    cache = tmp_path_factory.mktemp("gradio_cache")
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     env["GRADIO_ANALYTICS_ENABLED"] = "False"
+    env["GRADIO_TEMP_DIR"] = str(cache)  # uploads land here (not in a folder other runs share)
     log = open(console, "w")
     proc = subprocess.Popen([sys.executable, os.path.join(REPO, "tools", "demo_web.py"), "--MODEL=tiny",
                              f"--CKPT_PATH={path}", f"--FEATS_DIR={feats_dir}", f"--PORT={port}", "--TOPK=3"],
@@ -90,7 +92,7 @@ def server(weights, tmp_path_factory):
                 if time.time() > deadline:
                     pytest.fail("the demo did not listen within 300 s")
                 time.sleep(0.5)
-        yield url, port, console
+        yield url, port, console, cache
     finally:
         proc.terminate()
         try:
@@ -126,16 +128,15 @@ def test_demo_answers_over_http_equal_the_predictors(weights, client):
         np.testing.assert_array_equal(picture, reference)  # sent as PNG: not a pixel changed
 
 
-def test_demo_answers_an_uploaded_feature_file_and_deletes_it(weights, client):
+def test_demo_answers_an_uploaded_feature_file_and_deletes_it(weights, server, client):
     path, feats_dir = weights
     name = sorted(os.listdir(feats_dir))[-1]
     upload = gradio_client.handle_file(os.path.join(feats_dir, name))
     table, _, _ = client.predict(None, upload, "what colour is the car?", api_name="/ask")
     expected = Predictor.from_checkpoint(path, "tiny").ask(os.path.join(feats_dir, name), "what colour is the car?")
     assert table["data"][0][0] == expected.answers[0]
-    # the server's copy of the upload (Gradio's cache: <temp>/gradio/<hash>/<name>) is gone
-    cache = os.environ.get("GRADIO_TEMP_DIR") or os.path.join(tempfile.gettempdir(), "gradio")
-    assert not glob.glob(os.path.join(cache, "*", name))
+    # the server's copy of the upload (Gradio's cache: <GRADIO_TEMP_DIR>/<hash>/<name>) is gone
+    assert glob.glob(os.path.join(server[3], "*")) and not glob.glob(os.path.join(server[3], "*", name))
 
 
 @pytest.mark.parametrize("question, fragment", [("", "has no words"),

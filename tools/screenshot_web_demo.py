@@ -25,8 +25,9 @@ def add_page_args(p: argparse.ArgumentParser, url: str, out: str, height: int) -
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the page")
 
 
-def screenshot(args, act, full_page: bool = True) -> int:
-    """Open args.url in headless Chromium, run act(page, timeout_ms), write args.out."""
+def screenshot(args, act, full_page: bool = True, wait_until: str = "networkidle") -> int:
+    """Open args.url in headless Chromium (until its `wait_until` event), run act(page, timeout_ms),
+    write args.out."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -38,7 +39,7 @@ def screenshot(args, act, full_page: bool = True) -> int:
         browser = pw.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": args.width, "height": args.height})
-            page.goto(args.url, wait_until="networkidle", timeout=timeout_ms)
+            page.goto(args.url, wait_until=wait_until, timeout=timeout_ms)
             act(page, timeout_ms)
             page.screenshot(path=args.out, full_page=full_page)
         finally:
