@@ -15,6 +15,7 @@ names (`full_itm.py`) onto these.
 """
 from __future__ import annotations
 
+import numpy as np
 import paddle
 import paddle.nn as nn
 
@@ -88,3 +89,33 @@ class MatchingNet(nn.Layer):
         """[B, flat_out]: the head's image pooling of the projected regions with the decoder
         skipped (the decoder needs the caption); an approximation for a first ranking only."""
         return self.head.attflat_img(self.adapter(region_feats), make_mask(region_feats))
+
+
+# ---- numpy callables for data/flickr_mining.py and data/flickr_scoring.py (which import no model)
+
+def _in_eval(net: MatchingNet, fn):
+    """fn on numpy arrays -> numpy, run in eval mode without gradients (the mode is restored)."""
+    def wrapped(*arrays):
+        was_training = net.training
+        net.eval()
+        try:
+            with paddle.no_grad():
+                return fn(*[paddle.to_tensor(np.ascontiguousarray(a)) for a in arrays]).numpy()
+        finally:
+            if was_training:
+                net.train()
+    return wrapped
+
+
+def pair_scorer(net: MatchingNet):
+    """batch dict (collate_pairs) -> logits float32 [B]."""
+    forward = _in_eval(net, net)
+    return lambda batch: forward(batch["region_feats"], batch["boxes"], batch["caption_ids"])
+
+
+def first_stage(net: MatchingNet):
+    """(caption_summary(caption_ids), image_summary(region_feats), summary_score(images [I, F],
+    captions [C, F]) -> [I, C]) for flickr_scoring.cheap_score_matrix."""
+    # [I, 1, F] + [1, C, F] -> [I, C]
+    return (_in_eval(net, net.caption_summary), _in_eval(net, net.image_summary),
+            _in_eval(net, lambda images, captions: net.head.score(images.unsqueeze(1), captions.unsqueeze(0))))
