@@ -173,3 +173,23 @@ def test_tool_writes_and_refuses_real_data(tmp_path):
     os.remove(out / "itm" / "README_SYNTHETIC.txt")
     r = subprocess.run([sys.executable, tool, "--out", str(out), "--quiet"], capture_output=True, text=True)
     assert r.returncode == 2 and "not marked synthetic" in r.stderr
+
+
+def test_images_read_from_a_packed_store(tmp_path):
+    """With a packed store beside the feature folder (tools/pack_feats.py), images are read from
+    the one memory-mapped file: same arrays, no .npz read."""
+    from mmnas.data.features import load_npz
+    from mmnas.data.packed import store_dir_for, write_store
+    root = fresh_world(tmp_path)
+    folder = itm_path(root, "flickr_bua-r101-fix36")
+    paths = sorted(os.path.join(folder, n) for n in os.listdir(folder))
+    write_store(store_dir_for(folder), ((os.path.basename(p), *load_npz(p, feat_size=16), os.path.getsize(p))
+                                        for p in paths), dtype="float32", dim=16)
+    expected = FlickrDataset(root, "dev", build_caption_vocab(root), progress=False, feat_size=16,
+                             packed_feats="off").image_arrays(2)
+    for p in paths:
+        open(p, "wb").write(b"junk")  # reading any .npz now fails (the files must still be listed)
+    ds = FlickrDataset(root, "dev", build_caption_vocab(root), progress=False, feat_size=16)
+    assert ds.packed_images == 3
+    for got, want in zip(ds.image_arrays(2), expected):
+        np.testing.assert_array_equal(got, want)
