@@ -33,15 +33,20 @@ def batch(rng, b=4, n=6, t=9, vocab=30):
     return feats, boxes, ids
 
 
+def eval_net(seed):
+    paddle.seed(seed)
+    net = MatchingNet(tiny_itm_cfg(), token_size=30)
+    net.eval()
+    return net
+
+
 def T(a):
     return paddle.to_tensor(a)
 
 
 def test_matching_net_equals_mmnasnet_with_one_output():
-    paddle.seed(3)
     cfg = tiny_itm_cfg()
-    net = MatchingNet(cfg, token_size=30)
-    net.eval()
+    net = eval_net(3)
     other = MMNasNet(cfg, 30, 1)
     other.eval()
     renamed = {k.replace("head.", ""): v for k, v in net.state_dict().items()}
@@ -55,9 +60,7 @@ def test_matching_net_equals_mmnasnet_with_one_output():
 
 
 def test_padding_does_not_change_scores():
-    paddle.seed(4)
-    net = MatchingNet(tiny_itm_cfg(), token_size=30)
-    net.eval()
+    net = eval_net(4)
     f, b, q = batch(np.random.default_rng(1))
     base = net(T(f), T(b), T(q)).numpy()
     f2 = np.concatenate([f, np.zeros((4, 3, 32), "float32")], 1)
@@ -67,9 +70,7 @@ def test_padding_does_not_change_scores():
 
 
 def test_scores_depend_on_the_pair():
-    paddle.seed(5)
-    net = MatchingNet(tiny_itm_cfg(), token_size=30)
-    net.eval()
+    net = eval_net(5)
     f, b, q = batch(np.random.default_rng(2))
     same = net(T(f), T(b), T(q)).numpy()
     swapped = net(T(f), T(b), T(q[::-1].copy())).numpy()
@@ -77,9 +78,7 @@ def test_scores_depend_on_the_pair():
 
 
 def test_summary_scores_broadcast_over_all_pairs():
-    paddle.seed(6)
-    net = MatchingNet(tiny_itm_cfg(), token_size=30)
-    net.eval()
+    net = eval_net(6)
     f, b, q = batch(np.random.default_rng(3))
     t = net.caption_summary(T(q))  # [C, F]
     v = net.image_summary(T(f))  # [I, F]
