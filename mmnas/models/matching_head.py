@@ -59,7 +59,11 @@ class MatchingNet(nn.Layer):
         self.head = MatchingHead(cfg)
         init_like_reference(self)
         if word_vectors is not None:
-            self.embedding.weight.set_value(paddle.to_tensor(word_vectors, dtype="float32"))
+            word_vectors = np.asarray(word_vectors, dtype="float32")
+            if word_vectors.shape != (token_size, cfg.word_embed):
+                raise ValueError(f"word vectors have shape {word_vectors.shape}, the embedding "
+                                 f"needs {(token_size, cfg.word_embed)}")
+            self.embedding.weight.set_value(word_vectors)
 
     def encode_caption(self, caption_ids):
         """The encoder's caption stream (it never reads the image): lang [B, T, H], mask [B, 1, 1, T]."""
