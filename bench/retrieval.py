@@ -11,6 +11,9 @@ retrieval, with a tiny MatchingNet trained for a few epochs on CPU; prints ONE J
    timing both, and reports R@1/5/10, medr, meanr, pairs per second, and chance.
 
     python bench/retrieval.py [--epochs 3] [--train-images 1000] [--test-images 50] [--top-k 10]
+    # the cost at the real size (untrained, 36 regions of 2048): pairs per second only
+    python bench/retrieval.py --epochs 0 --config configs/itm/mmnasnet_small.yml --feat-size 2048 \
+        --types 8 --objects 36 --train-images 2 --test-images 10 --caption-chunk 50
 
 The score matrix's standard deviation is reported: a collapsed (constant) scorer gives the tie
 values t2i 2/10/20 at n = 50 (metrics/retrieval.py).
@@ -31,6 +34,10 @@ def parse_args(argv=None):
     p.add_argument("--train-images", type=int, default=1000)
     p.add_argument("--test-images", type=int, default=50)
     p.add_argument("--feat-size", type=int, default=32)
+    p.add_argument("--objects", type=int, default=3, help="regions per synthetic image (36 as the real features)")
+    p.add_argument("--types", type=int, default=4, help="colours = shapes of the synthetic world")
+    p.add_argument("--config", default=None,
+                   help="a model config (e.g. configs/itm/mmnasnet_small.yml) instead of the spec's tiny prototype")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch", type=int, default=64)
@@ -70,15 +77,20 @@ def main(argv=None) -> int:
     if root is None:
         tmp = tempfile.TemporaryDirectory(prefix="bench_retrieval_")
         root = tmp.name
-        make_synthetic_flickr(root, args.train_images, 10, args.test_images, feat_size=args.feat_size, seed=args.seed)
+        make_synthetic_flickr(root, args.train_images, 10, args.test_images, n_objects=args.objects,
+                              n_types=args.types, feat_size=args.feat_size, seed=args.seed)
     vocab = build_caption_vocab(root)
     train = FlickrDataset(root, "train", vocab, preload=True, progress=False, feat_size=args.feat_size)
     test = FlickrDataset(root, "test", vocab, preload=True, progress=False, feat_size=args.feat_size)
 
     paddle.seed(args.seed)
-    cfg = load_config("tiny").model
-    cfg.feat_size, cfg.word_embed = args.feat_size, 32
-    cfg.enc, cfg.dec = ["SA", "FFN", "SA", "FFN"], ["GA", "RSA", "FFN", "GA", "RSA", "FFN"]
+    if args.config:
+        cfg = load_config(args.config).model
+    else:
+        cfg = load_config("tiny").model
+        cfg.word_embed = 32
+        cfg.enc, cfg.dec = ["SA", "FFN", "SA", "FFN"], ["GA", "RSA", "FFN", "GA", "RSA", "FFN"]
+    cfg.feat_size = args.feat_size
     net = MatchingNet(cfg, token_size=len(vocab))
     opt = paddle.optimizer.Adam(learning_rate=args.lr, beta1=0.9, beta2=0.98, epsilon=1e-9,
                                 parameters=net.parameters(), grad_clip=paddle.nn.ClipGradByGlobalNorm(1.0))
@@ -120,7 +132,8 @@ def main(argv=None) -> int:
     result = {
         "bench": "retrieval", "date": time.strftime("%Y-%m-%d"), "cpu_threads": runtime.thread_count(),
         "train_images": train.n_images, "test_images": test.n_images, "test_captions": len(test),
-        "feat_size": args.feat_size, "hidden_size": cfg.hidden_size, "epochs": args.epochs,
+        "feat_size": args.feat_size, "regions": args.objects, "hidden_size": cfg.hidden_size,
+        "config": args.config or "spec 5 prototype (d=64)", "epochs": args.epochs,
         "train_seconds": round(train_seconds, 1), "loss_per_caption": [round(v, 4) for v in losses],
         "full": {**{k: round(v, 2) for k, v in retrieval_scores(full).items()},
                  "pairs": int(full_stats["pairs"]), "seconds": round(full_stats["seconds"], 2),
