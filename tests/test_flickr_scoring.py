@@ -109,3 +109,10 @@ def test_network_callables(dataset):
     t = summaries[0](batch["caption_ids"][:1])
     v = summaries[1](dataset.image_arrays(2)[0][None])
     assert cheap[2, 4] == pytest.approx(float(summaries[2](v, t)[0, 0]), abs=1e-5)
+
+
+def test_image_mean_features_skip_padding(dataset):
+    from mmnas.data.flickr_scoring import image_mean_features
+    means = image_mean_features(dataset, progress=False)
+    assert means.shape == (9, 8)
+    np.testing.assert_allclose(means[4], dataset.image_arrays(4)[0].mean(axis=0), rtol=1e-6)

@@ -16,7 +16,9 @@ Two-stage (beyond the reference):
    passes and n_img * n_cap head evaluations (a LayerNorm and a dot product each).
 2. For every image its top_k captions, and for every caption its top_k images, by the cheap
    score, are scored by the full network: at most top_k * (n_img + n_cap) passes.
-The result is a matrix the metrics read as usual: fully scored pairs keep their scores, every
+A learned first stage (models/matching_first_stage.py: a small dual encoder on the caption
+pooling and the mean region feature, fitted after the network) gives another cheap matrix;
+two_stage_score_matrix takes any. The result is a matrix the metrics read as usual: fully scored pairs keep their scores, every
 other pair sits below all of them in its cheap-score order. The cheap stage was not trained
 for this (the network is trained on full passes only), so how well its ranking holds up is a
 property of the trained model: bench/retrieval.py reports both R@K side by side.
@@ -80,12 +82,29 @@ def full_score_matrix(dataset, scorer: PairScorer, caption_chunk: int = 128, ran
                                     "pairs_per_s": pairs / seconds if seconds > 0 else float("inf")}
 
 
+def caption_summaries(dataset, caption_summary: Summary, batch_size: int = 256) -> np.ndarray:
+    """[n_cap, F]: caption_summary over every caption of the split, in batches."""
+    caption_ids = all_caption_ids(dataset)
+    return np.concatenate([caption_summary(caption_ids[s:s + batch_size])
+                           for s in range(0, len(caption_ids), batch_size)])
+
+
+def image_mean_features(dataset, progress: bool = True) -> np.ndarray:
+    """float32 [n_img, feat_size]: every image's mean region feature (zero padding rows excluded),
+    the image side of models/matching_first_stage.py."""
+    out = []
+    for k in progress_bar(range(dataset.n_images), desc="image means", disable=not progress):
+        feats = dataset.image_arrays(k)[0]
+        real = np.abs(feats).sum(axis=1) > 0
+        out.append(feats[real].mean(axis=0) if real.any() else np.zeros(feats.shape[1], np.float32))
+    return np.stack(out).astype(np.float32)
+
+
 def cheap_score_matrix(dataset, caption_summary: Summary, image_summary: Summary, summary_score: SummaryScore,
                        batch_size: int = 256, progress: bool = True) -> np.ndarray:
-    """float32 [n_img, n_cap]: the first stage's scores from pooled summaries (see module doc)."""
-    n_img, n_cap = dataset.n_images, len(dataset)
-    caption_ids = all_caption_ids(dataset)
-    captions = np.concatenate([caption_summary(caption_ids[s:s + batch_size]) for s in range(0, n_cap, batch_size)])
+    """float32 [n_img, n_cap]: the head-based first stage's scores from pooled summaries (module doc)."""
+    n_img = dataset.n_images
+    captions = caption_summaries(dataset, caption_summary, batch_size)
     images = []
     for s in progress_bar(range(0, n_img, batch_size), desc="image summaries", disable=not progress):
         arrays = [dataset.image_arrays(k) for k in range(s, min(n_img, s + batch_size))]
