@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"{model_choices()} | path to a YAML config (default: small; for --RUN=search: search)")
     p.add_argument("--DATASET", default=None, choices=list(DATASETS),
                    help="dataset: vqa (VQA-v2 + Visual Genome), gqa, or refcoco / refcoco+ / refcocog (visual "
-                        "grounding, docs/grounding.md) (default: the config's data.dataset, vqa)")
+                        "grounding, docs/grounding.md), flickr30k (image-text matching, docs/matching.md) "
+                        "(default: the config's data.dataset, vqa)")
     p.add_argument("--VERSION", help="name of this run: checkpoints go to ckpt/ckpt_<VERSION>/, the log to "
                                      "results/log/log_run_<VERSION>.txt (default: a timestamp; when resuming "
                                      "or for val/test, --CKPT_V or the --CKPT_PATH file's name)")
@@ -274,7 +275,7 @@ def run_eval(cfg: RunConfig) -> dict:
     result = evaluate(model, dataset, name=name, results_dir=cfg.results_dir,
                       batch_size=cfg.train.eval_batch_size, num_workers=cfg.data.num_workers,
                       save_pred=cfg.train.save_pred, engine=cfg.train.eval_engine,
-                      precision=cfg.train.eval_precision, task=task)
+                      precision=cfg.train.eval_precision, task=task, run_cfg=cfg)
     print(f"wrote {result.result_path} ({len(dataset)} {task.result_noun})")
     if result.pred_path:
         print(f"wrote {result.pred_path} ({task.pred_noun})")

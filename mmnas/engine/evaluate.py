@@ -119,7 +119,7 @@ def write_json_atomic(obj, path: str) -> None:
 
 def evaluate(model, dataset, *, name: str, results_dir: str, batch_size: int, num_workers: int = 0,
              save_pred: bool = False, progress: bool = True, engine: str = "dygraph",
-             precision: str = "fp32", task: Optional[Task] = None) -> EvalResult:
+             precision: str = "fp32", task: Optional[Task] = None, run_cfg=None) -> EvalResult:
     """Predict every sample of `dataset`, write the result file, score it when annotated.
 
     Annotated splits write `results/cache/<result file>`; the test split writes
@@ -127,11 +127,14 @@ def evaluate(model, dataset, *, name: str, results_dir: str, batch_size: int, nu
     VQA-v2). The file's name, entries and the metric are the task's (`result_file`,
     `result_entries`, `score`; the answer task: result_run_<name>.json and the dataset's own
     format and metric). With save_pred, the kept outputs (the answer task: logits) and the
-    sample ids go to `results/pred/result_run_<name>.npz`. `task`: default the answer task.
+    sample ids go to `results/pred/result_run_<name>.npz`. `task`: default the answer task;
+    `run_cfg`: the RunConfig, for a task that evaluates the whole split itself (Task.predict_split).
     """
     task = task or task_named("answer")
-    outputs = predict_outputs(model, dataset, task, batch_size, num_workers, progress, engine=engine,
-                              precision=precision)
+    outputs = task.predict_split(model, dataset, run_cfg, batch_size, progress)
+    if outputs is None:
+        outputs = predict_outputs(model, dataset, task, batch_size, num_workers, progress, engine=engine,
+                                  precision=precision)
     results = task.result_entries(dataset, outputs)
     folder = "cache" if dataset.has_answers else dataset.result_folder_test
     result_path = os.path.join(results_dir, folder, task.result_file(name, dataset))
@@ -141,7 +144,8 @@ def evaluate(model, dataset, *, name: str, results_dir: str, batch_size: int, nu
         pred_path = os.path.join(results_dir, "pred", f"result_run_{name}.npz")
         try:
             os.makedirs(os.path.dirname(pred_path), exist_ok=True)
-            np.savez(pred_path, question_ids=np.asarray(dataset.question_ids), **outputs)
+            ids = getattr(dataset, "question_ids", None)  # a split scored as a whole (matching) has none
+            np.savez(pred_path, **({} if ids is None else {"question_ids": np.asarray(ids)}), **outputs)
         except OSError as e:
             raise write_error(pred_path, e, "--RESULTS_DIR") from None
     scores = None

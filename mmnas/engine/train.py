@@ -162,6 +162,7 @@ def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLog
     watch = AttentionWatch.for_run(val_set, vocab, logger) if task.watches_attention else None
     for epoch in range(start_epoch, tcfg.max_epoch):
         position.epoch, position.step, position.phase = epoch, 0, ""
+        task.before_epoch(model, train_set, cfg, epoch, rank, world, progress)
         stats = train_one_epoch(net, optimizer, train_set, cfg, epoch, steps_per_epoch, lr_base, rank, world,
                                 logger, progress, position, scaler, task)
         position.phase = "after its last step"
@@ -197,7 +198,8 @@ def validate(model, val_set, cfg: RunConfig, epoch: int, logger: RunLogger, prog
     task = task or task_of(cfg)
     result = evaluate(model, val_set, name=f"{cfg.version}_epoch{epoch}", results_dir=cfg.results_dir,
                       batch_size=tcfg.eval_batch_size, num_workers=cfg.data.num_workers, save_pred=tcfg.save_pred,
-                      progress=progress, engine=tcfg.eval_engine, precision=tcfg.eval_precision, task=task)
+                      progress=progress, engine=tcfg.eval_engine, precision=tcfg.eval_precision, task=task,
+                      run_cfg=cfg)
     line = f"epoch {epoch} val: {task.format_scores(val_set, result.scores)}"
     print(line)
     logger.text(line)

@@ -19,10 +19,11 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
-from ..config import ModelConfig
-from ..ops import BoxRelations, LayerNorm, box_relation_geometry, make_mask, make_token_mask
+from ..config import ModelConfig, SearchConfig
+from ..ops import LayerNorm, make_mask, make_token_mask
 from ..ops.fast import Linear
-from .mmnasnet import Adapter, AttFlat, Backbone, init_like_reference
+from .mmnasnet import AttFlat, MMNasBase
+from .supernet import Searchable, stub_config
 
 
 class MatchingHead(nn.Layer):
@@ -43,27 +44,15 @@ class MatchingHead(nn.Layer):
         return self.score(self.attflat_lang(lang, lang_mask), self.attflat_img(img, img_mask))
 
 
-class MatchingNet(nn.Layer):
+class MatchingNet(MMNasBase):
     """forward(region_feats [B, N, feat_size], boxes [B, N, 4], caption_ids [B, T]) -> logits [B].
-    Zero rows of region_feats and zero ids are padding."""
+    Zero rows of region_feats and zero ids are padding. The shared backbone (MMNasBase) with the
+    matching head under `head.`; a VQA checkpoint's backbone loads into it (--CKPT_PATH)."""
 
     def __init__(self, cfg: ModelConfig, token_size: int, word_vectors=None):
-        super().__init__()
-        cfg.validate()
-        self.cfg = cfg
-        self.embedding = nn.Embedding(token_size, cfg.word_embed)
-        self.lstm = nn.LSTM(cfg.word_embed, cfg.hidden_size, num_layers=1)
-        self.adapter = Adapter(cfg)
-        self.backbone = Backbone(cfg)
-        self.linear_rel = Linear(4, cfg.rel_size)
+        super().__init__(cfg, token_size)
         self.head = MatchingHead(cfg)
-        init_like_reference(self)
-        if word_vectors is not None:
-            word_vectors = np.asarray(word_vectors, dtype="float32")
-            if word_vectors.shape != (token_size, cfg.word_embed):
-                raise ValueError(f"word vectors have shape {word_vectors.shape}, the embedding "
-                                 f"needs {(token_size, cfg.word_embed)}")
-            self.embedding.weight.set_value(word_vectors)
+        self.finish_init(word_vectors)
 
     def encode_caption(self, caption_ids):
         """The encoder's caption stream (it never reads the image): lang [B, T, H], mask [B, 1, 1, T]."""
@@ -74,12 +63,7 @@ class MatchingNet(nn.Layer):
         return lang, lang_mask
 
     def forward(self, region_feats, boxes, caption_ids):
-        lang, lang_mask = self.encode_caption(caption_ids)
-        img_mask = make_mask(region_feats)  # [B, 1, 1, N]
-        img = self.adapter(region_feats)  # [B, N, H]
-        relations = BoxRelations(box_relation_geometry(boxes), self.linear_rel, self.backbone.relation_layers())
-        for op in self.backbone.dec_list:
-            img = op(img, lang, img_mask, lang_mask, relations)
+        lang, img, lang_mask, img_mask = self.encode(region_feats, boxes, caption_ids)
         return self.head(lang, lang_mask, img, img_mask)
 
     # ---- the cheap first stage of two-stage retrieval (engine-free, see models/matching_eval.py)
@@ -93,6 +77,15 @@ class MatchingNet(nn.Layer):
         """[B, flat_out]: the head's image pooling of the projected regions with the decoder
         skipped (the decoder needs the caption); an approximation for a first ranking only."""
         return self.head.attflat_img(self.adapter(region_feats), make_mask(region_feats))
+
+
+class MatchingSuperNet(Searchable, MatchingNet):
+    """The matching model with a SuperBackbone (models/supernet.py): the search on matching."""
+
+    def __init__(self, cfg: ModelConfig, search: SearchConfig, token_size: int, word_vectors=None):
+        search.validate()
+        MatchingNet.__init__(self, stub_config(cfg), token_size, word_vectors)
+        self.make_searchable(cfg, search)
 
 
 # ---- numpy callables for data/flickr_mining.py and data/flickr_scoring.py (which import no model)
