@@ -56,6 +56,7 @@ MODEL_ALIASES = {
     "vgd_tiny": "vgd/mmnasnet_tiny.yml",
     "itm_small": "itm/mmnasnet_small.yml",
     "itm_tiny": "itm/mmnasnet_tiny.yml",
+    "search_itm": "search/search_itm.yml",
 }
 
 TRAIN_SPLITS = ("train", "train+val", "train+val+vg")  # data.split / --SPLIT (VQA-v2's)
