@@ -54,6 +54,14 @@ def world(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def small_world(tmp_path_factory):
+    """40 training images (200 captions): enough for a search's two parts at batch 32, cheap to mine."""
+    root = tmp_path_factory.mktemp("flickr_small")
+    make_synthetic_flickr(str(root), n_train_images=40, n_dev_images=2, n_test_images=2, feat_size=FEAT, seed=3)
+    return SimpleNamespace(root=root)
+
+
+@pytest.fixture(scope="module")
 def trained(world, tmp_path_factory):
     """The one trained matching model the end-to-end checks read (EPOCHS epochs, val after the last)."""
     folder = tmp_path_factory.mktemp("matching_run")
@@ -97,9 +105,8 @@ def test_a_triplet_batch_holds_each_captions_three_pairs(world, tmp_path):
     assert piece["region_feats"].shape == [2, *batch["region_feats"].shape[1:]]
 
 
-def test_negatives_random_before_the_start_epoch_then_mined(tmp_path):
-    make_synthetic_flickr(str(tmp_path), n_train_images=12, n_dev_images=2, n_test_images=2, feat_size=FEAT, seed=3)
-    cfg = matching_cfg(tmp_path, tmp_path, "m")
+def test_negatives_random_before_the_start_epoch_then_mined(small_world, tmp_path):
+    cfg = matching_cfg(small_world.root, tmp_path, "m")
     cfg.matching.mine_from_epoch, cfg.matching.mine_candidates = 1, 6
     vocab = open_vocab(cfg, False)
     train_set = open_dataset(cfg, "train", vocab, False)
@@ -176,13 +183,13 @@ def test_run_val_and_test_rank_with_the_trained_weights(trained, capsys):
 
 
 @pytest.mark.parametrize("algorithm", ["binary_gate", "snas"])
-def test_search_steps_on_matching_within_a_flop_budget(world, tmp_path, algorithm):
+def test_search_steps_on_matching_within_a_flop_budget(small_world, tmp_path, algorithm):
     """One epoch of each strategy on matching (mining from the search's start epoch, here 0, so
     the hook mines with the supernet), the budget just above the cheapest genotype."""
     from mmnas.engine.search import search
     from mmnas.search.budget import BUDGET_REGIONS, position_costs, target_model_config
     cfg = load_config("search_tiny" if algorithm == "binary_gate" else "search_snas_tiny")
-    itm = matching_cfg(world.root, tmp_path, f"s_{algorithm}")
+    itm = matching_cfg(small_world.root, tmp_path, f"s_{algorithm}")
     cfg.data, cfg.matching = itm.data, itm.matching
     cfg.results_dir, cfg.ckpt_dir, cfg.version = itm.results_dir, itm.ckpt_dir, itm.version
     cfg.model.max_token, cfg.model.feat_size = TOKENS, FEAT
@@ -227,3 +234,30 @@ def test_fine_tune_from_a_vqa_checkpoint_takes_the_backbone(world, tmp_path, cap
     for key, value in head_before.items():
         np.testing.assert_array_equal(state[key].numpy(), value)  # fresh head, untouched
     assert "took" in out and "initialised" in out and "embedding.weight" in out and "head." in out
+
+
+def test_two_process_training_with_mining_equals_one_process(small_world, tmp_path):
+    """--NPROCS=2 mines half of the anchors in each process and gathers them in anchor order: the
+    same tables, so the same weights as one process (dropout off) after an epoch with mining."""
+    import subprocess
+    import sys
+    from mmnas.checkpoint_files import safe_load
+    root = small_world.root
+    yml = tmp_path / "dp.yml"
+    yml.write_text(f"base: {os.path.join(CONFIG_DIR, 'itm', 'mmnasnet_tiny.yml')}\n"
+                   f"model: {{feat_size: {FEAT}, max_token: {TOKENS}, dropout: 0.0}}\n"
+                   f"data: {{data_root: {root}, cache_dir: {tmp_path / 'cache'}}}\n"
+                   "train: {batch_size: 16, max_epoch: 1, eval_every_epoch: false, lr_decay_epochs: [1]}\n"
+                   "matching: {mine_from_epoch: 0, mine_candidates: 6, mine_anchors: 4}\n")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(os.path.dirname(CONFIG_DIR), "run.py"), "--RUN=train", f"--MODEL={yml}",
+         "--NPROCS=2", "--VERSION=dp", f"--CKPT_DIR={tmp_path / 'ckpt'}", f"--RESULTS_DIR={tmp_path / 'results'}"],
+        cwd=str(tmp_path), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = load_config(str(yml))
+    cfg.ckpt_dir, cfg.results_dir, cfg.version = str(tmp_path / "ckpt"), str(tmp_path / "results"), "one"
+    train(cfg, progress=False)
+    dp, one = (safe_load(ckpt_paths(cfg.ckpt_dir, v, 1)[0]) for v in ("dp", "one"))
+    assert set(dp) == set(one)
+    for key in one:
+        np.testing.assert_allclose(np.asarray(dp[key]), np.asarray(one[key]), rtol=1e-5, atol=1e-6, err_msg=key)
