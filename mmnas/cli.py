@@ -92,7 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--QUESTION", help="the question, e.g. \"what colour is the dog?\"")
     predict.add_argument("--IMAGE", help="the photo the features came from (default: <root>/images/<split>/ "
                                          "beside feats/<split>/ if there is one, else a blank canvas)")
-    predict.add_argument("--TOPK", type=int, default=5, help="how many answers to print (default 5)")
+    predict.add_argument("--CAPTIONS", help="matching (flickr30k): a text file of captions, one per line, to rank "
+                                            "for the image --FEATS (with --QUESTION and a folder as --FEATS: "
+                                            "the images of the folder are ranked for that caption)")
+    predict.add_argument("--TOPK", type=int, default=5, help="how many answers (matching: images or captions) "
+                                                             "to print (default 5)")
     predict.add_argument("--OUT", help="also write the answer, scores and attention as JSON to this file")
     predict.add_argument("--VOCAB", help="vocabulary JSON (default: vocab.json beside the weights, else "
                                          "built from the data files)")
@@ -211,8 +215,9 @@ def validate_args(cfg: RunConfig, args: argparse.Namespace) -> None:
             raise UsageError(f"--RESUME is only for --RUN=train, not --RUN={cfg.run}.")
         if not cfg.ckpt_path and (cfg.ckpt_version is None or cfg.ckpt_epoch is None):
             raise UsageError(f"--RUN={cfg.run} needs weights: --CKPT_PATH=file.pdparams, or --CKPT_V and --CKPT_E.")
-    if cfg.run == "predict" and (args.FEATS is None or args.QUESTION is None):
-        raise UsageError("--RUN=predict needs --FEATS=<one .npz feature file> and --QUESTION=\"...\".")
+    if cfg.run == "predict" and (args.FEATS is None or (args.QUESTION is None) == (args.CAPTIONS is None)):
+        raise UsageError("--RUN=predict needs --FEATS=<one .npz feature file> and --QUESTION=\"...\" (matching: "
+                         "--FEATS=<folder> --QUESTION=\"<caption>\", or --FEATS=<file.npz> --CAPTIONS=<text file>).")
     if args.TOPK < 1:
         raise flag_error("--TOPK", args.TOPK, "an integer >= 1")
     if t.amp != "off" and not cfg.gpu:
@@ -342,8 +347,17 @@ def main(argv: Optional[List[str]] = None) -> int:
                 run_parallel(_train_entry if cfg.run == "train" else _search_entry, cfg, nprocs, cfg.gpu,
                              expected=expected_errors())
         elif cfg.run == "predict":
-            from .engine.predict import run_predict
+            from .tasks import task_of
             weights, _ = checkpoint_for_eval(cfg)
+            if task_of(cfg).name == "matching":  # retrieval with one query
+                from .engine.predict_matching import run_match_predict
+                run_match_predict(cfg, weights, args.FEATS, args.QUESTION, args.CAPTIONS, topk=args.TOPK,
+                                  out_json=args.OUT, vocab_path=args.VOCAB)
+                return 0
+            if args.CAPTIONS is not None:
+                raise UsageError("--CAPTIONS ranks captions with a matching model (data.dataset flickr30k, "
+                                 "--MODEL=itm_tiny or itm_small); this model answers --QUESTION.")
+            from .engine.predict import run_predict
             run_predict(cfg, weights, args.FEATS, args.QUESTION, image_path=args.IMAGE, topk=args.TOPK,
                         out_json=args.OUT, vocab_path=args.VOCAB, picture_path=args.PICTURE)
         else:

@@ -261,3 +261,45 @@ def test_two_process_training_with_mining_equals_one_process(small_world, tmp_pa
     assert set(dp) == set(one)
     for key in one:
         np.testing.assert_allclose(np.asarray(dp[key]), np.asarray(one[key]), rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_predict_ranks_as_the_evaluation_scores(trained, tmp_path, capsys):
+    """--RUN=predict's rankings and probabilities are the validation's score matrix: the 10 best
+    captions of a dev image (from a text file) and the 10 best images of a caption (a folder)."""
+    import shutil
+    from mmnas.data.flickr import FEATURE_DIR, ITM_DIR
+    from mmnas.data.synthetic_flickr import feature_file_name
+    if not hasattr(trained, "val_file"):
+        pytest.skip("needs test_training_ranks_above_four_times_chance_both_ways first")
+    cfg = trained.cfg
+    entries = json.load(open(trained.val_file))
+    dev = open_dataset(cfg, "val", open_vocab(cfg, False), False)
+    params, _ = ckpt_paths(cfg.ckpt_dir, "itm", EPOCHS)
+    yml = trained.folder / "itm32p.yml"
+    yml.write_text(f"base: {os.path.join(CONFIG_DIR, 'itm', 'mmnasnet_tiny.yml')}\n"
+                   f"model: {{feat_size: {FEAT}, max_token: {TOKENS}}}\n")
+    common = ["--RUN=predict", f"--MODEL={yml}", f"--CKPT_PATH={params}", "--TOPK=10"]
+    sigmoid = lambda x: 1 / (1 + np.exp(-np.asarray(x, dtype=np.float64)))
+    feats_dir = os.path.join(str(cfg.data.data_root), ITM_DIR, FEATURE_DIR)
+
+    image = entries["i2t"][0]
+    captions = tmp_path / "captions.txt"
+    captions.write_text("\n".join(dev.captions[c] for c in reversed(image["captions"])) + "\n")
+    out = tmp_path / "i2t.json"
+    image_file = os.path.join(feats_dir, feature_file_name(int(image["image_id"])))
+    assert cli.main([*common, f"--FEATS={image_file}", f"--CAPTIONS={captions}", f"--OUT={out}"]) == 0
+    ranked = json.load(open(out))["ranked"]
+    assert [e["caption"] for e in ranked] == [dev.captions[c] for c in image["captions"]]
+    np.testing.assert_allclose([e["score"] for e in ranked], sigmoid(image["scores"]), atol=1e-5)
+
+    caption = entries["t2i"][0]
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for image_id in caption["images"]:
+        shutil.copy(os.path.join(feats_dir, feature_file_name(int(image_id))), folder)
+    out = tmp_path / "t2i.json"
+    assert cli.main([*common, f"--FEATS={folder}", f"--QUESTION={dev.captions[0]}", f"--OUT={out}"]) == 0
+    ranked = json.load(open(out))["ranked"]
+    assert [os.path.basename(e["feats"]) for e in ranked] == [feature_file_name(int(i)) for i in caption["images"]]
+    np.testing.assert_allclose([e["score"] for e in ranked], sigmoid(caption["scores"]), atol=1e-5)
+    assert "top 10 of 10 images" in capsys.readouterr().out
