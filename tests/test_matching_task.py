@@ -6,6 +6,7 @@ rankings; both search strategies take an epoch on matching with a FLOP budget; -
 a VQA checkpoint starts a matching model from its backbone with a fresh head."""
 import json
 import os
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -238,7 +239,11 @@ def test_fine_tune_from_a_vqa_checkpoint_takes_the_backbone(world, tmp_path, cap
 
 def test_two_process_training_with_mining_equals_one_process(small_world, tmp_path):
     """--NPROCS=2 mines half of the anchors in each process and gathers them in anchor order: the
-    same tables, so the same weights as one process (dropout off) after an epoch with mining."""
+    same tables, so the same epoch loss (mean over both processes' captions) and the same weights
+    (dropout off) as one process after an epoch trained on mined negatives. Biases whose gradient
+    is zero in exact arithmetic (attention keys, AttFlat's logit: softmax ignores a constant)
+    are moved by Adam on rounding noise alone, which differs with the batch split: they get a
+    looser tolerance; the rest agree to 2e-4 (measured: 4e-5) after the epoch's 12 Adam steps."""
     import subprocess
     import sys
     from mmnas.checkpoint_files import safe_load
@@ -256,11 +261,16 @@ def test_two_process_training_with_mining_equals_one_process(small_world, tmp_pa
     assert proc.returncode == 0, proc.stderr[-3000:]
     cfg = load_config(str(yml))
     cfg.ckpt_dir, cfg.results_dir, cfg.version = str(tmp_path / "ckpt"), str(tmp_path / "results"), "one"
-    train(cfg, progress=False)
+    summary = train(cfg, progress=False)
+    line = re.search(r"epoch 1/1: loss ([0-9.]+)", proc.stdout)
+    assert line, proc.stdout[-2000:]
+    assert float(line.group(1)) == pytest.approx(summary["history"][0]["loss"], abs=2e-5)
     dp, one = (safe_load(ckpt_paths(cfg.ckpt_dir, v, 1)[0]) for v in ("dp", "one"))
     assert set(dp) == set(one)
     for key in one:
-        np.testing.assert_allclose(np.asarray(dp[key]), np.asarray(one[key]), rtol=1e-5, atol=1e-6, err_msg=key)
+        noise_only = key.endswith("linear_k.bias") or (key.startswith("head.attflat") and key.endswith("mlp.linear.bias"))
+        np.testing.assert_allclose(np.asarray(dp[key]), np.asarray(one[key]), rtol=1e-5,
+                                   atol=2e-3 if noise_only else 2e-4, err_msg=key)
 
 
 def test_predict_ranks_as_the_evaluation_scores(trained, tmp_path, capsys):
