@@ -163,6 +163,28 @@ def test_training_ranks_above_four_times_chance_both_ways(trained, world):
     trained.val_file = result
 
 
+def test_two_stage_evaluation_scores_a_fraction_of_the_pairs(trained):
+    """matching.two_stage_top_k: the learned first stage, then full passes on its top 10 per
+    image and per caption: at most 10 (n_img + n_cap) pairs, still far above chance."""
+    import copy
+    from mmnas.checkpoint_files import load_weights
+    from mmnas.engine.evaluate import evaluate
+    cfg = copy.deepcopy(trained.cfg)
+    cfg.matching.two_stage_top_k = 10
+    vocab = open_vocab(cfg, False)
+    dev = open_dataset(cfg, "val", vocab, False)
+    task = task_of(cfg)
+    model = task.build_model(cfg.model, vocab)
+    load_weights(model, trained.summary["last_checkpoint"])
+    scores = evaluate(model, dev, name="two_stage", results_dir=cfg.results_dir, batch_size=128, progress=False,
+                      task=task, run_cfg=cfg).scores
+    n_cap = EVAL_IMAGES * CAPTIONS_PER_IMAGE
+    assert 0 < scores["pairs"] <= 10 * (EVAL_IMAGES + n_cap) < EVAL_IMAGES * n_cap
+    chance = chance_recalls(EVAL_IMAGES)
+    for direction in ("i2t", "t2i"):
+        assert scores[f"{direction}_r5"] >= 3 * chance[f"{direction}_r5"], scores
+
+
 def test_run_val_and_test_rank_with_the_trained_weights(trained, capsys):
     cfg = trained.cfg
     if not hasattr(trained, "val_file"):
