@@ -347,9 +347,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                 run_parallel(_train_entry if cfg.run == "train" else _search_entry, cfg, nprocs, cfg.gpu,
                              expected=expected_errors())
         elif cfg.run == "predict":
+            from .engine.predict import run_predict
+            from .engine.predict_grounding import run_predict_grounding
             from .tasks import task_of
             weights, _ = checkpoint_for_eval(cfg)
-            if task_of(cfg).name == "matching":  # retrieval with one query
+            task_name = task_of(cfg).name
+            if task_name == "matching":  # retrieval with one query: images for a caption, captions for an image
                 from .engine.predict_matching import run_match_predict
                 run_match_predict(cfg, weights, args.FEATS, args.QUESTION, args.CAPTIONS, topk=args.TOPK,
                                   out_json=args.OUT, vocab_path=args.VOCAB)
@@ -357,8 +360,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             if args.CAPTIONS is not None:
                 raise UsageError("--CAPTIONS ranks captions with a matching model (data.dataset flickr30k, "
                                  "--MODEL=itm_tiny or itm_small); this model answers --QUESTION.")
-            from .engine.predict import run_predict
-            run_predict(cfg, weights, args.FEATS, args.QUESTION, image_path=args.IMAGE, topk=args.TOPK,
+            predict_run = {"answer": run_predict, "grounding": run_predict_grounding}[task_name]
+            predict_run(cfg, weights, args.FEATS, args.QUESTION, image_path=args.IMAGE, topk=args.TOPK,
                         out_json=args.OUT, vocab_path=args.VOCAB, picture_path=args.PICTURE)
         else:
             run_eval(cfg)

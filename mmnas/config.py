@@ -54,6 +54,8 @@ MODEL_ALIASES = {
     "gqa_tiny": "gqa/mmnasnet_tiny.yml",
     "vgd_small": "vgd/mmnasnet_small.yml",
     "vgd_tiny": "vgd/mmnasnet_tiny.yml",
+    "search_vgd": "search/search_vgd.yml",
+    "search_vgd_tiny": "search/search_vgd_tiny.yml",
     "itm_small": "itm/mmnasnet_small.yml",
     "itm_tiny": "itm/mmnasnet_tiny.yml",
     "search_itm": "search/search_itm.yml",

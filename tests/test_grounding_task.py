@@ -127,12 +127,14 @@ def test_search_steps_on_grounding_within_a_flop_budget(world, tmp_path, algorit
     of the grounding model (its head's FLOPs, not the answer head's): the reported genotype fits."""
     from mmnas.engine.search import search
     from mmnas.search.budget import BUDGET_REGIONS, position_costs, target_model_config
-    cfg = load_config("search_tiny" if algorithm == "binary_gate" else "search_snas_tiny")
-    vgd = grounding_cfg(world.root, tmp_path, f"s_{algorithm}")
-    cfg.data, cfg.results_dir, cfg.ckpt_dir, cfg.version = vgd.data, vgd.results_dir, vgd.ckpt_dir, vgd.version
-    cfg.model.max_token, cfg.model.feat_size = vgd.model.max_token, FEAT
-    cfg.train.max_epoch = 1
-    cfg.search.warmup_epochs, cfg.search.target_model = 0, "vgd_tiny"
+    cfg = load_config("search_vgd_tiny")
+    cfg.search.algorithm = algorithm
+    cfg.data.data_root, cfg.data.cache_dir = str(world.root), str(tmp_path / "cache")
+    cfg.results_dir, cfg.ckpt_dir, cfg.version = str(tmp_path / "results"), str(tmp_path / "ckpt"), algorithm
+    cfg.model.feat_size = FEAT
+    cfg.data.split = "val"  # 120 expressions: a few steps of each kind, seconds not minutes
+    cfg.train.max_epoch, cfg.train.batch_size, cfg.train.eval_batch_size = 1, 16, 16
+    cfg.search.warmup_epochs = 0
     task = task_of(cfg)
     target = target_model_config("vgd_tiny")
     costs = position_costs(target, {p: cfg.search.pools(p) for p in ("enc", "dec")},
@@ -186,3 +188,31 @@ def test_resume_on_grounding_replays_the_last_epoch_exactly(trained):
     assert set(resumed) == set(straight)
     for key in straight:
         np.testing.assert_array_equal(np.asarray(resumed[key]), np.asarray(straight[key]), err_msg=key)
+
+
+def test_predict_gives_the_box_of_run_val(trained, capsys):
+    """--RUN=predict with a val expression's words picks and decodes the same box as the val
+    result file (and draws it)."""
+    cfg = trained.cfg
+    vocab = open_vocab(cfg, False)
+    dataset = open_dataset(cfg, "val", vocab, False)
+    entries = json.load(open(os.path.join(cfg.results_dir, "cache",
+                                          f"result_run_vgd_epoch{EPOCHS}_refcoco_val.json")))
+    params, _ = ckpt_paths(cfg.ckpt_dir, "vgd", EPOCHS)
+    yml = trained.folder / "vgd32_predict.yml"
+    yml.write_text(f"base: {os.path.join(CONFIG_DIR, 'vgd', 'mmnasnet_tiny.yml')}\nmodel: {{feat_size: {FEAT}}}\n")
+    for i in (0, 7):
+        expression = " ".join(dataset.refs[i]["tokens"])
+        out = trained.folder / f"predict{i}.json"
+        picture = trained.folder / f"predict{i}.png"
+        code = cli.main(["--RUN=predict", f"--MODEL={yml}", f"--CKPT_PATH={params}", f"--FEATS={dataset.image_path(i)}",
+                         f"--QUESTION={expression}", f"--OUT={out}", f"--PICTURE={picture}",
+                         f"--RESULTS_DIR={cfg.results_dir}"])
+        assert code == 0
+        printed = capsys.readouterr().out
+        assert "chosen" in printed
+        picks = json.load(open(out))["picks"]
+        assert len(picks) == 5 and picks[0]["region"] == entries[i]["region"]
+        np.testing.assert_allclose(picks[0]["box"], entries[i]["box"], atol=0.02)
+        assert picks[0]["probability"] >= picks[1]["probability"]
+        assert picture.stat().st_size > 0

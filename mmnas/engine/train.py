@@ -78,7 +78,8 @@ def train_one_epoch(net, optimizer, dataset, cfg: RunConfig, epoch: int, steps_p
     per_rank = tcfg.batch_size // world
     # --TO_STATIC runs whole sub-batches: Paddle compiles a program per input shape, and one
     # compiled while gradients are being accumulated gives wrong gradients (seen with 3.3)
-    box_pieces = 1 if tcfg.to_static else tcfg.box_pieces
+    # A mean loss (grounding) is the reference's over the whole batch: no box-count pieces
+    box_pieces = 1 if tcfg.to_static or task.loss_reduction == "mean" else tcfg.box_pieces
     counts = np.asarray(dataset.box_counts) if box_pieces > 1 else None
     plans = [plan_pieces(b[rank * per_rank:(rank + 1) * per_rank], tcfg.accu, box_pieces, counts)
              for b in global_batches]  # this process's share of every global batch
@@ -97,7 +98,7 @@ def train_one_epoch(net, optimizer, dataset, cfg: RunConfig, epoch: int, steps_p
                 with amp_context(cfg):
                     outputs = task.forward(net, part)
                 losses = task.loss(outputs, part, cfg)  # {"loss": summed, its parts...}
-                scaled = losses["loss"] * world
+                scaled = losses["loss"] * task.backward_scale(world, tcfg.accu)
                 (scaler.scale(scaled) if scaler is not None else scaled).backward()
             for name, value in losses.items():
                 step_losses[name] = step_losses.get(name, 0.0) + task.summed(value.detach(), part)

@@ -11,16 +11,20 @@ four box deltas (how to move that region's proposal onto the object).
 Parameter names follow the answer head's (attflat_lang, proj_norm) and, for the new layers, the
 reference's (attfc_y -> attfc_img, proj_scores, proj_reg), so a MILVLG/mmnas VGD checkpoint
 converts name by name (models/grounding_convert.py).
+
+MMNasForGrounding is the grounding task's model (tasks/grounding.py): the shared backbone
+(MMNasBase) with this head under `head.`; GroundingSuperNet its search supernet.
 """
 from __future__ import annotations
 
 import paddle
 import paddle.nn as nn
 
-from ..config import ModelConfig
-from ..ops import BoxRelations, LayerNorm, box_relation_geometry, make_mask, make_token_mask
+from ..config import ModelConfig, SearchConfig
+from ..ops import LayerNorm
 from ..ops.fast import Linear, mask_fill
-from .mmnasnet import Adapter, AttFlat, Backbone, init_like_reference
+from .mmnasnet import AttFlat, MMNasBase, init_like_reference
+from .supernet import Searchable, stub_config
 
 
 class GroundingHead(nn.Layer):
@@ -46,31 +50,37 @@ class GroundingHead(nn.Layer):
         return scores - paddle.logsumexp(scores, axis=-1, keepdim=True), self.proj_reg(fused)
 
 
-class GroundingNet(nn.Layer):
-    """The whole VGD network of the reference (full_vgd.py) from the shared pieces: MMNasNet's
-    embedding, LSTM, adapter, genotype backbone and relation embedding (same parameter names),
-    and the GroundingHead under `head.`. For tests, checkpoint conversion and small scripts; the
-    task layer builds the model it trains.
+class MMNasForGrounding(MMNasBase):
+    """The grounding task's model: the shared backbone (MMNasBase; the answer model's parameter
+    names, so a VQA checkpoint's backbone loads) with the GroundingHead under `head.`.
+    forward(region_feats [B,N,F], grid_feats (unused), boxes [B,N,4], token_ids [B,T])
+    -> (log_scores [B, N] (log-softmax over the regions), deltas [B, N, 4] (normalised units))."""
+
+    def __init__(self, cfg: ModelConfig, token_size: int, word_vectors=None):
+        super().__init__(cfg, token_size)
+        self.head = GroundingHead(cfg)
+        self.finish_init(word_vectors)
+
+    def forward(self, region_feats, grid_feats, boxes, token_ids):
+        lang, img, lang_mask, img_mask = self.encode(region_feats, boxes, token_ids)
+        return self.head(lang, lang_mask, img, img_mask)
+
+
+class GroundingNet(MMNasForGrounding):
+    """The whole VGD network of the reference (full_vgd.py): the task model without the unused
+    grid-feature input, for checkpoint conversion and small scripts.
 
         log_scores [B, N], deltas [B, N, 4] = net(region_feats [B, N, F], boxes [B, N, 4], token_ids [B, T])
     """
 
-    def __init__(self, cfg: ModelConfig, token_size: int):
-        super().__init__()
-        cfg.validate()
-        self.embedding = nn.Embedding(token_size, cfg.word_embed)
-        self.lstm = nn.LSTM(cfg.word_embed, cfg.hidden_size, num_layers=1)
-        self.adapter = Adapter(cfg)
-        self.backbone = Backbone(cfg)
-        self.linear_rel = Linear(4, cfg.rel_size)
-        self.head = GroundingHead(cfg)
-        init_like_reference(self)
-
     def forward(self, region_feats, boxes, token_ids):
-        lang_mask = make_token_mask(token_ids)  # [B, 1, 1, T]
-        img_mask = make_mask(region_feats)  # [B, 1, 1, N]
-        lang, _ = self.lstm(self.embedding(token_ids))  # [B, T, H]
-        img = self.adapter(region_feats)  # [B, N, H]
-        relations = BoxRelations(box_relation_geometry(boxes), self.linear_rel, self.backbone.relation_layers())
-        lang, img = self.backbone(lang, img, lang_mask, img_mask, relations)
-        return self.head(lang, lang_mask, img, img_mask)
+        return super().forward(region_feats, None, boxes, token_ids)
+
+
+class GroundingSuperNet(Searchable, MMNasForGrounding):
+    """The grounding model with a SuperBackbone (models/supernet.py), for --RUN=search."""
+
+    def __init__(self, cfg: ModelConfig, search: SearchConfig, token_size: int, word_vectors=None):
+        search.validate()
+        MMNasForGrounding.__init__(self, stub_config(cfg), token_size, word_vectors)
+        self.make_searchable(cfg, search)

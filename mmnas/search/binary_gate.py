@@ -41,7 +41,7 @@ def weight_step(net, model: Searchable, optimizer, batch, lr: float, cfg, rng: n
         sync = net.no_sync() if (world > 1 and not last) else contextlib.nullcontext()
         with sync:
             loss = batch_loss(net, task, part, cfg)
-            (loss * world).backward()  # DataParallel averages: x world gives the global sum
+            (loss * task.backward_scale(world, cfg.train.accu)).backward()  # DataParallel averages: a sum x world
         loss_sum += float(task.summed(loss, part))
     # DataParallel zero-fills the gradients of unused candidates; drop them so Adam skips them
     for p in model.inactive_parameters():

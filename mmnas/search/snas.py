@@ -103,7 +103,8 @@ class SNAS(SearchStrategy):
             sync = net.no_sync() if (world > 1 and not last) else contextlib.nullcontext()
             with sync:
                 loss = batch_loss(net, self.task, part, self.cfg)
-                (loss * world).backward()  # DataParallel averages the weights' gradients: x world = sum
+                # DataParallel averages the weights' gradients: a summed loss x world = the global sum
+                (loss * self.task.backward_scale(world, self.cfg.train.accu)).backward()
             loss_sum += float(self.task.summed(loss, part))
         for p in model.inactive_parameters():  # zero-filled by DataParallel: not on the sampled path
             p.clear_gradient(False)

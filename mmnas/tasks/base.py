@@ -62,6 +62,13 @@ class Task:
         parts...}; the backward runs on "loss"."""
         raise NotImplementedError
 
+    def backward_scale(self, world: int, parts: int):
+        """What "loss" is multiplied by before backward, so that a step's gradient is that of the
+        whole global batch: a summed loss times the world size (DataParallel averages the
+        processes' gradients); a mean loss divided by the sub-batches (ACCU) it is computed in,
+        the processes' average being the mean already."""
+        return world if self.loss_reduction == "sum" else 1.0 / parts
+
     def summed(self, loss, batch):
         """A loss value as a sum over the batch's samples, what the logs divide by the sample
         count (a "mean" task's loss times the batch size)."""

@@ -1,6 +1,6 @@
 """The grounding task (RefCOCO, RefCOCO+, RefCOCOg; spec grounding_matching.md section 1): the
 backbone reads the expression (encoder) and the regions (decoder); the head scores every region
-and regresses its box (models/grounding.py); the loss is KL to the IoU-weighted positives plus
+and regresses its box (models/grounding_head.py); the loss is KL to the IoU-weighted positives plus
 0.5 SmoothL1 on the normalised deltas (models/grounding_loss.py); the metric is accuracy at
 IoU >= 0.5 of the top region's decoded, clipped box (metrics/grounding.py). The result file
 holds one box per expression id, named after the dataset and split."""
@@ -13,7 +13,7 @@ import numpy as np
 from ..metrics.grounding import decode_all_boxes, pick_boxes, pick_ious
 from ..metrics.boxes import POSITIVE_IOU
 from ..models.flops import grounding_head_flops
-from ..models.grounding import GroundingSuperNet, MMNasForGrounding
+from ..models.grounding_head import GroundingSuperNet, MMNasForGrounding
 from ..models.grounding_loss import grounding_loss
 from .base import Task
 

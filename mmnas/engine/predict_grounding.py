@@ -1,0 +1,113 @@
+"""--RUN=predict on a grounding model: one typed referring expression about one image's feature
+file -> the chosen region's box (decoded and clipped like --RUN=val: tasks/grounding.py) and the
+runners-up, printed, drawn on the photo (or a blank canvas of the image's size) and optionally
+written as JSON.
+
+    python run.py --RUN=predict --MODEL=vgd_tiny --CKPT_V=vgd --CKPT_E=6 \
+        --FEATS=data/vgd/bua-r101-fix100/COCO_train2014_000000581857.jpg.npz --QUESTION="the red cup"
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Optional
+
+import numpy as np
+import paddle
+
+from ..checkpoint_files import load_weights
+from ..config import RunConfig
+from ..data import tokenize
+from ..data.refcoco import encode_tokens
+from ..tasks import task_named
+from .evaluate import write_json_atomic
+from .predict import PredictError, read_image_features, resolve_vocab
+
+
+def ground(model, image, words, vocab, max_token: int) -> dict:
+    """The task's kept outputs for one expression (words) on one image (ImageFeatures):
+    regions [K], region_scores [K] (probabilities), boxes [K, 4] (pixels), best first."""
+    task = task_named("grounding")
+    ids = encode_tokens(words, vocab.token_to_ix, max_token)[None]  # [1, T], the last id PAD
+    batch = {"boxes": image.boxes[None], "image_size": np.array([[image.image_h, image.image_w]], np.float32)}
+    model.eval()
+    with paddle.no_grad():
+        log_scores, deltas = model(paddle.to_tensor(image.region_feats[None]), None, paddle.to_tensor(batch["boxes"]),
+                                   paddle.to_tensor(ids))
+    kept = task.predict_outputs((log_scores.numpy(), deltas.numpy()), batch)
+    return {k: v[0] for k, v in kept.items()}
+
+
+def draw_boxes(path: str, image, picks: dict, expression: str, photo: Optional[str] = None) -> None:
+    """The chosen box (thick, red) and the runners-up (dashed) over every proposal (thin, grey)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+    fig, ax = plt.subplots(figsize=(6, 6 * image.image_h / image.image_w), dpi=100)
+    if photo is not None:
+        from PIL import Image
+        with Image.open(photo) as im:
+            ax.imshow(np.asarray(im.convert("RGB")), extent=(0, image.image_w, image.image_h, 0))
+    ax.set_xlim(0, image.image_w)
+    ax.set_ylim(image.image_h, 0)
+    for x1, y1, x2, y2 in image.boxes:
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="0.7", linewidth=0.6))
+    for rank, (box, score) in enumerate(zip(picks["boxes"], picks["region_scores"])):
+        x1, y1, x2, y2 = box
+        chosen = rank == 0
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="red" if chosen else "tab:blue",
+                               linewidth=2.5 if chosen else 1.0, linestyle="-" if chosen else "--"))
+        ax.text(x1, y1, f"{rank + 1}: {score:.2f}", fontsize=8, color="white", va="bottom",
+                bbox={"facecolor": "red" if chosen else "tab:blue", "alpha": 0.8, "pad": 1, "edgecolor": "none"})
+    ax.set_title(f'"{expression}"', fontsize=10)
+    ax.axis("off")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+
+
+def run_predict_grounding(cfg: RunConfig, weights: str, feats: str, expression: str, image_path: Optional[str] = None,
+                          topk: int = 5, out_json: Optional[str] = None, vocab_path: Optional[str] = None,
+                          picture_path: Optional[str] = None) -> dict:
+    """--RUN=predict for a grounding dataset: the box the expression names and topk - 1 runners-up."""
+    image = read_image_features(feats, cfg.model.feat_size)
+    if image_path is not None and not os.path.isfile(image_path):
+        raise PredictError(f"--IMAGE={image_path} does not exist; give the photo the features came from, or leave it out.")
+    words = tokenize(expression or "")
+    if not words:
+        raise PredictError(f"the expression {expression!r} has no words; type one, e.g. --QUESTION=\"the red cup\".")
+    vocab, vocab_source = resolve_vocab(weights, vocab_path, cfg)
+    max_token = vocab.max_token or cfg.model.max_token
+    unknown = [w for w in words if w not in vocab.token_to_ix]
+    if len(unknown) == len(words):
+        raise PredictError(f"none of the words of {expression!r} is in the model's vocabulary of {vocab.token_size} "
+                           f"tokens (from {vocab_source}); use words of the training expressions.")
+    model = task_named("grounding").build_model(cfg.model, vocab)
+    load_weights(model, weights)
+    picks = ground(model, image, words, vocab, max_token)
+    shown = min(topk, len(picks["regions"]))
+    lines = [f"expression: {expression}"]
+    if unknown:
+        lines.append(f"  (not in the vocabulary, read as UNK: {', '.join(unknown)})")
+    if len(words) > max_token - 1:
+        lines.append(f"  (past the {max_token - 1}th word, not read: {' '.join(words[max_token - 1:])})")
+    for rank in range(shown):
+        box = ", ".join(f"{v:.1f}" for v in picks["boxes"][rank])
+        lines.append(f"  {'chosen' if rank == 0 else f'{rank + 1}.':>6} region {int(picks['regions'][rank]):3d}  "
+                     f"p {picks['region_scores'][rank]:.3f}  box [{box}]")
+    print("\n".join(lines))
+    stem = os.path.basename(feats).split(".")[0]
+    picture_path = picture_path or os.path.join(
+        cfg.results_dir, "predict", f"{stem}__{re.sub(r'[^a-z0-9]+', '_', ' '.join(words))[:60]}.png")
+    draw_boxes(picture_path, image, {k: v[:shown] for k, v in picks.items()}, expression, image_path)
+    print(f"picture: {picture_path}")
+    result = {"expression": expression, "weights": weights, "vocabulary": vocab_source, "feature_file": feats,
+              "picks": [{"region": int(r), "probability": round(float(p), 6), "box": [round(float(v), 2) for v in b]}
+                        for r, p, b in zip(picks["regions"][:shown], picks["region_scores"][:shown],
+                                           picks["boxes"][:shown])],
+              "picture": picture_path}
+    if out_json:
+        write_json_atomic(result, out_json)
+        print(f"wrote {out_json}")
+    return result
