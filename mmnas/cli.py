@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "or for val/test, --CKPT_V or the --CKPT_PATH file's name)")
     p.add_argument("--GPU", default="", help="GPU ids, e.g. 0 or 0,1 (one process per GPU); empty = CPU")
     p.add_argument("--NPROCS", type=int, default=None,
-                   help="number of processes (default: one per --GPU id, else 1); on CPU uses gloo")
+                   help="number of processes (default: one per --GPU id, else 1); on CPU uses gloo; "
+                        "--RUN=val/test on matching: the score matrix's image rows split over them (default 1)")
     p.add_argument("--NW", type=int, default=None, help="data loader worker processes")
     p.add_argument("--SPLIT", default=None, help=f"training split: {', '.join(TRAIN_SPLITS)} on vqa (default "
                                                  f"train+val+vg), train or train+val on gqa and refcoco*")
@@ -260,8 +261,10 @@ def checkpoint_for_eval(cfg: RunConfig):
     return path, f"{cfg.ckpt_version}_epoch{cfg.ckpt_epoch}"
 
 
-def run_eval(cfg: RunConfig) -> dict:
-    """--RUN=val / --RUN=test: load weights, predict every question, write and score results."""
+def run_eval(cfg: RunConfig, rank: int = 0, world: int = 1) -> Optional[dict]:
+    """--RUN=val / --RUN=test: load weights, predict every question, write and score results.
+    With --NPROCS (a task with Task.splits_evaluation: matching), every process runs this and
+    takes its share; process 0 writes, prints and returns the result."""
     from .checkpoint_files import load_weights
     from .engine.evaluate import evaluate
     from .engine.logger import RunLogger
@@ -270,8 +273,8 @@ def run_eval(cfg: RunConfig) -> dict:
 
     weights, name = checkpoint_for_eval(cfg)  # its existence is checked by check_paths
     split = cfg.data.eval_split if cfg.run == "val" else test_split(cfg.data.dataset, cfg.data.eval_split)
-    vocab = open_vocab(cfg, True)
-    dataset = open_dataset(cfg, split, vocab, True)
+    vocab = open_vocab(cfg, rank == 0)
+    dataset = open_dataset(cfg, split, vocab, rank == 0)
     if cfg.run == "val" and not dataset.has_answers:
         raise UsageError(f"--RUN=val needs the answers of the {split} split; use --RUN=test for unannotated questions.")
     task = task_of(cfg)
@@ -280,7 +283,9 @@ def run_eval(cfg: RunConfig) -> dict:
     result = evaluate(model, dataset, name=name, results_dir=cfg.results_dir,
                       batch_size=cfg.train.eval_batch_size, num_workers=cfg.data.num_workers,
                       save_pred=cfg.train.save_pred, engine=cfg.train.eval_engine,
-                      precision=cfg.train.eval_precision, task=task, run_cfg=cfg)
+                      precision=cfg.train.eval_precision, task=task, run_cfg=cfg, rank=rank, world=world)
+    if result is None:
+        return None  # a data-parallel process other than 0
     print(f"wrote {result.result_path} ({len(dataset)} {task.result_noun})")
     if result.pred_path:
         print(f"wrote {result.pred_path} ({task.pred_noun})")
@@ -295,6 +300,10 @@ def run_eval(cfg: RunConfig) -> dict:
                 logger.text(f"{table.replace('_', ' ')}: " + ", ".join(
                     f"{k}: {v:.2f}" for k, v in sorted(result.scores[table].items())))
     return {"result_path": result.result_path, "scores": result.scores, "pred_path": result.pred_path}
+
+
+def _eval_entry(cfg, rank, world):
+    return run_eval(cfg, rank, world)
 
 
 def _train_entry(cfg, rank, world):
@@ -329,7 +338,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from . import runtime
     # threads, MKL's AMD path and Paddle flags, set before anything imports paddle; CPU
     # processes started for data parallel share the cores
-    cpu_processes = args.NPROCS or 1 if args.RUN in ("train", "search") and not args.GPU else 1
+    cpu_processes = args.NPROCS or 1 if args.RUN in ("train", "search", "val", "test") and not args.GPU else 1
     runtime.configure(processes=cpu_processes)
     try:
         cfg = config_from_args(args)
@@ -364,7 +373,16 @@ def main(argv: Optional[List[str]] = None) -> int:
             predict_run(cfg, weights, args.FEATS, args.QUESTION, image_path=args.IMAGE, topk=args.TOPK,
                         out_json=args.OUT, vocab_path=args.VOCAB, picture_path=args.PICTURE)
         else:
-            run_eval(cfg)
+            nprocs = args.NPROCS or 1  # --RUN=val/test: one process unless --NPROCS asks for more
+            if nprocs > 1:
+                from .engine.distributed import run_parallel
+                from .tasks import task_of
+                if not task_of(cfg).splits_evaluation:
+                    raise UsageError(f"--RUN={cfg.run} runs in one process for {cfg.data.dataset}; several "
+                                     f"processes (--NPROCS) split the score matrix of matching only.")
+                run_parallel(_eval_entry, cfg, nprocs, cfg.gpu, expected=expected_errors())
+            else:
+                run_eval(cfg)
     except expected_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

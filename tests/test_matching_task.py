@@ -207,6 +207,17 @@ def test_run_val_and_test_rank_with_the_trained_weights(trained, validated, caps
     assert ranks(val_file) == ranks(validated.val_file)  # the same rankings as the validation
     assert cli.main(["--RUN=test", *common]) == 0
     assert os.path.exists(os.path.join(cfg.results_dir, "cache", f"result_run_epoch{EPOCHS}_flickr30k_test.json"))
+    # two processes, each scoring half of the image rows: the same rankings, all pairs counted
+    import subprocess
+    import sys
+    dp_results = trained.folder / "results_dp"
+    proc = subprocess.run([sys.executable, os.path.join(os.path.dirname(CONFIG_DIR), "run.py"), "--RUN=val",
+                           *common[:-2], f"--RESULTS_DIR={dp_results}", "--NW=0", "--NPROCS=2"],
+                          cwd=str(trained.folder), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    dp_file = os.path.join(str(dp_results), "cache", f"result_run_epoch{EPOCHS}_flickr30k_dev.json")
+    assert ranks(dp_file) == ranks(val_file)
+    assert json.load(open(dp_file))["pairs"] == json.load(open(val_file))["pairs"] == EVAL_IMAGES ** 2 * 5
 
 
 @pytest.mark.parametrize("algorithm", ["binary_gate", "snas"])

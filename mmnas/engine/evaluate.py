@@ -119,7 +119,8 @@ def write_json_atomic(obj, path: str) -> None:
 
 def evaluate(model, dataset, *, name: str, results_dir: str, batch_size: int, num_workers: int = 0,
              save_pred: bool = False, progress: bool = True, engine: str = "dygraph",
-             precision: str = "fp32", task: Optional[Task] = None, run_cfg=None) -> EvalResult:
+             precision: str = "fp32", task: Optional[Task] = None, run_cfg=None, rank: int = 0,
+             world: int = 1) -> Optional[EvalResult]:
     """Predict every sample of `dataset`, write the result file, score it when annotated.
 
     Annotated splits write `results/cache/<result file>`; the test split writes
@@ -128,10 +129,13 @@ def evaluate(model, dataset, *, name: str, results_dir: str, batch_size: int, nu
     `result_entries`, `score`; the answer task: result_run_<name>.json and the dataset's own
     format and metric). With save_pred, the kept outputs (the answer task: logits) and the
     sample ids go to `results/pred/result_run_<name>.npz`. `task`: default the answer task;
-    `run_cfg`: the RunConfig, for a task that evaluates the whole split itself (Task.predict_split).
+    `run_cfg`: the RunConfig, for a task that evaluates the whole split itself (Task.predict_split),
+    which may share it among `world` processes (each calls evaluate; process 0 returns the result).
     """
     task = task or task_named("answer")
-    outputs = task.predict_split(model, dataset, run_cfg, batch_size, progress)
+    outputs = task.predict_split(model, dataset, run_cfg, batch_size, progress and rank == 0, rank, world)
+    if rank != 0:
+        return None  # data parallel (Task.splits_evaluation): process 0 writes and scores
     if outputs is None:
         outputs = predict_outputs(model, dataset, task, batch_size, num_workers, progress, engine=engine,
                                   precision=precision)

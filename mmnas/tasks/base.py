@@ -82,11 +82,14 @@ class Task:
         hard negatives mined with it). Default: nothing."""
 
     # ---- evaluation
-    def predict_split(self, model, dataset, run_cfg, batch_size: int, progress: bool = True
-                      ) -> Optional[Dict[str, np.ndarray]]:
+    splits_evaluation = False  # predict_split shares the work among data-parallel processes
+
+    def predict_split(self, model, dataset, run_cfg, batch_size: int, progress: bool = True, rank: int = 0,
+                      world: int = 1) -> Optional[Dict[str, np.ndarray]]:
         """The outputs of a task whose evaluation is not one output per sample (matching: the
         score matrix of every (image, caption) pair), for `result_entries`; None (the default):
-        the engine predicts sample by sample (`predict_outputs`)."""
+        the engine predicts sample by sample (`predict_outputs`). With `splits_evaluation`, every
+        one of `world` processes calls it and each gets the whole outputs."""
         return None
 
     def predict_outputs(self, outputs, batch) -> Dict[str, np.ndarray]:

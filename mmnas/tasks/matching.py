@@ -91,22 +91,31 @@ class MatchingTask(Task):
         train_set.set_negatives(*tables)
 
     # ---- evaluation: the whole split at once
-    def predict_split(self, model, dataset, run_cfg, batch_size, progress=True):
+    splits_evaluation = True  # image rows split over the processes
+
+    def predict_split(self, model, dataset, run_cfg, batch_size, progress=True, rank=0, world=1):
         """{"scores": S float32 [n_img, n_cap], "pairs", "seconds", "pairs_per_s"} (this
         process's scoring), batch_size captions against one image per pass. Two-stage: the
         pairs scored fully, and the seconds of the whole ranking (fitting the first stage included)."""
         scorer = pair_scorer(model)
         top_k = run_cfg.matching.two_stage_top_k if run_cfg is not None else 0
+        split = {"rank": rank, "world": world, "all_reduce_sum": _all_reduce_sum if world > 1 else (lambda m: m),
+                 "progress": progress}
         if not top_k:
-            scores, stats = full_score_matrix(dataset, scorer, batch_size, progress=progress)
-            return {"scores": scores, **{k: np.float64(stats[k]) for k in TIMING}}
-        start = time.perf_counter()
-        cheap = learned_first_stage(model, dataset, run_cfg, progress)
-        first_seconds = time.perf_counter() - start
-        scores, stats = two_stage_score_matrix(dataset, scorer, cheap, top_k, batch_size, progress=progress)
-        seconds = first_seconds + stats["seconds"]  # the pairs per second of the whole ranking
-        return {"scores": scores.astype(np.float32), "pairs": np.float64(stats["pairs"]),
-                "seconds": np.float64(seconds), "pairs_per_s": np.float64(stats["pairs"] / seconds)}
+            scores, stats = full_score_matrix(dataset, scorer, batch_size, **split)
+            seconds = stats["seconds"]
+        else:
+            start = time.perf_counter()
+            cheap = learned_first_stage(model, dataset, run_cfg, progress)  # fitted alike in every process
+            first_seconds = time.perf_counter() - start
+            scores, stats = two_stage_score_matrix(dataset, scorer, cheap, top_k, batch_size, **split)
+            seconds = first_seconds + stats["seconds"]  # the pairs per second of the whole ranking
+        pairs = stats["pairs"]
+        if world > 1:  # every process's pairs, in the time of the slowest
+            pairs = float(_all_reduce_sum(np.array([pairs]))[0])
+            seconds = float(_all_reduce_max(np.array([seconds]))[0])
+        return {"scores": scores.astype(np.float32), "pairs": np.float64(pairs), "seconds": np.float64(seconds),
+                "pairs_per_s": np.float64(pairs / seconds if seconds > 0 else float("inf"))}
 
     def result_file(self, name: str, dataset) -> str:
         return f"result_run_{name}_{dataset.dataset}_{dataset.split}.json"
@@ -164,6 +173,22 @@ def learned_first_stage(model, dataset, run_cfg, progress: bool = True) -> np.nd
     fitted = fit_first_stage(image_mean_features(train, progress), caption_summaries(train, caption_summary),
                              seed=run_cfg.train.seed)
     return fitted.scores(image_mean_features(dataset, progress), caption_summaries(dataset, caption_summary))
+
+
+def _all_reduce_sum(values: np.ndarray) -> np.ndarray:
+    return _all_reduce(values, "SUM")
+
+
+def _all_reduce_max(values: np.ndarray) -> np.ndarray:
+    return _all_reduce(values, "MAX")
+
+
+def _all_reduce(values: np.ndarray, op: str) -> np.ndarray:
+    import paddle
+    import paddle.distributed as dist
+    t = paddle.to_tensor(np.ascontiguousarray(values))
+    dist.all_reduce(t, op=getattr(dist.ReduceOp, op))
+    return t.numpy()
 
 
 def _all_gather_rows(rows: np.ndarray) -> List[np.ndarray]:
