@@ -348,3 +348,21 @@ def test_predict_ranks_as_the_evaluation_scores(trained, validated, tmp_path, ca
     assert [os.path.basename(e["feats"]) for e in ranked] == [feature_file_name(int(i)) for i in caption["images"]]
     np.testing.assert_allclose([e["score"] for e in ranked], sigmoid(caption["scores"]), atol=1e-5)
     assert "top 10 of 10 images" in capsys.readouterr().out
+
+
+def test_resume_after_a_mined_epoch_replays_the_next_exactly(small_world, tmp_path):
+    """Negatives are mined from the model at the start of each epoch, so a run resumed after
+    epoch 1 mines the same tables before epoch 2 and ends with the weights of the straight run."""
+    import copy
+    from mmnas.checkpoint_files import safe_load
+    cfg = matching_cfg(small_world.root, tmp_path, "straight", max_epoch=2, eval_every_epoch=False,
+                       lr_decay_epochs=[2])
+    cfg.matching.mine_from_epoch, cfg.matching.mine_candidates = 1, 6
+    train(cfg, progress=False)
+    resumed = copy.deepcopy(cfg)
+    resumed.resume, resumed.ckpt_version, resumed.ckpt_epoch, resumed.version = True, "straight", 1, "resumed"
+    train(resumed, progress=False)
+    a, b = (safe_load(ckpt_paths(cfg.ckpt_dir, v, 2)[0]) for v in ("straight", "resumed"))
+    assert set(a) == set(b)
+    for key in a:
+        np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(b[key]), err_msg=key)
