@@ -277,7 +277,8 @@ def test_fine_tune_from_a_vqa_checkpoint_takes_the_backbone(world, tmp_path, cap
 def test_two_process_training_with_mining_equals_one_process(small_world, tmp_path):
     """--NPROCS=2 mines half of the anchors in each process and gathers them in anchor order: the
     same tables, so the same epoch loss (mean over both processes' captions) and the same weights
-    (dropout off) as one process after an epoch trained on mined negatives. Biases whose gradient
+    (dropout off) as one process after an epoch trained on mined negatives; the validation after
+    it splits the image rows over the two and ranks as one process does. Biases whose gradient
     is zero in exact arithmetic (attention keys, AttFlat's logit: softmax ignores a constant)
     are moved by Adam on rounding noise alone, which differs with the batch split: they get a
     looser tolerance; the rest agree to 2e-4 (measured: 4e-5) after the epoch's 12 Adam steps."""
@@ -289,7 +290,7 @@ def test_two_process_training_with_mining_equals_one_process(small_world, tmp_pa
     yml.write_text(f"base: {os.path.join(CONFIG_DIR, 'itm', 'mmnasnet_tiny.yml')}\n"
                    f"model: {{feat_size: {FEAT}, max_token: {TOKENS}, dropout: 0.0}}\n"
                    f"data: {{data_root: {root}, cache_dir: {tmp_path / 'cache'}}}\n"
-                   "train: {batch_size: 16, max_epoch: 1, eval_every_epoch: false, lr_decay_epochs: [1]}\n"
+                   "train: {batch_size: 16, max_epoch: 1, lr_decay_epochs: [1]}\n"
                    "matching: {mine_from_epoch: 0, mine_candidates: 6, mine_anchors: 4}\n")
     proc = subprocess.run(
         [sys.executable, os.path.join(os.path.dirname(CONFIG_DIR), "run.py"), "--RUN=train", f"--MODEL={yml}",
@@ -302,6 +303,15 @@ def test_two_process_training_with_mining_equals_one_process(small_world, tmp_pa
     line = re.search(r"epoch 1/1: loss ([0-9.]+)", proc.stdout)
     assert line, proc.stdout[-2000:]
     assert float(line.group(1)) == pytest.approx(summary["history"][0]["loss"], abs=2e-5)
+    # the validation after the epoch, its image rows split over the two processes: the same rankings
+    val = re.search(r"epoch 1 val: i2t R@1/5/10 (\S+) medr (\S+) meanr (\S+) \| t2i R@1/5/10 (\S+) medr (\S+) "
+                    r"meanr (\S+) \| rsum (\S+) \| (\d+) pairs", proc.stdout)
+    assert val, proc.stdout[-2000:]
+    scores = summary["history"][0]["val"]
+    assert val.group(1) == "/".join(f"{scores[f'i2t_r{k}']:.2f}" for k in (1, 5, 10))
+    assert val.group(4) == "/".join(f"{scores[f't2i_r{k}']:.2f}" for k in (1, 5, 10))
+    assert float(val.group(3)) == pytest.approx(scores["i2t_meanr"], abs=0.05)
+    assert int(val.group(8)) == scores["pairs"] == 2 * 10  # 2 dev images x 10 captions, all of them
     dp, one = (safe_load(ckpt_paths(cfg.ckpt_dir, v, 1)[0]) for v in ("dp", "one"))
     assert set(dp) == set(one)
     for key in one:
