@@ -248,8 +248,9 @@ def check_paths(cfg: RunConfig, args: argparse.Namespace) -> None:
     if not os.path.isdir(cfg.data.data_root) and cfg.run != "predict":  # predict reads data only without a vocab
         given = (f"--DATA_ROOT={cfg.data.data_root}" if args.DATA_ROOT is not None else
                  f"data.data_root={cfg.data.data_root} (from {cfg.config_path}; --DATA_ROOT overrides it)")
-        raise UsageError(f"{given} is not an existing folder; expected the folder holding {cfg.data.dataset}/raw "
-                         f"and {cfg.data.dataset}/feats (README.md, \"Real VQA-v2 data\" or \"GQA\").")
+        from .data.datasets import dataset_spec
+        raise UsageError(f"{given} is not an existing folder; expected the folder holding "
+                         f"{dataset_spec(cfg.data.dataset).layout.format(dataset=cfg.data.dataset)}.")
 
 
 def checkpoint_for_eval(cfg: RunConfig):

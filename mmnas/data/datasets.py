@@ -35,6 +35,8 @@ class DatasetSpec:
     open: Callable  # (RunConfig, split, Vocab, progress) -> RegionDataset
     task: str = "answer"  # the task its items are made for (mmnas/tasks/, TASKS)
     answers: Optional[int] = None  # answer task: the published dictionary's size (the head's FLOPs)
+    # what --DATA_ROOT must hold, for the error when it does not exist
+    layout: str = '{dataset}/raw and {dataset}/feats (README.md, "Real VQA-v2 data" or "GQA")'
 
 
 def _vqa_vocab(cfg: RunConfig, progress: bool) -> Vocab:
@@ -129,15 +131,18 @@ def _flickr_open(cfg: RunConfig, split: str, vocab: Vocab, progress: bool):
     return TripletBatches(dataset, seed=cfg.train.seed) if split == "train" else dataset
 
 
+_VGD_LAYOUT = "vgd/bua-r101-fix100/ and vgd/{dataset}/ (docs/grounding.md, \"Data layout\")"
+_ITM_LAYOUT = "itm/flickr_bua-r101-fix36/ and itm/f30k_precomp/ (docs/matching.md, \"Data layout\")"
+
 DATASETS = {
     # answers: VQA-v2's dictionary keeps those seen more than 8 times in train+val (3129);
     # GQA's keeps every answer of train, val and testdev (1843)
     "vqa": DatasetSpec("vqa", _vqa_vocab, _vqa_open, "answer", 3129),
     "gqa": DatasetSpec("gqa", _gqa_vocab, _gqa_open, "answer", 1843),
-    "refcoco": DatasetSpec("refcoco", _refcoco_vocab, _refcoco_open, "grounding"),
-    "refcoco+": DatasetSpec("refcoco+", _refcoco_vocab, _refcoco_open, "grounding"),
-    "refcocog": DatasetSpec("refcocog", _refcoco_vocab, _refcoco_open, "grounding"),
-    "flickr30k": DatasetSpec("flickr30k", _flickr_vocab, _flickr_open, "matching"),
+    "refcoco": DatasetSpec("refcoco", _refcoco_vocab, _refcoco_open, "grounding", layout=_VGD_LAYOUT),
+    "refcoco+": DatasetSpec("refcoco+", _refcoco_vocab, _refcoco_open, "grounding", layout=_VGD_LAYOUT),
+    "refcocog": DatasetSpec("refcocog", _refcoco_vocab, _refcoco_open, "grounding", layout=_VGD_LAYOUT),
+    "flickr30k": DatasetSpec("flickr30k", _flickr_vocab, _flickr_open, "matching", layout=_ITM_LAYOUT),
 }
 
 
