@@ -50,13 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"{model_choices()} | path to a YAML config (default: small; for --RUN=search: search)")
     p.add_argument("--DATASET", default=None, choices=list(DATASETS),
                    help="dataset: vqa (VQA-v2 + Visual Genome), gqa, or refcoco / refcoco+ / refcocog (visual "
-                        "grounding, docs/grounding.md) (default: the config's data.dataset, vqa)")
+                        "grounding, docs/grounding.md), flickr30k (image-text matching, docs/matching.md) "
+                        "(default: the config's data.dataset, vqa)")
     p.add_argument("--VERSION", help="name of this run: checkpoints go to ckpt/ckpt_<VERSION>/, the log to "
                                      "results/log/log_run_<VERSION>.txt (default: a timestamp; when resuming "
                                      "or for val/test, --CKPT_V or the --CKPT_PATH file's name)")
     p.add_argument("--GPU", default="", help="GPU ids, e.g. 0 or 0,1 (one process per GPU); empty = CPU")
     p.add_argument("--NPROCS", type=int, default=None,
-                   help="number of processes (default: one per --GPU id, else 1); on CPU uses gloo")
+                   help="number of processes (default: one per --GPU id, else 1); on CPU uses gloo; "
+                        "--RUN=val/test on matching: the score matrix's image rows split over them (default 1)")
     p.add_argument("--NW", type=int, default=None, help="data loader worker processes")
     p.add_argument("--SPLIT", default=None, help=f"training split: {', '.join(TRAIN_SPLITS)} on vqa (default "
                                                  f"train+val+vg), train or train+val on gqa and refcoco*")
@@ -94,7 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--QUESTION", help="the question, e.g. \"what colour is the dog?\"")
     predict.add_argument("--IMAGE", help="the photo the features came from (default: <root>/images/<split>/ "
                                          "beside feats/<split>/ if there is one, else a blank canvas)")
-    predict.add_argument("--TOPK", type=int, default=5, help="how many answers to print (default 5)")
+    predict.add_argument("--CAPTIONS", help="matching (flickr30k): a text file of captions, one per line, to rank "
+                                            "for the image --FEATS (with --QUESTION and a folder as --FEATS: "
+                                            "the images of the folder are ranked for that caption)")
+    predict.add_argument("--TOPK", type=int, default=5, help="how many answers (matching: images or captions) "
+                                                             "to print (default 5)")
     predict.add_argument("--OUT", help="also write the answer, scores and attention as JSON to this file")
     predict.add_argument("--VOCAB", help="vocabulary JSON (default: vocab.json beside the weights, else "
                                          "built from the data files)")
@@ -226,8 +232,9 @@ def validate_args(cfg: RunConfig, args: argparse.Namespace) -> None:
             raise UsageError(f"--RESUME is only for --RUN=train, not --RUN={cfg.run}.")
         if not cfg.ckpt_path and (cfg.ckpt_version is None or cfg.ckpt_epoch is None):
             raise UsageError(f"--RUN={cfg.run} needs weights: --CKPT_PATH=file.pdparams, or --CKPT_V and --CKPT_E.")
-    if cfg.run == "predict" and (args.FEATS is None or args.QUESTION is None):
-        raise UsageError("--RUN=predict needs --FEATS=<one .npz feature file> and --QUESTION=\"...\".")
+    if cfg.run == "predict" and (args.FEATS is None or (args.QUESTION is None) == (args.CAPTIONS is None)):
+        raise UsageError("--RUN=predict needs --FEATS=<one .npz feature file> and --QUESTION=\"...\" (matching: "
+                         "--FEATS=<folder> --QUESTION=\"<caption>\", or --FEATS=<file.npz> --CAPTIONS=<text file>).")
     if args.BUDGET_GFLOPS is not None and cfg.run != "search":
         raise UsageError(f"--BUDGET_GFLOPS bounds the genotype a search reports; it is for --RUN=search, "
                          f"not --RUN={cfg.run}.")
@@ -274,8 +281,10 @@ def checkpoint_for_eval(cfg: RunConfig):
     return path, f"{cfg.ckpt_version}_epoch{cfg.ckpt_epoch}"
 
 
-def run_eval(cfg: RunConfig) -> dict:
-    """--RUN=val / --RUN=test: load weights, predict every question, write and score results."""
+def run_eval(cfg: RunConfig, rank: int = 0, world: int = 1) -> Optional[dict]:
+    """--RUN=val / --RUN=test: load weights, predict every question, write and score results.
+    With --NPROCS (a task with Task.splits_evaluation: matching), every process runs this and
+    takes its share; process 0 writes, prints and returns the result."""
     from .checkpoint_files import load_weights
     from .engine.evaluate import evaluate
     from .engine.logger import RunLogger
@@ -284,8 +293,8 @@ def run_eval(cfg: RunConfig) -> dict:
 
     weights, name = checkpoint_for_eval(cfg)  # its existence is checked by check_paths
     split = cfg.data.eval_split if cfg.run == "val" else test_split(cfg.data.dataset, cfg.data.eval_split)
-    vocab = open_vocab(cfg, True)
-    dataset = open_dataset(cfg, split, vocab, True)
+    vocab = open_vocab(cfg, rank == 0)
+    dataset = open_dataset(cfg, split, vocab, rank == 0)
     if cfg.run == "val" and not dataset.has_answers:
         raise UsageError(f"--RUN=val needs the answers of the {split} split; use --RUN=test for unannotated questions.")
     task = task_of(cfg)
@@ -294,7 +303,9 @@ def run_eval(cfg: RunConfig) -> dict:
     result = evaluate(model, dataset, name=name, results_dir=cfg.results_dir,
                       batch_size=cfg.train.eval_batch_size, num_workers=cfg.data.num_workers,
                       save_pred=cfg.train.save_pred, engine=cfg.train.eval_engine,
-                      precision=cfg.train.eval_precision, task=task)
+                      precision=cfg.train.eval_precision, task=task, run_cfg=cfg, rank=rank, world=world)
+    if result is None:
+        return None  # a data-parallel process other than 0
     print(f"wrote {result.result_path} ({len(dataset)} {task.result_noun})")
     if result.pred_path:
         print(f"wrote {result.pred_path} ({task.pred_noun})")
@@ -309,6 +320,10 @@ def run_eval(cfg: RunConfig) -> dict:
                 logger.text(f"{table.replace('_', ' ')}: " + ", ".join(
                     f"{k}: {v:.2f}" for k, v in sorted(result.scores[table].items())))
     return {"result_path": result.result_path, "scores": result.scores, "pred_path": result.pred_path}
+
+
+def _eval_entry(cfg, rank, world):
+    return run_eval(cfg, rank, world)
 
 
 def _train_entry(cfg, rank, world):
@@ -346,7 +361,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         # threads, MKL's AMD path and Paddle flags, set before anything imports paddle; CPU
         # processes started for data parallel share the cores
-        cpu_processes = args.NPROCS or 1 if args.RUN in ("train", "search") and not args.GPU else 1
+        cpu_processes = args.NPROCS or 1 if args.RUN in ("train", "search", "val", "test") and not args.GPU else 1
         runtime.configure(processes=cpu_processes)  # imports Paddle, which installs a C++ SIGTERM handler,
         stop_on_signals()  # replaced here: SIGTERM and SIGHUP stop the run as Ctrl-C does,
         runtime.release_stop_signals()  # from now on (one that came meanwhile is taken now)
@@ -374,11 +389,29 @@ def main(argv: Optional[List[str]] = None) -> int:
             from .engine.predict_grounding import run_predict_grounding
             from .tasks import task_of
             weights, _ = checkpoint_for_eval(cfg)
-            predict_run = {"answer": run_predict, "grounding": run_predict_grounding}[task_of(cfg).name]
+            task_name = task_of(cfg).name
+            if task_name == "matching":  # retrieval with one query: images for a caption, captions for an image
+                from .engine.predict_matching import run_match_predict
+                run_match_predict(cfg, weights, args.FEATS, args.QUESTION, args.CAPTIONS, topk=args.TOPK,
+                                  out_json=args.OUT, vocab_path=args.VOCAB)
+                return 0
+            if args.CAPTIONS is not None:
+                raise UsageError("--CAPTIONS ranks captions with a matching model (data.dataset flickr30k, "
+                                 "--MODEL=itm_tiny or itm_small); this model answers --QUESTION.")
+            predict_run = {"answer": run_predict, "grounding": run_predict_grounding}[task_name]
             predict_run(cfg, weights, args.FEATS, args.QUESTION, image_path=args.IMAGE, topk=args.TOPK,
                         out_json=args.OUT, vocab_path=args.VOCAB, picture_path=args.PICTURE)
         else:
-            run_eval(cfg)
+            nprocs = args.NPROCS or 1  # --RUN=val/test: one process unless --NPROCS asks for more
+            if nprocs > 1:
+                from .engine.distributed import run_parallel
+                from .tasks import task_of
+                if not task_of(cfg).splits_evaluation:
+                    raise UsageError(f"--RUN={cfg.run} runs in one process for {cfg.data.dataset}; several "
+                                     f"processes (--NPROCS) split the score matrix of matching only.")
+                run_parallel(_eval_entry, cfg, nprocs, cfg.gpu, expected=expected_errors())
+            else:
+                run_eval(cfg)
     except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM or SIGHUP
         from .engine.interrupt import RunInterrupted, exit_status, interrupted_by, not_started_message, signal_of
         signum = signal_of(e)

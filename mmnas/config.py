@@ -1,6 +1,6 @@
 """Typed run configuration: YAML files merged into dataclasses, then CLI overrides.
 
-A config file is plain data with three sections, each optional:
+A config file is plain data with these sections, each optional (and `search:`, `matching:`):
 
     model: {hidden_size: 512, genotype: {enc: [...], dec: [...]}, ...}
     data:  {data_root: ./data, split: train+val+vg, ...}
@@ -58,14 +58,19 @@ MODEL_ALIASES = {
     "vgd_tiny": "vgd/mmnasnet_tiny.yml",
     "search_vgd": "search/search_vgd.yml",
     "search_vgd_tiny": "search/search_vgd_tiny.yml",
+    "itm_small": "itm/mmnasnet_small.yml",
+    "itm_tiny": "itm/mmnasnet_tiny.yml",
+    "search_itm": "search/search_itm.yml",
 }
 
 TRAIN_SPLITS = ("train", "train+val", "train+val+vg")  # data.split / --SPLIT (VQA-v2's)
-DATASETS = ("vqa", "gqa", "refcoco", "refcoco+", "refcocog")  # data.dataset / --DATASET (mmnas/data/datasets.py)
+DATASETS = ("vqa", "gqa", "refcoco", "refcoco+", "refcocog", "flickr30k")  # data.dataset / --DATASET (mmnas/data/datasets.py)
 TRAIN_PARTS = {"vqa": ("train", "val", "vg"), "gqa": ("train", "val"),  # a training split '+'-joins these
-               "refcoco": ("train", "val"), "refcoco+": ("train", "val"), "refcocog": ("train", "val")}
+               "refcoco": ("train", "val"), "refcoco+": ("train", "val"), "refcocog": ("train", "val"),
+               "flickr30k": ("train",)}
 EVAL_SPLITS = {"vqa": ("val",), "gqa": ("val", "testdev"),  # data.eval_split / --EVAL_SPLIT (--RUN=val)
-               "refcoco": ("val", "testA", "testB"), "refcoco+": ("val", "testA", "testB"), "refcocog": ("val", "test")}
+               "refcoco": ("val", "testA", "testB"), "refcoco+": ("val", "testA", "testB"), "refcocog": ("val", "test"),
+               "flickr30k": ("val", "test")}  # Flickr30K's val is the dev split of f30k_precomp
 # --RUN=test: the unannotated split (VQA-v2, GQA), or one of the test splits, chosen with
 # data.eval_split / --EVAL_SPLIT when there are several (RefCOCO/+: testA, testB; these are annotated)
 TEST_SPLITS = {"refcoco": ("testA", "testB"), "refcoco+": ("testA", "testB"), "refcocog": ("test",)}
@@ -193,6 +198,27 @@ class TrainConfig(_Section):
     to_static: bool = False  # paddle.jit.to_static the model (measured slower on CPU)
 
 
+@dataclass
+class MatchingConfig(_Section):
+    """Image-text matching (data.dataset flickr30k; mmnas/tasks/matching.py, docs/matching.md):
+    the loss, the hard negatives mined before each epoch, and how evaluation ranks."""
+    SECTION: ClassVar[str] = "matching"
+    positive_weight: float = 2.0  # weight of the positive pair's BCE (the reference adds it twice)
+    bce_form: str = "sigmoid"  # sigmoid: BCE on probabilities (the reference) | logits: BCE-with-logits
+    mine_from_epoch: int = 0  # epochs (counted from 0) from which hard negatives are mined before each
+    #                           epoch; before it, uniform random negatives are drawn anew every epoch
+    mine_candidates: int = 64  # random candidates scored per anchor (the reference's NEG_RANDSIZE)
+    hard_negatives: int = 5  # the best-scored candidates kept per anchor (NEG_HARDSIZE)
+    mine_anchors: int = 50  # anchors scored per mining pass (each with mine_candidates pairs)
+    two_stage_top_k: int = 0  # 0: evaluation scores every (image, caption) pair; k > 0: a cheap first
+    #                           ranking, then full passes on the top k per image and per caption
+
+    def _check_across(self, where: str) -> None:
+        if self.hard_negatives > self.mine_candidates:
+            raise ConfigError(f"{where}: matching.hard_negatives={self.hard_negatives} cannot be kept out of "
+                              f"matching.mine_candidates={self.mine_candidates}; raise the candidates.")
+
+
 TAU_ANNEALS = ("constant", "linear", "exponential", "cosine")  # snas temperature schedules
 
 
@@ -276,6 +302,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    matching: MatchingConfig = field(default_factory=MatchingConfig)
 
     @property
     def cache_dir(self) -> str:
@@ -287,7 +314,8 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-_SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "search": SearchConfig}
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "search": SearchConfig,
+             "matching": MatchingConfig}
 
 
 # ---- one checker for every value: types from the dataclass annotations, ranges from RULES ----
@@ -377,6 +405,10 @@ RULES: Dict[str, Tuple[Rule, ...]] = {
     "search.alpha_init_std": (at_least(0),), "search.arch_weight_decay": (at_least(0),),
     "search.tau_start": (above(0),), "search.tau_end": (above(0),), "search.tau_anneal": (one_of(*TAU_ANNEALS),),
     "search.tau_epochs": (at_least(0),), "search.budget_gflops": (above(0),), "search.flops_weight": (at_least(0),),
+    "matching.positive_weight": (at_least(0),), "matching.bce_form": (one_of("sigmoid", "logits"),),
+    "matching.mine_from_epoch": (at_least(0),), "matching.mine_candidates": (at_least(1),),
+    "matching.hard_negatives": (at_least(1),), "matching.mine_anchors": (at_least(1),),
+    "matching.two_stage_top_k": (at_least(0),),
     "gpu": (GPU_IDS,), "ckpt_epoch": (at_least(1),),
 }
 # YAML 1.1 reads an unquoted `off` as false; where "off" is a value of a string field, that is what was meant
@@ -591,7 +623,7 @@ def read_yaml(path: str, _chain: Tuple[str, ...] = ()) -> Dict[str, Any]:
         raise ConfigError(f"config file {path} is empty; expected model/data/train/search sections "
                           f"(or base: another file).")
     if not isinstance(raw, dict):
-        raise ConfigError(f"config file {path} must hold a mapping with model/data/train/search sections, "
+        raise ConfigError(f"config file {path} must hold a mapping with model/data/train/search/matching sections, "
                           f"not {type(raw).__name__}.")
     base = raw.pop("base", None)
     for section, values in raw.items():
@@ -622,7 +654,7 @@ def _check_raw(raw: Dict[str, Any], where: str) -> None:
     model.enc overrides the genotype of its base). Checks across fields wait for the merged config."""
     unknown = [str(s) for s in raw if s not in _SECTIONS]
     if unknown:
-        raise ConfigError(f"{where}: unknown section(s) {', '.join(unknown)}; expected model, data, train, search.")
+        raise ConfigError(f"{where}: unknown section(s) {', '.join(unknown)}; expected {', '.join(_SECTIONS)}.")
     for section, values in raw.items():
         if values is not None and not isinstance(values, dict):
             raise ConfigError(f"{where}: section {section} is {_shown(values)}; expected a mapping of keys to values.")

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from mmnas import cli
-from mmnas.config import (CONFIG_DIR, RULES, ConfigError, DataConfig, ModelConfig, RunConfig, SearchConfig,
-                          TrainConfig, load_config, read_genotype, read_yaml)
+from mmnas.config import (CONFIG_DIR, RULES, ConfigError, DataConfig, MatchingConfig, ModelConfig, RunConfig,
+                          SearchConfig, TrainConfig, load_config, read_genotype, read_yaml)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(CONFIG_DIR, "vqa", "mmnasnet_tiny.yml")
@@ -286,7 +286,8 @@ def test_defaults_pass_their_own_checks(cls):
 
 
 def test_every_rule_names_a_field():
-    sections = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "search": SearchConfig}
+    sections = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "search": SearchConfig,
+                "matching": MatchingConfig}
     for key in RULES:
         section, _, name = key.rpartition(".")
         fields = {f.name for f in dataclasses.fields(sections[section] if section else RunConfig)}

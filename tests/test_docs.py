@@ -18,9 +18,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 PAGES = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
-# Pages other branches write at the same time (issues 20, 21); a link to one is checked as soon
-# as the page exists. Empty this set once they are merged.
-PAGES_OF_OTHER_BRANCHES = {"docs/matching.md"}
 
 FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
 INLINE = re.compile(r"`([^`\n]+)`")
@@ -246,8 +243,7 @@ def test_every_relative_link_resolves():
             linked = (page.parent / path).resolve() if path else page
             name = linked.relative_to(ROOT).as_posix() if ROOT in linked.parents else str(linked)
             if not linked.exists():
-                if name not in PAGES_OF_OTHER_BRANCHES:
-                    broken.append(f"{page_name(page)}: ({target}): {name} does not exist")
+                broken.append(f"{page_name(page)}: ({target}): {name} does not exist")
                 continue
             if fragment and fragment not in anchors(linked):
                 broken.append(f"{page_name(page)}: ({target}): {name} has no heading #{fragment}")

@@ -39,6 +39,13 @@ def test_grounding_head_flops_by_hand():
     assert task_named("grounding").head_flops(cfg, "refcoco", n, T) == expected
 
 
+def test_matching_head_flops_by_hand():
+    cfg = load_config("itm_small").model
+    n, T = BUDGET_REGIONS, cfg.max_token
+    expected = _attflat(cfg, T) + _attflat(cfg, n) + _lin(1, cfg.flat_out, 1)  # one matching logit
+    assert task_named("matching").head_flops(cfg, "flickr30k", n, T) == expected
+
+
 def test_piece_trims_regions_and_per_region_targets_only():
     task = task_named("grounding")
     B, N, T = 4, 6, 15
@@ -61,4 +68,6 @@ def test_backward_scale_gives_the_global_batch_gradient():
     assert task_named("answer").backward_scale(world=4, parts=2) == 4
     # a mean loss: the processes' average is the global mean; ACCU sub-batches are averaged
     assert task_named("grounding").backward_scale(world=4, parts=2) == 0.5
-    assert set(TASKS) == {"answer", "grounding"}
+    # the matching loss is summed over the captions' triplets
+    assert task_named("matching").backward_scale(world=4, parts=2) == 4
+    assert set(TASKS) == {"answer", "grounding", "matching"}

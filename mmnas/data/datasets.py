@@ -19,6 +19,7 @@ metric under mmnas/metrics/, an entry here, a name in config.DATASETS and config
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -103,7 +104,35 @@ def _refcoco_open(cfg: RunConfig, split: str, vocab: Vocab, progress: bool):
     return dataset
 
 
+def _flickr_vocab(cfg: RunConfig, progress: bool) -> Vocab:
+    """Flickr30K: every word of the train, dev and test caption files (the reference's
+    vocabulary, so a converted checkpoint's embedding rows line up); captions cut to model.max_token."""
+    from mmnas.data.flickr import SPLITS, build_caption_vocab, caps_path
+    return Vocab(token_to_ix=build_caption_vocab(cfg.data.data_root), ans_to_ix={}, ix_to_ans={},
+                 sources=[os.path.abspath(caps_path(cfg.data.data_root, s)) for s in SPLITS],
+                 max_token=cfg.model.max_token)
+
+
+FLICKR_FILES = {"train": "train", "val": "dev", "test": "test"}  # split name -> f30k_precomp file prefix
+
+
+def _flickr_open(cfg: RunConfig, split: str, vocab: Vocab, progress: bool):
+    """One item per caption; the train split as triplets (data/flickr_batches.py), the others as
+    captions whose images the matching task scores them against (data/flickr_scoring.py)."""
+    from mmnas.data.flickr import FlickrDataset  # imports paddle
+    from mmnas.data.flickr_batches import TripletBatches
+    _check_question_length(vocab, cfg)
+    dcfg = cfg.data
+    dataset = FlickrDataset(dcfg.data_root, FLICKR_FILES[split], vocab.token_to_ix, max_token=cfg.model.max_token,
+                            preload=dcfg.preload, progress=progress, packed_feats=dcfg.packed_feats,
+                            max_regions=cfg.model.max_regions, check_feats=dcfg.check_feats,
+                            feat_size=cfg.model.feat_size)
+    dataset.dataset, dataset.vocab, dataset.has_answers = "flickr30k", vocab, True  # every split is annotated
+    return TripletBatches(dataset, seed=cfg.train.seed) if split == "train" else dataset
+
+
 _VGD_LAYOUT = "vgd/bua-r101-fix100/ and vgd/{dataset}/ (docs/grounding.md, \"Data layout\")"
+_ITM_LAYOUT = "itm/flickr_bua-r101-fix36/ and itm/f30k_precomp/ (docs/matching.md, \"Data layout\")"
 
 DATASETS = {
     # answers: VQA-v2's dictionary keeps those seen more than 8 times in train+val (3129);
@@ -113,6 +142,7 @@ DATASETS = {
     "refcoco": DatasetSpec("refcoco", _refcoco_vocab, _refcoco_open, "grounding", layout=_VGD_LAYOUT),
     "refcoco+": DatasetSpec("refcoco+", _refcoco_vocab, _refcoco_open, "grounding", layout=_VGD_LAYOUT),
     "refcocog": DatasetSpec("refcocog", _refcoco_vocab, _refcoco_open, "grounding", layout=_VGD_LAYOUT),
+    "flickr30k": DatasetSpec("flickr30k", _flickr_vocab, _flickr_open, "matching", layout=_ITM_LAYOUT),
 }
 
 

@@ -117,7 +117,8 @@ class EvalResult:
 
 def evaluate(model, dataset, *, name: str, results_dir: str, batch_size: int, num_workers: int = 0,
              save_pred: bool = False, progress: bool = True, engine: str = "dygraph",
-             precision: str = "fp32", task: Optional[Task] = None) -> EvalResult:
+             precision: str = "fp32", task: Optional[Task] = None, run_cfg=None, rank: int = 0,
+             world: int = 1) -> Optional[EvalResult]:
     """Predict every sample of `dataset`, write the result file, score it when annotated.
 
     Annotated splits write `results/cache/<result file>`; the test split writes
@@ -125,11 +126,17 @@ def evaluate(model, dataset, *, name: str, results_dir: str, batch_size: int, nu
     VQA-v2). The file's name, entries and the metric are the task's (`result_file`,
     `result_entries`, `score`; the answer task: result_run_<name>_<split>.json and the dataset's own
     format and metric). With save_pred, the kept outputs (the answer task: logits) and the
-    sample ids go to `results/pred/result_run_<name>_<split>.npz`. `task`: default the answer task.
+    sample ids go to `results/pred/result_run_<name>_<split>.npz`. `task`: default the answer task;
+    `run_cfg`: the RunConfig, for a task that evaluates the whole split itself (Task.predict_split),
+    which may share it among `world` processes (each calls evaluate; process 0 returns the result).
     """
     task = task or task_named("answer")
-    outputs = predict_outputs(model, dataset, task, batch_size, num_workers, progress, engine=engine,
-                              precision=precision, cache_dir=os.path.join(results_dir, "cache"))
+    outputs = task.predict_split(model, dataset, run_cfg, batch_size, progress and rank == 0, rank, world)
+    if rank != 0:
+        return None  # data parallel (Task.splits_evaluation): process 0 writes and scores
+    if outputs is None:
+        outputs = predict_outputs(model, dataset, task, batch_size, num_workers, progress, engine=engine,
+                                  precision=precision, cache_dir=os.path.join(results_dir, "cache"))
     results = task.result_entries(dataset, outputs)
     folder = "cache" if dataset.has_answers else dataset.result_folder_test
     result_path = os.path.join(results_dir, folder, task.result_file(name, dataset))
@@ -137,8 +144,9 @@ def evaluate(model, dataset, *, name: str, results_dir: str, batch_size: int, nu
     pred_path = None
     if save_pred:
         pred_path = os.path.join(results_dir, "pred", f"result_run_{name}_{dataset.split}.npz")
-        atomic_write(pred_path, lambda f: np.savez(f, question_ids=np.asarray(dataset.question_ids), **outputs),
-                     "--RESULTS_DIR")
+        ids = getattr(dataset, "question_ids", None)  # a split scored as a whole (matching) has none
+        atomic_write(pred_path, lambda f: np.savez(f, **({} if ids is None else {"question_ids": np.asarray(ids)}),
+                                                   **outputs), "--RESULTS_DIR")
     scores = None
     if dataset.has_answers:
         try:

@@ -35,7 +35,7 @@ OWN_SETTINGS = {("data", "cache_dir")}
 FREE_SETTINGS = {("train", "log_every"), ("train", "eval_batch_size"), ("data", "packed_feats"),
                  ("data", "word_vectors"), ("data", "spacy_model"), ("data", "glove_path")}  # (the checkpoint
 #                                                                  overwrites the initial word vectors)
-SECTIONS = ("model", "data", "train", "search")
+SECTIONS = ("model", "data", "train", "search", "matching")
 
 
 def _opt_path(cfg: RunConfig) -> str:

@@ -288,6 +288,7 @@ def _search(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLo
     history, last_json = [], None
     for epoch in range(start_epoch, tcfg.max_epoch):
         position.epoch, position.step, position.phase = epoch, 0, ""
+        task.before_epoch(model, dataset, cfg, epoch, rank, world, progress)
         stats = search_one_epoch(net, strategy, weight_opt, arch_opt, dataset, parts, cfg, epoch, steps,
                                  lr_base, rank, world, logger, progress, position)
         position.phase = "after its last step"

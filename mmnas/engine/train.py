@@ -121,8 +121,11 @@ def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLog
     tcfg, dcfg = cfg.train, cfg.data
     vocab = open_vocab(cfg, progress)
     train_set = open_dataset(cfg, dcfg.split, vocab, progress)
+    task = task_of(cfg)
+    # the val split: process 0 scores it, or every process its share (Task.splits_evaluation)
+    shared_val = task.splits_evaluation and world > 1
     val_set = None
-    if dcfg.split == "train" and tcfg.eval_every_epoch and rank == 0:
+    if dcfg.split == "train" and tcfg.eval_every_epoch and (rank == 0 or shared_val):
         val_set = open_dataset(cfg, "val", vocab, progress)
     steps_per_epoch = len(train_set) // tcfg.batch_size
     if steps_per_epoch == 0:
@@ -131,7 +134,6 @@ def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLog
 
     start_epoch = cfg.ckpt_epoch if cfg.resume else 0
     paddle.seed(tcfg.seed)
-    task = task_of(cfg)
     model = task.build_model(cfg.model, vocab, initial_word_vectors(cfg, vocab))
     lr_base = base_learning_rate(tcfg, dcfg.split)
     optimizer = paddle.optimizer.Adam(learning_rate=lr_base, beta1=tcfg.betas[0], beta2=tcfg.betas[1],
@@ -163,6 +165,7 @@ def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLog
     watch = AttentionWatch.for_run(val_set, vocab, logger, dcfg.dataset) if task.watches_attention else None
     for epoch in range(start_epoch, tcfg.max_epoch):
         position.epoch, position.step, position.phase = epoch, 0, ""
+        task.before_epoch(model, train_set, cfg, epoch, rank, world, progress)
         stats = train_one_epoch(net, optimizer, train_set, cfg, epoch, steps_per_epoch, lr_base, rank, world,
                                 logger, progress, position, scaler, task)
         position.phase = "after its last step"
@@ -179,12 +182,17 @@ def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLog
             logger.scalars({vdl_tag("train", "epoch_loss"): mean_loss, vdl_tag("train", "epoch_lr"): stats.lr},
                            epoch + 1)
             record = {"epoch": epoch + 1, "loss": mean_loss, "lr": stats.lr, "checkpoint": params_path}
-            if val_set is not None:
+            if val_set is not None and not shared_val:
                 position.phase = "evaluating on val after its checkpoint"
                 record["val"] = validate(model, val_set, cfg, epoch + 1, logger, progress, task)
                 if watch is not None:
                     watch.log(model, epoch + 1)  # the attention pictures of the watched val questions
             history.append(record)
+        if val_set is not None and shared_val:
+            position.phase = "evaluating on val after its checkpoint"
+            scores = validate(model, val_set, cfg, epoch + 1, logger, progress, task, rank, world)
+            if rank == 0:
+                history[-1]["val"] = scores
         if world > 1:
             dist.barrier()
     last = position.last_ckpt
@@ -193,13 +201,17 @@ def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLog
 
 
 def validate(model, val_set, cfg: RunConfig, epoch: int, logger: RunLogger, progress: bool,
-             task: Optional[Task] = None) -> dict:
-    """The val scores after `epoch`: the evaluator of --RUN=val, printed, logged and sent to VisualDL."""
+             task: Optional[Task] = None, rank: int = 0, world: int = 1) -> Optional[dict]:
+    """The val scores after `epoch`: the evaluator of --RUN=val, printed, logged and sent to VisualDL.
+    A task with splits_evaluation may share it among `world` processes: process 0 gets the scores."""
     tcfg = cfg.train
     task = task or task_of(cfg)
     result = evaluate(model, val_set, name=f"{cfg.version}_epoch{epoch}", results_dir=cfg.results_dir,
                       batch_size=tcfg.eval_batch_size, num_workers=cfg.data.num_workers, save_pred=tcfg.save_pred,
-                      progress=progress, engine=tcfg.eval_engine, precision=tcfg.eval_precision, task=task)
+                      progress=progress, engine=tcfg.eval_engine, precision=tcfg.eval_precision, task=task,
+                      run_cfg=cfg, rank=rank, world=world)
+    if result is None:
+        return None  # a data-parallel process other than 0
     line = f"epoch {epoch} val: {task.format_scores(val_set, result.scores)}"
     print(line)
     logger.text(line)

@@ -6,10 +6,12 @@ from __future__ import annotations
 from .answer import AnswerTask
 from .base import INPUTS, Task
 from .grounding import GroundingTask
+from .matching import MatchingTask
 
 TASKS = {
     "answer": AnswerTask(),
     "grounding": GroundingTask(),
+    "matching": MatchingTask(),
 }
 
 

@@ -74,7 +74,24 @@ class Task:
         count (a "mean" task's loss times the batch size)."""
         return loss if self.loss_reduction == "sum" else loss * batch["token_ids"].shape[0]
 
+    # ---- the run
+    def before_epoch(self, model, train_set, run_cfg, epoch: int, rank: int = 0, world: int = 1,
+                    progress: bool = True) -> None:
+        """Called on every process before each training or search epoch (0-based `epoch`), after
+        a resume too: what the task's training data needs from the current model (matching:
+        hard negatives mined with it). Default: nothing."""
+
     # ---- evaluation
+    splits_evaluation = False  # predict_split shares the work among data-parallel processes
+
+    def predict_split(self, model, dataset, run_cfg, batch_size: int, progress: bool = True, rank: int = 0,
+                      world: int = 1) -> Optional[Dict[str, np.ndarray]]:
+        """The outputs of a task whose evaluation is not one output per sample (matching: the
+        score matrix of every (image, caption) pair), for `result_entries`; None (the default):
+        the engine predicts sample by sample (`predict_outputs`). With `splits_evaluation`, every
+        one of `world` processes calls it and each gets the whole outputs."""
+        return None
+
     def predict_outputs(self, outputs, batch) -> Dict[str, np.ndarray]:
         """What evaluation keeps of each sample (numpy, one row per sample), from the network's
         outputs (numpy) on a batch."""

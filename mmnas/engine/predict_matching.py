@@ -1,0 +1,94 @@
+"""--RUN=predict on a matching model (data.dataset flickr30k): retrieval with one query.
+
+    python run.py --RUN=predict --MODEL=itm_tiny --CKPT_V=itm --CKPT_E=6 \
+        --FEATS=data/itm/flickr_bua-r101-fix36 --QUESTION="a red cup and a blue dog"   # images for a caption
+    python run.py --RUN=predict --MODEL=itm_tiny --CKPT_V=itm --CKPT_E=6 \
+        --FEATS=data/itm/flickr_bua-r101-fix36/1000000.jpg.npz --CAPTIONS=captions.txt  # captions for an image
+
+A folder's .npz files (the real layout, read as --RUN=predict reads one) are scored against the
+caption; a text file's captions (one per line) against the image. Every pair gets a full pass
+(the head is a cross-attention scorer); the top --TOPK are printed best first with their match
+probability sigmoid(logit). The vocabulary comes as for VQA predict (vocab.json beside the
+weights, --VOCAB, or the data files).
+"""
+from __future__ import annotations
+
+import os
+from typing import List, Optional
+
+import numpy as np
+
+from ..checkpoint_files import load_weights
+from ..config import RunConfig
+from ..data.flickr import collate_pairs
+from ..models.matching_head import pair_scorer
+from ..progress import progress_bar
+from ..tasks import task_of
+from .evaluate import write_json_atomic
+from .predict import PredictError, read_image_features, read_tokens, resolve_vocab
+
+PAIRS_PER_PASS = 64
+
+
+def _read_captions(path: str) -> List[str]:
+    if not os.path.isfile(path):
+        raise PredictError(f"--CAPTIONS={path} does not exist; give a text file with one caption per line.")
+    with open(path, "r", encoding="utf-8") as f:
+        captions = [line.strip() for line in f if line.strip()]
+    if not captions:
+        raise PredictError(f"--CAPTIONS={path} holds no caption; write one caption per line.")
+    return captions
+
+
+def _feature_files(folder: str) -> List[str]:
+    files = sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".npz"))
+    if not files:
+        raise PredictError(f"--FEATS={folder} holds no .npz feature files; give a folder of them (or one file "
+                           f"with --CAPTIONS).")
+    return files
+
+
+def run_match_predict(cfg: RunConfig, weights: str, feats: str, caption: Optional[str] = None,
+                      captions_path: Optional[str] = None, topk: int = 5, out_json: Optional[str] = None,
+                      vocab_path: Optional[str] = None, progress: bool = True) -> dict:
+    """Rank the images of the folder `feats` for `caption`, or the captions of `captions_path` for
+    the image `feats`; print and return the top `topk` ({"query", "ranked": [{..., "score"}]})."""
+    if (caption is None) == (captions_path is None):
+        raise PredictError("a matching model ranks images for --QUESTION=\"<caption>\" (with --FEATS=<folder of "
+                           ".npz>) or captions for an image (--FEATS=<file.npz> --CAPTIONS=<text file>); give one.")
+    images_for_caption = caption is not None
+    if images_for_caption and not os.path.isdir(feats):
+        raise PredictError(f"--FEATS={feats} is not a folder: to rank images for --QUESTION, give the folder of "
+                           f".npz files; to rank captions for this image, give --CAPTIONS=<text file>.")
+    paths = _feature_files(feats) if images_for_caption else [feats]
+    images = [read_image_features(p, cfg.model.feat_size) for p in paths]  # the user's files first
+    captions = [caption] if images_for_caption else _read_captions(captions_path)
+    vocab, vocab_source = resolve_vocab(weights, vocab_path, cfg)
+    ids = [read_tokens(c, vocab, cfg.model.max_token)[1] for c in captions]
+    model = task_of(cfg).build_model(cfg.model, vocab)
+    load_weights(model, weights)
+    score = pair_scorer(model)
+    n = len(images) if images_for_caption else len(captions)
+    logits = np.zeros(n, dtype=np.float64)
+    for first in progress_bar(range(0, n, PAIRS_PER_PASS), desc="score pairs", disable=not progress or n <= PAIRS_PER_PASS):
+        block = range(first, min(n, first + PAIRS_PER_PASS))
+        pairs = [(images[k].region_feats, images[k].boxes, ids[0], k, 0) if images_for_caption else
+                 (images[0].region_feats, images[0].boxes, ids[k], 0, k) for k in block]
+        logits[first:first + len(block)] = score(collate_pairs(pairs))
+    order = np.argsort(-logits, kind="stable")[:topk]
+    probs = 1.0 / (1.0 + np.exp(-logits))
+    if images_for_caption:
+        query = {"caption": caption}
+        ranked = [{"feats": paths[k], "score": round(float(probs[k]), 6)} for k in order]
+    else:
+        query = {"feats": feats}
+        ranked = [{"caption": captions[k], "score": round(float(probs[k]), 6)} for k in order]
+    what = "images" if images_for_caption else "captions"
+    print(f"top {len(ranked)} of {n} {what} for {next(iter(query.values()))!r}:")
+    for place, entry in enumerate(ranked, 1):
+        print(f"  {place}. {entry['score']:.4f}  {entry.get('feats') or entry['caption']}")
+    result = {"query": query, "ranked": ranked, "candidates": n, "weights": weights, "vocabulary": vocab_source}
+    if out_json:
+        write_json_atomic(result, out_json)
+        print(f"wrote {out_json}")
+    return result
