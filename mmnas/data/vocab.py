@@ -172,6 +172,8 @@ def vocab_problem(vocab: Vocab) -> Optional[str]:
     max_token outside 1..MAX_TOKEN_LIMIT (it sizes every question array)."""
     for name, table in (("token_to_ix", vocab.token_to_ix), ("ans_to_ix", vocab.ans_to_ix)):
         if not table:
+            if name == "ans_to_ix" and not vocab.ix_to_ans:
+                continue  # a task without answers (grounding, matching) keeps no answer vocabulary
             return f"{name} is empty"
         ids = sorted(table.values())
         if ids != list(range(len(table))):

@@ -86,8 +86,9 @@ def predict_outputs(model, dataset, task: Task, batch_size: int, num_workers: in
             sample = (middle["region_feats"], middle["boxes"], middle["token_ids"])
         run = build_predictor(model, engine, precision, gpu=gpu, sample=sample, batches=len(batches),
                               cache_dir=cache_dir)
+        # delay=0: the evaluation's bar shows from its first batch, the line that says it started
         for loaded in progress_bar(make_loader(dataset, batches, num_workers), total=len(batches), desc=desc,
-                                   disable=not progress, mininterval=1.0, dynamic_ncols=True):
+                                   disable=not progress, mininterval=1.0, dynamic_ncols=True, delay=0):
             batch = task.as_batch(loaded)
             kept = task.predict_outputs(run(batch["region_feats"], batch["boxes"], batch["token_ids"]), batch)
             index = batch["index"].numpy()

@@ -164,7 +164,8 @@ def run_epoch(cfg: RunConfig, epoch: int, batches: List[List[int]], dataset, ste
     position.epoch, position.step, position.phase = epoch, 1, ""
     with progress_bar(make_loader(dataset, batches, cfg.data.num_workers), total=steps,
                       desc=desc or f"epoch {epoch + 1}/{tcfg.max_epoch}", disable=not progress, dynamic_ncols=True,
-                      mininterval=1.0) as bar:  # closed on any exit, so a Ctrl-C message starts on its own line
+                      mininterval=1.0, delay=0) as bar:  # closed on any exit, so a Ctrl-C message starts on its own line
+        # (delay=0: an epoch's bar shows from its first step, the line that says training started)
         for step_in_epoch, batch in enumerate(bar):
             position.step = step_in_epoch + 1
             position.guard.stop_together()  # data parallel: every process stops at the same step
