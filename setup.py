@@ -1,10 +1,10 @@
-"""Installable package `mmnas`: MMNasNet for VQA-v2 in PaddlePaddle."""
+"""Installable package `mmnas`: MMNasNet for VQA, visual grounding and image-text matching in PaddlePaddle."""
 from setuptools import find_packages, setup
 
 setup(
     name="mmnas-paddle",
     version="0.1.0",
-    description="MMNasNet (Deep Multimodal Neural Architecture Search) for VQA-v2 in PaddlePaddle",
+    description="MMNasNet (Deep Multimodal Neural Architecture Search) for VQA, visual grounding and image-text matching in PaddlePaddle",
     packages=find_packages(include=["mmnas", "mmnas.*"]),
     package_data={"mmnas.metrics": ["*.json"]},
     python_requires=">=3.8",
