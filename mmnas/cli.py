@@ -44,7 +44,8 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(description="MMNasNet for VQA-v2 in PaddlePaddle: train, val, test.")
+    p = OneLineParser(description="MMNasNet in PaddlePaddle for VQA (VQA-v2, GQA), visual grounding (RefCOCO/+/g) "
+                                   "and image-text matching (Flickr30K): train, val, test, search, predict.")
     p.add_argument("--RUN", required=True, choices=RUN_MODES, help="what to do")
     p.add_argument("--MODEL", default=None,
                    help=f"{model_choices()} | path to a YAML config (default: small; for --RUN=search: search)")
@@ -74,14 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "(without it such a run is refused)")
     p.add_argument("--CKPT_PATH", help="a weights file: to evaluate (val/test/predict, overrides --CKPT_V/--CKPT_E) "
                    "or to start training from (train: fine-tuning, fresh optimizer)")
-    p.add_argument("--MAX_EPOCH", type=int, help="train until this many epochs (default 13)")
+    p.add_argument("--MAX_EPOCH", type=int, help="train until this many epochs (default: the config's train.max_epoch)")
     p.add_argument("--PRELOAD", type=str2bool, default=None, help="keep all features in memory")
     p.add_argument("--ACCU", type=int, help="gradient accumulation: split each batch in ACCU sub-batches")
     p.add_argument("--BS", type=int, help="batch size (default 64)")
     p.add_argument("--SEED", type=int, help="random seed")
     p.add_argument("--EVAL_EE", type=str2bool, default=None, help="with --SPLIT=train, evaluate on val after every epoch")
     p.add_argument("--SAVE_PRED", type=str2bool, default=None, help="also save raw logits to results/pred/")
-    p.add_argument("--DATA_ROOT", help="folder holding vqa/raw and vqa/feats (default ./data)")
+    p.add_argument("--DATA_ROOT", help="folder holding the dataset's folders: vqa/, gqa/, vgd/ or itm/ (default ./data; "
+                                        "docs/data.md)")
     p.add_argument("--ARCH_PATH", help="genotype file (JSON/YAML with enc and dec) replacing the config's")
     p.add_argument("--DROP_MISSING", type=str2bool, default=None,
                    help="drop questions whose image has no feature file instead of stopping")

@@ -14,6 +14,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from mmnas import runtime  # noqa: E402
+
+runtime.filter_paddle_noise()  # Paddle's known warnings filtered (before the data modules import Paddle)
+
 from mmnas.data.synthetic_refcoco import make_synthetic_refcoco  # noqa: E402
 
 

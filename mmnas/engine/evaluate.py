@@ -127,7 +127,7 @@ def evaluate(model, dataset, *, name: str, results_dir: str, batch_size: int, nu
     VQA-v2). The file's name, entries and the metric are the task's (`result_file`,
     `result_entries`, `score`; the answer task: result_run_<name>_<split>.json and the dataset's own
     format and metric). With save_pred, the kept outputs (the answer task: logits) and the
-    sample ids go to `results/pred/result_run_<name>_<split>.npz`. `task`: default the answer task;
+    sample ids go to `results/pred/`, named as the result file with .npz. `task`: default the answer task;
     `run_cfg`: the RunConfig, for a task that evaluates the whole split itself (Task.predict_split),
     which may share it among `world` processes (each calls evaluate; process 0 returns the result).
     """
@@ -144,7 +144,8 @@ def evaluate(model, dataset, *, name: str, results_dir: str, batch_size: int, nu
     write_json_atomic(results, result_path)
     pred_path = None
     if save_pred:
-        pred_path = os.path.join(results_dir, "pred", f"result_run_{name}_{dataset.split}.npz")
+        # the result file's name (run, dataset where the task names it, split) with .npz
+        pred_path = os.path.join(results_dir, "pred", os.path.splitext(task.result_file(name, dataset))[0] + ".npz")
         ids = getattr(dataset, "question_ids", None)  # a split scored as a whole (matching) has none
         atomic_write(pred_path, lambda f: np.savez(f, **({} if ids is None else {"question_ids": np.asarray(ids)}),
                                                    **outputs), "--RESULTS_DIR")

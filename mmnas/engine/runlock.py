@@ -128,12 +128,12 @@ def claim_run_folder(ckpt_dir: str, results_dir: str, version: str, *, run: str,
     epochs = sorted({int(m.group(1)) for m in map(_EPOCH_FILE.match, names) if m})
     if not epochs or resume_version == version:
         return []
-    listed = (f"{epochs[0]} to {epochs[-1]}" if len(epochs) > 2 and epochs == list(range(epochs[0], epochs[-1] + 1))
-              else ", ".join(map(str, epochs)))
+    listed = (f"epochs {epochs[0]} to {epochs[-1]}" if len(epochs) > 2 and epochs == list(range(epochs[0], epochs[-1] + 1))
+              else f"epoch{'s' if len(epochs) > 1 else ''} " + ", ".join(map(str, epochs)))
     if not overwrite:
         complete = [e for e in epochs if {f"epoch{e}.pdparams", f"epoch{e}.pdopt"} <= set(names)]
         resume = f"continue it with --RESUME=True --CKPT_V={version} --CKPT_E={complete[-1]}, " if complete else ""
-        raise EarlierRunError(f"{folder} already holds the checkpoints of an earlier run (epochs {listed}); "
+        raise EarlierRunError(f"{folder} already holds the checkpoints of an earlier run ({listed}); "
                               f"{resume}replace them with --OVERWRITE=True, or choose another --VERSION")
     reports = os.path.join(results_dir, "search", version)
     removed = [os.path.join(folder, n) for n in names if _EPOCH_FILE.match(n) or n == "vocab.json"]
@@ -149,7 +149,7 @@ def claim_run_folder(ckpt_dir: str, results_dir: str, version: str, *, run: str,
             pass
         except OSError as e:
             raise write_error(path, e, "--CKPT_DIR" if path.startswith(folder) else "--RESULTS_DIR") from None
-    return [f"note: --OVERWRITE=True: removed the earlier run's epochs {listed} from {folder}"]
+    return [f"note: --OVERWRITE=True: removed the earlier run's {listed} from {folder}"]
 
 
 class RunOwnership:
