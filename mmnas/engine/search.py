@@ -246,7 +246,7 @@ def _search(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLo
     parts = strategy_type.partition(len(dataset), cfg)
     steps = len(parts.weight) // tcfg.batch_size
     if steps == 0 or (strategy_type.needs_arch_part and len(parts.arch) < tcfg.batch_size):
-        raise TrainingError(f"the {dcfg.split} split has {len(dataset)} questions: {len(parts.weight)} for weight "
+        raise TrainingError(f"the {dcfg.split} split has {len(dataset)} {task.sample_noun}: {len(parts.weight)} for weight "
                             f"steps and {len(parts.arch)} for architecture steps, and each part needs at least "
                             f"one batch of --BS={tcfg.batch_size}.")
     split_info = {"size": len(dataset), "weight": len(parts.weight), "arch": len(parts.arch),
@@ -273,7 +273,7 @@ def _search(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLo
     net = paddle.DataParallel(model, find_unused_parameters=True) if world > 1 else model
     if rank == 0:
         logger.config(cfg.to_dict())
-        logger.text(f"search on {dcfg.split}: {len(parts.weight)} questions for weight steps, {len(parts.arch)} "
+        logger.text(f"search on {dcfg.split}: {len(parts.weight)} {task.sample_noun} for weight steps, {len(parts.arch)} "
                     f"for architecture steps, {steps} steps/epoch, {world} process(es), hidden size "
                     f"{cfg.model.hidden_size}, {len(model.mixed_ops('enc'))} encoder + "
                     f"{len(model.mixed_ops('dec'))} decoder positions")

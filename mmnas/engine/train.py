@@ -129,7 +129,7 @@ def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLog
         val_set = open_dataset(cfg, "val", vocab, progress)
     steps_per_epoch = len(train_set) // tcfg.batch_size
     if steps_per_epoch == 0:
-        raise TrainingError(f"the {dcfg.split} split has {len(train_set)} questions, fewer than one "
+        raise TrainingError(f"the {dcfg.split} split has {len(train_set)} {task.sample_noun}, fewer than one "
                             f"batch of --BS={tcfg.batch_size}.")
 
     start_epoch = cfg.ckpt_epoch if cfg.resume else 0
@@ -156,7 +156,7 @@ def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLog
         logger.config(cfg.to_dict())
         logger.hparams(hparams_of(cfg.to_dict()), HPARAM_METRICS)  # VisualDL's hparams page
         start = f", from the weights of {cfg.ckpt_path}" if cfg.ckpt_path and not cfg.resume else ""
-        logger.text(f"train split {dcfg.split}: {len(train_set)} questions, {steps_per_epoch} steps/epoch, "
+        logger.text(f"train split {dcfg.split}: {len(train_set)} {task.sample_noun}, {steps_per_epoch} steps/epoch, "
                     f"{world} process(es), vocab {task.vocab_text(vocab)}{start}")
         # the vocabularies travel with the checkpoints: --RUN=predict reads them from here
         write_json_atomic(vocab.to_dict(), os.path.join(cfg.ckpt_dir, f"ckpt_{cfg.version}", VOCAB_FILE), "--CKPT_DIR")

@@ -19,6 +19,7 @@ class AnswerTask(Task):
     name = "answer"
     targets = ("answer_scores",)
     watches_attention = True
+    sample_noun = "questions"
     result_noun = "answers"
     pred_noun = "logits"
 

@@ -21,6 +21,7 @@ class Task:
     targets: Tuple[str, ...] = ()  # what the dataset's items carry after the inputs
     region_targets: Tuple[str, ...] = ()  # the targets with one row per region (trimmed with them)
     exportable = True  # the model has one output that Paddle Inference / ONNX export can run
+    sample_noun = "samples"  # what one item of a split is, for messages
     result_noun = "results"  # what one entry of the result file is, for messages
     pred_noun = "outputs"  # what --SAVE_PRED keeps
     loss_reduction = "sum"  # "sum" over the samples, or "mean" (see `summed`)

@@ -25,6 +25,7 @@ class GroundingTask(Task):
     targets = ("score_target", "scores_mask", "delta_targets", "bbox_mask", "gt_box", "image_size")
     region_targets = ("score_target", "delta_targets", "bbox_mask")
     exportable = False  # two outputs: evaluated by the dygraph engine
+    sample_noun = "expressions"
     result_noun = "boxes"
     pred_noun = "regions, scores and boxes of the top picks"
     loss_reduction = "mean"  # the reference's LOSS_AVG: averaged over the positives, not summed

@@ -34,6 +34,7 @@ TIMING = ("pairs", "seconds", "pairs_per_s")  # what the scoring reports, kept b
 class MatchingTask(Task):
     name = "matching"
     exportable = False  # a pair scorer over the whole split: evaluated by the dygraph model
+    sample_noun = "captions"
     result_noun = "rankings (images and captions)"
     pred_noun = "score matrix [images, captions]"
     backbone_prefixes = GroundingTask.backbone_prefixes  # a VQA checkpoint's backbone loads (--CKPT_PATH)
