@@ -1,69 +1,38 @@
-"""Converting a MILVLG/mmnas image-text matching checkpoint (`full_itm.py`, PyTorch) to MatchingNet.
+"""Converting a MILVLG/mmnas image-text matching checkpoint (`full_itm.py`, PyTorch) to MatchingNet:
+the backbone as models/mmnas_convert.py says, and the head (reference -> here):
 
-Names (reference -> here):
-    embedding.*, lstm.*                          -> the same
-    imgfeat_linear.*                             -> adapter.frcn_linear.*
-    linear_y_rel.*                               -> linear_rel.*
-    backnone.cells_enc.0.dag.<i>.0.<rest>        -> backbone.enc_list.<i>.<rest>   (cells_dec -> dec_list)
-        <rest>: mhatt.linear_{v,k,q,merge,r}, mlp.fc.linear, mlp.linear the same; ln.* -> norm.*
     attflat_x.* / attflat_y.*                    -> head.attflat_lang.* / head.attflat_img.*
     proj_norm.*, proj.*                          -> head.proj_norm.*, head.proj.*
-Layouts: Linear weights are transposed, the LSTM gets Paddle's aliases (models/convert.py).
-The reference's attention projections have no bias (`bias=False`): theirs are written as zeros,
-which is the same function. The reference's genotype must be the config's: a position whose op
-differs shows up as missing or mis-shaped keys (SA and GA hold the same parameters, so swapping
-those two is not detectable from the weights: use the genotype file the checkpoint was trained
-with, configs/genotypes/mmnas_itm.json for the released one). Its net has one encoder and one
-decoder cell (LAYERS=1) and no box feature path (BBOX_FEATURE=False); anything else is refused.
+
+The reference's genotype must be the config's: a position whose op differs shows up as missing
+or mis-shaped keys (SA and GA hold the same parameters, so swapping those two is not detectable
+from the weights: use the genotype file the checkpoint was trained with,
+configs/genotypes/mmnas_itm.json for the released one).
 """
 from __future__ import annotations
 
-import re
 from typing import Dict
 
 import numpy as np
 
 from ..checkpoint_files import CheckpointError, atomic_save, match_state_dict
 from ..config import ModelConfig
-from .convert import check_hidden_size, read_torch_checkpoint, torch_to_paddle_state
+from .convert import check_hidden_size, read_torch_checkpoint
 from .matching_head import MatchingNet
+from .mmnas_convert import reference_key, reference_to_paddle
 
-_CELL = re.compile(r"^backnone\.cells_(?P<part>enc|dec)\.(?P<cell>\d+)\.dag\.(?P<node>\d+)\.(?P<op>\d+)\.(?P<rest>.+)$")
-_PREFIXES = (("imgfeat_linear.", "adapter.frcn_linear."), ("linear_y_rel.", "linear_rel."),
-             ("attflat_x.", "head.attflat_lang."), ("attflat_y.", "head.attflat_img."),
-             ("proj_norm.", "head.proj_norm."), ("proj.", "head.proj."),
-             ("embedding.", "embedding."), ("lstm.", "lstm."))
-_BIAS_FREE = ("linear_v", "linear_k", "linear_q", "linear_merge")
+ITM_HEAD = {"attflat_x": "attflat_lang", "attflat_y": "attflat_img", "proj_norm": "proj_norm", "proj": "proj"}
+ITM_NETWORK = "the reference's ITM network (full_itm.py)"
 
 
 def itm_key(key: str) -> str:
     """One reference parameter name -> MatchingNet's (CheckpointError for names it cannot hold)."""
-    m = _CELL.match(key)
-    if m:
-        if m["cell"] != "0" or m["op"] != "0":
-            raise CheckpointError(f"{key}: the checkpoint has more than one cell or op per node (LAYERS > 1 or a "
-                                  f"multi-op genotype); MatchingNet holds one encoder and one decoder cell")
-        rest = re.sub(r"^ln\.", "norm.", m["rest"])
-        return f"backbone.{m['part']}_list.{m['node']}.{rest}"
-    for theirs, ours in _PREFIXES:
-        if key.startswith(theirs):
-            return ours + key[len(theirs):]
-    if key.startswith("bboxfeat_linear."):
-        raise CheckpointError(f"{key}: the checkpoint was trained with BBOX_FEATURE=True (the 5-d box feature), "
-                              f"which MatchingNet does not have")
-    raise CheckpointError(f"{key} is not a parameter of the reference's ITM network (full_itm.py)")
+    return reference_key(key, ITM_HEAD, ITM_NETWORK)
 
 
 def itm_state_to_paddle(state: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     """Reference ITM state dict (PyTorch layout, numpy) -> MatchingNet's state dict (Paddle layout)."""
-    renamed = {itm_key(k): v for k, v in state.items()}
-    out = torch_to_paddle_state(renamed)
-    for key, weight in list(out.items()):
-        layer, _, kind = key.rpartition(".")
-        if kind == "weight" and layer.rsplit(".", 1)[-1] in _BIAS_FREE and ".mhatt." in key \
-                and f"{layer}.bias" not in out:
-            out[f"{layer}.bias"] = np.zeros(weight.shape[1], dtype=np.float32)  # Paddle weight [in, out]
-    return out
+    return reference_to_paddle(state, ITM_HEAD, ITM_NETWORK)
 
 
 def convert_itm_checkpoint(in_path: str, out_path: str, cfg: ModelConfig) -> Dict[str, object]:
