@@ -131,3 +131,30 @@ def test_convert_file(reference, tmp_path):
     model.set_state_dict(match_state_dict(model, safe_load(out)))
     model.eval()
     np.testing.assert_allclose(paddle_outputs(model, feats, boxes, ids)[0], log_scores, atol=1e-4, rtol=0)
+
+
+def test_convert_tool_writes_what_the_grounding_model_loads(reference, tmp_path):
+    """tools/convert_mmnas_ckpt.py, given the config the checkpoint was trained with, writes weights
+    whose scores are the reference's; a VQA config is refused by name."""
+    import subprocess
+    cfg, _, state, (feats, boxes, ids), log_scores, _ = reference
+    src, out = str(tmp_path / "vgd.pkl"), str(tmp_path / "vgd.pdparams")
+    torch.save({k: torch.from_numpy(v) for k, v in state.items()}, src)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    yml = tmp_path / "vgd48.yml"
+    yml.write_text(f"base: {os.path.join(repo, 'configs', 'vgd', 'mmnasnet_tiny.yml')}\n"
+                   f"model:\n  flat_mlp: 32\n  word_embed: 24\n  feat_size: 48\n"
+                   f"  genotype: {{enc: [{', '.join(VGD_ENC)}], dec: [{', '.join(VGD_DEC)}]}}\n")
+    tool = os.path.join(repo, "tools", "convert_mmnas_ckpt.py")
+    done = subprocess.run([sys.executable, tool, src, out, f"--MODEL={yml}"], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "converted" in done.stdout and "(grounding)" in done.stdout and "token size:  40" in done.stdout
+    model = GroundingNet(cfg, T)
+    model.set_state_dict(match_state_dict(model, safe_load(out)))
+    model.eval()
+    np.testing.assert_allclose(paddle_outputs(model, feats, boxes, ids)[0], log_scores, atol=1e-4, rtol=0)
+    refused = subprocess.run([sys.executable, tool, src, str(tmp_path / "x.pdparams"), "--MODEL=tiny"],
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 1 and refused.stderr.startswith("error: --MODEL tiny is a config of the answer task") \
+        and "tools/convert_openvqa_ckpt.py" in refused.stderr
