@@ -154,9 +154,9 @@ class MatchingTask(Task):
         return (f"{format_retrieval(scores)} | {scores['pairs']:.0f} pairs in {scores['seconds']:.1f}s "
                 f"({scores['pairs_per_s']:.0f} pairs/s)")
 
-    def scalars(self, scores: dict, prefix: str = "val") -> Dict[str, float]:
+    def scalars(self, scores: dict) -> Dict[str, float]:
         keys = [f"{d}_r{k}" for d in ("i2t", "t2i") for k in RECALL_KS] + ["rsum", "pairs_per_s"]
-        return {f"{prefix}/overall": scores["overall"], **{f"{prefix}/{k}": scores[k] for k in keys}}
+        return {"overall": scores["overall"], **{k: scores[k] for k in keys}}
 
     # ---- cost
     def head_flops(self, cfg, dataset_name: str, n: int, tokens: int) -> float:
