@@ -23,6 +23,7 @@ import paddle
 import paddle.distributed as dist
 
 from ..runtime import STOP_SIGNALS, release_stop_signals, set_paddle_threads
+from .checkpoint import ckpt_paths
 from .interrupt import (InterruptGuard, RunInterrupted, exit_status, interrupted_by, not_started_message,
                         signal_of, stop_on_signals)
 
@@ -146,6 +147,11 @@ def _supervise(context, guard: InterruptGuard, cfg) -> None:
         signum = guard.signum if guard.requested else stopped_by[0]
         if codes[0] == exit_status(signum):
             raise RunInterrupted("", signum)  # rank 0 printed where it stopped
+        last = ckpt_paths(cfg.ckpt_dir, cfg.version, cfg.train.max_epoch)[0] if cfg.run in ("train", "search") else ""
+        if last and os.path.exists(last):  # the signal came as the processes ended, after the last epoch's save
+            raise RunInterrupted(f"{interrupted_by(signum)} at epoch {cfg.train.max_epoch} (finished); nothing "
+                                 f"partial was saved; every epoch is saved, the last in {last}; nothing is left "
+                                 f"to {cfg.run}", signum)
         raise RunInterrupted(f"{interrupted_by(signum)}; the training processes stopped before saying where; the "
                              f"complete checkpoints are in {os.path.join(cfg.ckpt_dir, f'ckpt_{cfg.version}')}",
                              signum)
