@@ -87,6 +87,8 @@ def _worker(fn, cfg, use_gpu, expected=(), parent_pid=None):
     except KeyboardInterrupt as e:  # RunInterrupted, or a signal before the run started
         if not spawned:
             raise
+        for signum in STOP_SIGNALS:  # a repeat (SIGTERM to the group, then passed on by the parent)
+            signal.signal(signum, signal.SIG_IGN)  # must not cut the line that says where the run stopped
         message = str(e) if isinstance(e, RunInterrupted) else (
             not_started_message(signal_of(e)) if os.environ.get("PADDLE_TRAINER_ID") == "0" else "")
         if message:

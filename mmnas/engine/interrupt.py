@@ -102,10 +102,8 @@ class InterruptGuard:
         return self
 
     def __exit__(self, *exc):
-        # once a stop was asked, a repeated signal (a second Ctrl-C; SIGTERM to the process group
-        # and the parent passing it on) is ignored: it would cut the line that says where the run stopped
         for signum, previous in self._previous.items():
-            signal.signal(signum, signal.SIG_IGN if self.requested else previous)
+            signal.signal(signum, previous)
         self._previous = {}
         return False
 
