@@ -305,6 +305,13 @@ def build_demo(backend: DemoBackend, title: Optional[str] = None):
     return build(backend, title or default_title)
 
 
+def page_blocks(gr, title: str):
+    """The Blocks of every page: no usage reports; uploads are deleted once read
+    (DemoBackend.read_upload) and delete_cache also removes, every 15 minutes, those older than 15
+    minutes that nobody asked about, and pictures already sent."""
+    return gr.Blocks(title=title, analytics_enabled=False, delete_cache=(900, 900))
+
+
 def upload_box(gr):
     """The upload field of the answer and grounding pages."""
     return gr.File(label=f"or upload a feature file (.npz: x [2048, n], bbox [n, 4], image_w, image_h; at most "
@@ -325,7 +332,7 @@ def image_list(gr, backend: DemoBackend):
 def build_grounding_page(backend: GroundingBackend, title: str):
     """API endpoint /ground (name, upload, expression) -> (boxes table, picture, notes)."""
     import gradio as gr
-    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(900, 900)) as demo:
+    with page_blocks(gr, title) as demo:
         gr.Markdown(f"## {title}\nPick an image (or upload a feature file), type a referring expression, press "
                     f"**Find**. The picture shows the chosen box (red), the runners-up (dashed) and every proposal "
                     f"(grey).")
@@ -350,7 +357,7 @@ def build_grounding_page(backend: GroundingBackend, title: str):
 def build_retrieval_page(backend: RetrievalBackend, title: str):
     """API endpoint /rank (caption) -> (ranking table, the best image's photo, notes)."""
     import gradio as gr
-    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(900, 900)) as demo:
+    with page_blocks(gr, title) as demo:
         gr.Markdown(f"## {title}\nType a caption, press **Rank**: the {len(backend.names)} images of "
                     f"{backend.feats_dir} are ranked by how well they match it.")
         with gr.Row():
@@ -372,9 +379,7 @@ def build_answer_page(backend: DemoBackend, title: str):
     """The question page. Its one API endpoint, /ask (name, upload, question) -> (answers,
     picture, notes), is what the page's button calls and what tests/test_demo.py calls over HTTP."""
     import gradio as gr
-    # uploads are deleted once read (DemoBackend.read_upload); delete_cache also removes, every 15
-    # minutes, those older than 15 minutes that nobody asked about, and pictures already sent
-    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(900, 900)) as demo:
+    with page_blocks(gr, title) as demo:
         gr.Markdown(f"## {title}\nPick an image (or upload a feature file), type a question, press **Ask**. "
                     f"The picture shows where the model looked (image attention) and which words it "
                     f"weighed (language attention).")
