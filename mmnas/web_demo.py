@@ -229,7 +229,10 @@ class RetrievalBackend(DemoBackend):
     def rank(self, caption: str):
         """(order of the listed images, best first: the top `topk`; match probabilities [len(names)])."""
         from .engine.predict import read_image_features
+        from .data import tokenize
         from .engine.predict_matching import match_probabilities, rank_order
+        if not tokenize(caption or ""):  # said here for a caption (read_tokens speaks of --QUESTION)
+            raise DemoError(f"the caption {caption!r} has no words; type one, e.g. \"a red cup and a blue dog\".")
         if self.images is None:
             self.images = [read_image_features(os.path.join(self.feats_dir, n), self.predictor.feat_size)
                            for n in self.names]

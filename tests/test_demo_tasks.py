@@ -118,8 +118,9 @@ def test_retrieval_page_ranks_as_run_predict(matching, tmp_path, capsys):
         assert best is None  # the synthetic Flickr world has no photos
         assert "of 44 images" in notes
     capsys.readouterr()
-    rows, best, notes = backend.page("")
-    assert rows == [] and best is None and notes.startswith("**Cannot rank:**") and "no words" in notes
+    for caption, says in (("  ", "the caption '  ' has no words"), ("zzz qqq", "vocabulary")):
+        rows, best, notes = backend.page(caption)
+        assert rows == [] and best is None and notes.startswith("**Cannot rank:**") and says in notes
 
 
 def test_retrieval_needs_a_feature_folder(matching):
