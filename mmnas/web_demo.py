@@ -4,6 +4,10 @@ picture. Built on Gradio (`pip install -e ".[demo]"`); started by tools/demo_web
 
     python tools/demo_web.py --MODEL=tiny --CKPT_V=demo --CKPT_E=6 --FEATS_DIR=data/vqa/feats/val2014
 
+The page follows the model's task (tasks/): a grounding model (RefCOCO) takes a referring
+expression and shows the chosen box and the runners-up (engine/predict_grounding.py); a matching
+model (Flickr30K) ranks the listed images for a caption (engine/predict_matching.py).
+
 The page only wraps engine/predict.py (Predictor: one model load, many questions) and
 engine/attention_picture.py: its answers are exactly those of `--RUN=predict`. It listens on
 127.0.0.1 unless --HOST says otherwise (anyone who can reach the port can use the model).
@@ -108,6 +112,8 @@ class DemoBackend:
     file. Errors a user can fix come back as DemoError / PredictError / DataError (user_errors())
     with one sentence."""
 
+    task = "answer"  # tasks/: which page build_demo shows
+
     def __init__(self, predictor, feats_dir: Optional[str] = None, topk: int = 5):
         self.predictor, self.feats_dir, self.topk = predictor, feats_dir, topk
         self.names = list_feature_files(feats_dir)
@@ -168,6 +174,93 @@ class DemoBackend:
         return answer_rows(answer), picture, answer_notes(answer)
 
 
+class GroundingBackend(DemoBackend):
+    """The grounding page without Gradio: a referring expression about a listed or uploaded
+    feature file -> the chosen box and the runners-up, as `--RUN=predict` gives them
+    (engine/predict_grounding.py: Grounder, pick_list, box_figure). `predictor` is a Grounder."""
+
+    task = "grounding"
+
+    def ground(self, name: Optional[str], upload: Optional[str], expression: str):
+        """(image, picks {regions, region_scores, boxes}, words, unknown words, photo or None)."""
+        from .engine.predict import read_image_features
+        features, photo = self.features(name, upload)
+        image = read_image_features(features, self.predictor.feat_size) if isinstance(features, str) else features
+        words, unknown, picks = self.predictor.ground(image, expression)
+        return image, picks, words, unknown, photo
+
+    def page(self, name: Optional[str], upload: Optional[str], expression: str):
+        """(rows [rank, region, probability %, x1, y1, x2, y2], picture uint8 [H, W, 3], notes)."""
+        from .engine.predict_grounding import box_figure, pick_list
+        try:
+            image, picks, words, unknown, photo = self.ground(name, upload, expression)
+        except user_errors() as e:
+            return [], None, f"**Cannot ground:** {e}"
+        shown = min(self.topk, len(picks["regions"]))
+        listed = pick_list(picks, shown)
+        rows = [[rank + 1, pick["region"], round(100.0 * pick["probability"], 1)] + pick["box"]
+                for rank, pick in enumerate(listed)]
+        picture = figure_pixels(box_figure(image, {k: v[:shown] for k, v in picks.items()}, expression, photo))
+        notes = [f"The chosen box (red) is region {listed[0]['region']} of {len(image.boxes)} "
+                 f"({100.0 * listed[0]['probability']:.1f} %); the dashed boxes are the runners-up, the grey ones "
+                 f"every other proposal. Probabilities are the softmax over the regions."]
+        if unknown:
+            notes.append(f"Not in the vocabulary (read as UNK): {', '.join(unknown)}.")
+        max_token = self.predictor.max_token
+        if len(words) > max_token - 1:
+            notes.append(f"Past the {max_token - 1}th word, not read: {' '.join(words[max_token - 1:])}.")
+        return rows, picture, "  \n".join(notes)
+
+
+class RetrievalBackend(DemoBackend):
+    """The retrieval page without Gradio: a caption ranks the listed feature files, as
+    `--RUN=predict --FEATS=<folder> --QUESTION=<caption>` ranks a folder (engine/predict_matching.py:
+    Matcher, rank_order, match_probabilities). `predictor` is a Matcher."""
+
+    task = "matching"
+
+    def __init__(self, predictor, feats_dir: Optional[str] = None, topk: int = 5):
+        super().__init__(predictor, feats_dir, topk)
+        if not self.names:
+            raise DemoError("a matching model ranks the images of a folder: give --FEATS_DIR=<folder of .npz "
+                            "feature files>.")
+        self.images = None  # the listed ImageFeatures, read at the first caption
+
+    def rank(self, caption: str):
+        """(order of the listed images, best first: the top `topk`; match probabilities [len(names)])."""
+        from .engine.predict import read_image_features
+        from .data import tokenize
+        from .engine.predict_matching import match_probabilities, rank_order
+        if not tokenize(caption or ""):  # said here for a caption (read_tokens speaks of --QUESTION)
+            raise DemoError(f"the caption {caption!r} has no words; type one, e.g. \"a red cup and a blue dog\".")
+        if self.images is None:
+            self.images = [read_image_features(os.path.join(self.feats_dir, n), self.predictor.feat_size)
+                           for n in self.names]
+        logits = self.predictor.image_logits(self.images, caption)
+        return rank_order(logits, self.topk), match_probabilities(logits)
+
+    def page(self, caption: str):
+        """(rows [rank, image, match probability], the best image's photo or None, notes)."""
+        try:
+            order, probs = self.rank(caption)
+        except user_errors() as e:
+            return [], None, f"**Cannot rank:** {e}"
+        rows = [[place, self.names[k], round(float(probs[k]), 4)] for place, k in enumerate(order, 1)]
+        notes = (f"The top {len(rows)} of {len(self.names)} images for this caption. The numbers are match "
+                 f"probabilities, sigmoid(score) of each image-caption pair on its own (they need not sum to 1).")
+        return rows, self.photo(self.names[order[0]]), notes
+
+
+def figure_pixels(fig):
+    """A matplotlib figure as uint8 [H, W, 3] (the figure is closed)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    fig.canvas.draw()
+    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return pixels
+
+
 def user_errors() -> Tuple[type, ...]:
     """The errors a user of the page can fix (the command line's, the demo's and a photo's)."""
     from .cli import expected_errors
@@ -206,32 +299,100 @@ def answer_notes(answer) -> str:
     return "  \n".join(notes)
 
 
-def build_demo(backend: DemoBackend, title: str = "MMNasNet: ask the model"):
-    """The Gradio Blocks page. Its one API endpoint, /ask (name, upload, question) -> (answers,
+def build_demo(backend: DemoBackend, title: Optional[str] = None):
+    """The Gradio Blocks page of the backend's task (answer, grounding or matching)."""
+    pages = {"answer": (build_answer_page, "MMNasNet: ask the model"),
+             "grounding": (build_grounding_page, "MMNasNet: find what an expression names"),
+             "matching": (build_retrieval_page, "MMNasNet: find the images for a caption")}
+    build, default_title = pages[backend.task]
+    return build(backend, title or default_title)
+
+
+def page_blocks(gr, title: str):
+    """The Blocks of every page: no usage reports; uploads are deleted once read
+    (DemoBackend.read_upload) and delete_cache also removes, every 15 minutes, those older than 15
+    minutes that nobody asked about, and pictures already sent."""
+    return gr.Blocks(title=title, analytics_enabled=False, delete_cache=(900, 900))
+
+
+def upload_box(gr):
+    """The upload field of the answer and grounding pages."""
+    return gr.File(label=f"or upload a feature file (.npz: x [2048, n], bbox [n, 4], image_w, image_h; at most "
+                         f"{megabytes(MAX_UPLOAD_BYTES)}); it is used instead of the image above",
+                   file_types=[".npz"], type="filepath", height=120)
+
+
+def image_list(gr, backend: DemoBackend):
+    """(the image dropdown, the photo of its choice), the left column's top of the answer and grounding pages."""
+    first = backend.names[0] if backend.names else None
+    name = gr.Dropdown(choices=backend.names, value=first, label=f"image ({backend.feats_dir})"
+                       if backend.feats_dir else "image", interactive=bool(backend.names))
+    photo = gr.Image(value=backend.photo(first), label="photo", interactive=False, height=260)
+    name.change(backend.photo, inputs=name, outputs=photo, api_name=False)
+    return name, photo
+
+
+def build_grounding_page(backend: GroundingBackend, title: str):
+    """API endpoint /ground (name, upload, expression) -> (boxes table, picture, notes)."""
+    import gradio as gr
+    with page_blocks(gr, title) as demo:
+        gr.Markdown(f"## {title}\nPick an image (or upload a feature file), type a referring expression, press "
+                    f"**Find**. The picture shows the chosen box (red), the runners-up (dashed) and every proposal "
+                    f"(grey).")
+        with gr.Row():
+            with gr.Column(scale=1):
+                name, _ = image_list(gr, backend)
+                expression = gr.Textbox(label="referring expression", value="the red cup", lines=1, max_lines=1)
+                button = gr.Button("Find", variant="primary")
+                upload = upload_box(gr)
+            with gr.Column(scale=2):
+                boxes = gr.Dataframe(headers=["rank", "region", "probability (%)", "x1", "y1", "x2", "y2"],
+                                     datatype=["number"] * 7, label="chosen box and runners-up (pixels)",
+                                     interactive=False, elem_id="boxes")
+                picture = gr.Image(label="the chosen box", type="numpy", format="png", interactive=False,
+                                   elem_id="grounding")
+                notes = gr.Markdown(elem_id="notes")
+        for event, api_name in ((button.click, "ground"), (expression.submit, False)):
+            event(backend.page, inputs=[name, upload, expression], outputs=[boxes, picture, notes], api_name=api_name)
+    return demo
+
+
+def build_retrieval_page(backend: RetrievalBackend, title: str):
+    """API endpoint /rank (caption) -> (ranking table, the best image's photo, notes)."""
+    import gradio as gr
+    with page_blocks(gr, title) as demo:
+        gr.Markdown(f"## {title}\nType a caption, press **Rank**: the {len(backend.names)} images of "
+                    f"{backend.feats_dir} are ranked by how well they match it.")
+        with gr.Row():
+            with gr.Column(scale=1):
+                caption = gr.Textbox(label="caption", value="a red cup and a blue dog", lines=1, max_lines=1)
+                button = gr.Button("Rank", variant="primary")
+                best = gr.Image(label="the best image's photo (when there is one)", interactive=False, height=260)
+            with gr.Column(scale=2):
+                ranking = gr.Dataframe(headers=["rank", "image", "match probability"],
+                                       datatype=["number", "str", "number"], label=f"top {backend.topk} images",
+                                       interactive=False, elem_id="ranking")
+                notes = gr.Markdown(elem_id="notes")
+        for event, api_name in ((button.click, "rank"), (caption.submit, False)):
+            event(backend.page, inputs=[caption], outputs=[ranking, best, notes], api_name=api_name)
+    return demo
+
+
+def build_answer_page(backend: DemoBackend, title: str):
+    """The question page. Its one API endpoint, /ask (name, upload, question) -> (answers,
     picture, notes), is what the page's button calls and what tests/test_demo.py calls over HTTP."""
     import gradio as gr
-
-    def preview(name):
-        return backend.photo(name)
-
-    first = backend.names[0] if backend.names else None
-    # uploads are deleted once read (DemoBackend.read_upload); delete_cache also removes, every 15
-    # minutes, those older than 15 minutes that nobody asked about, and pictures already sent
-    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(900, 900)) as demo:
+    with page_blocks(gr, title) as demo:
         gr.Markdown(f"## {title}\nPick an image (or upload a feature file), type a question, press **Ask**. "
                     f"The picture shows where the model looked (image attention) and which words it "
                     f"weighed (language attention).")
         with gr.Row():
             with gr.Column(scale=1):
-                name = gr.Dropdown(choices=backend.names, value=first, label=f"image ({backend.feats_dir})"
-                                   if backend.feats_dir else "image", interactive=bool(backend.names))
-                photo = gr.Image(value=backend.photo(first), label="photo", interactive=False, height=260)
+                name, _ = image_list(gr, backend)
                 question = gr.Textbox(label="question", value=EXAMPLE_QUESTIONS[0], lines=1, max_lines=1)
                 button = gr.Button("Ask", variant="primary")
                 gr.Examples([[q] for q in EXAMPLE_QUESTIONS], inputs=[question], label="questions to try")
-                upload = gr.File(label=f"or upload a feature file (.npz: x [2048, n], bbox [n, 4], image_w, "
-                                       f"image_h; at most {megabytes(MAX_UPLOAD_BYTES)}); it is used instead of "
-                                       f"the image above", file_types=[".npz"], type="filepath", height=120)
+                upload = upload_box(gr)
             with gr.Column(scale=2):
                 answers = gr.Dataframe(headers=["answer", score_heading(backend.predictor.softmax_scores)],
                                        datatype=["str", "number"], label="answers", interactive=False,
@@ -239,7 +400,6 @@ def build_demo(backend: DemoBackend, title: str = "MMNasNet: ask the model"):
                 picture = gr.Image(label="where the model looked", type="numpy", format="png", interactive=False,
                                    elem_id="attention")
                 notes = gr.Markdown(elem_id="notes")
-        name.change(preview, inputs=name, outputs=photo, api_name=False)
         button.click(backend.page, inputs=[name, upload, question], outputs=[answers, picture, notes],
                      api_name="ask")
         question.submit(backend.page, inputs=[name, upload, question], outputs=[answers, picture, notes],
@@ -251,7 +411,9 @@ def build_demo(backend: DemoBackend, title: str = "MMNasNet: ask the model"):
 
 def parse_args(argv=None) -> argparse.Namespace:
     from .config import MODEL_ALIASES
-    p = argparse.ArgumentParser(description="Web demo: ask the model about an image in the browser (Gradio).")
+    p = argparse.ArgumentParser(description="Web demo: ask the model about an image in the browser (Gradio); a "
+                                             "grounding model finds the box an expression names, a matching model "
+                                             "ranks the images for a caption.")
     p.add_argument("--MODEL", default="small", help=f"config of the weights: {' | '.join(MODEL_ALIASES)} | "
                                                     f"a YAML path (default small)")
     p.add_argument("--CKPT_PATH", help="weights file (.pdparams)")
@@ -263,7 +425,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--VOCAB", help="vocabulary JSON (default: vocab.json beside the weights, else built "
                                    "from --DATA_ROOT)")
     p.add_argument("--DATA_ROOT", default="./data", help="data folder for building the vocabularies (default ./data)")
-    p.add_argument("--TOPK", type=int, default=5, help="answers shown (default 5)")
+    p.add_argument("--TOPK", type=int, default=5, help="answers shown (grounding: boxes, matching: images; "
+                                                       "default 5)")
     p.add_argument("--HOST", default=DEFAULT_HOST,
                    help=f"address to listen on (default {DEFAULT_HOST}: this machine only; 0.0.0.0 opens it "
                         f"to the network)")
@@ -304,13 +467,21 @@ def weights_of(args: argparse.Namespace) -> str:
 
 
 def make_backend(args: argparse.Namespace) -> DemoBackend:
-    """Load the model once (Predictor.from_checkpoint) and list the feature folder."""
+    """Load the model once (the task's: Predictor, Grounder or Matcher) and list the feature folder."""
     from .config import load_config
     from .engine.predict import Predictor
+    from .engine.predict_grounding import Grounder
+    from .engine.predict_matching import Matcher
+    from .tasks import task_of
     if args.TOPK < 1:
         raise DemoError(f"--TOPK must be at least 1, got {args.TOPK}.")
     cfg = load_config(args.MODEL)
     cfg.data.data_root = args.DATA_ROOT
+    task = task_of(cfg).name
+    if task == "grounding":
+        return GroundingBackend(Grounder(cfg, weights_of(args), args.VOCAB), args.FEATS_DIR, args.TOPK)
+    if task == "matching":
+        return RetrievalBackend(Matcher(cfg, weights_of(args), args.VOCAB), args.FEATS_DIR, args.TOPK)
     predictor = Predictor.from_checkpoint(weights_of(args), cfg, vocab_path=args.VOCAB)
     return DemoBackend(predictor, args.FEATS_DIR, args.TOPK)
 

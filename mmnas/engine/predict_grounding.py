@@ -38,8 +38,9 @@ def ground(model, image, words, vocab, max_token: int) -> dict:
     return {k: v[0] for k, v in kept.items()}
 
 
-def draw_boxes(path: str, image, picks: dict, expression: str, photo: Optional[str] = None) -> None:
-    """The chosen box (thick, red) and the runners-up (dashed) over every proposal (thin, grey)."""
+def box_figure(image, picks: dict, expression: str, photo: Optional[str] = None):
+    """A matplotlib figure: the chosen box (thick, red) and the runners-up (dashed) over every
+    proposal (thin, grey), on the photo or a blank canvas of the image's size."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -62,9 +63,47 @@ def draw_boxes(path: str, image, picks: dict, expression: str, photo: Optional[s
                 bbox={"facecolor": "red" if chosen else "tab:blue", "alpha": 0.8, "pad": 1, "edgecolor": "none"})
     ax.set_title(f'"{expression}"', fontsize=10)
     ax.axis("off")
+    return fig
+
+
+def draw_boxes(path: str, image, picks: dict, expression: str, photo: Optional[str] = None) -> None:
+    """box_figure written as a PNG to `path`."""
+    import matplotlib.pyplot as plt
+    fig = box_figure(image, picks, expression, photo)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
+
+
+class Grounder:
+    """A grounding model loaded once (weights, vocabulary) for many expressions: what
+    --RUN=predict does for one, and what the web demo's grounding mode does for each request."""
+
+    def __init__(self, cfg: RunConfig, weights: str, vocab_path: Optional[str] = None):
+        self.vocab, self.vocab_source = resolve_vocab(weights, vocab_path, cfg)
+        self.max_token = self.vocab.max_token or cfg.model.max_token
+        self.feat_size = cfg.model.feat_size
+        self.model = task_named("grounding").build_model(cfg.model, self.vocab)
+        load_weights(self.model, weights)
+
+    def ground(self, image, expression: str):
+        """(words, words not in the vocabulary, picks) for one expression on one ImageFeatures;
+        PredictError for an expression without words or without a known word."""
+        words = tokenize(expression or "")
+        if not words:
+            raise PredictError(f"the expression {expression!r} has no words; type one, e.g. --QUESTION=\"the red cup\".")
+        unknown = [w for w in words if w not in self.vocab.token_to_ix]
+        if len(unknown) == len(words):
+            raise PredictError(f"none of the words of {expression!r} is in the model's vocabulary of "
+                               f"{self.vocab.token_size} tokens (from {self.vocab_source}); use words of the training "
+                               f"expressions.")
+        return words, unknown, ground(self.model, image, words, self.vocab, self.max_token)
+
+
+def pick_list(picks: dict, shown: int) -> list:
+    """The first `shown` picks as JSON-ready dicts {region, probability, box [x1, y1, x2, y2] in pixels}."""
+    return [{"region": int(r), "probability": round(float(p), 6), "box": [round(float(v), 2) for v in b]}
+            for r, p, b in zip(picks["regions"][:shown], picks["region_scores"][:shown], picks["boxes"][:shown])]
 
 
 def run_predict_grounding(cfg: RunConfig, weights: str, feats: str, expression: str, image_path: Optional[str] = None,
@@ -74,18 +113,9 @@ def run_predict_grounding(cfg: RunConfig, weights: str, feats: str, expression: 
     image = read_image_features(feats, cfg.model.feat_size)
     if image_path is not None and not os.path.isfile(image_path):
         raise PredictError(f"--IMAGE={image_path} does not exist; give the photo the features came from, or leave it out.")
-    words = tokenize(expression or "")
-    if not words:
-        raise PredictError(f"the expression {expression!r} has no words; type one, e.g. --QUESTION=\"the red cup\".")
-    vocab, vocab_source = resolve_vocab(weights, vocab_path, cfg)
-    max_token = vocab.max_token or cfg.model.max_token
-    unknown = [w for w in words if w not in vocab.token_to_ix]
-    if len(unknown) == len(words):
-        raise PredictError(f"none of the words of {expression!r} is in the model's vocabulary of {vocab.token_size} "
-                           f"tokens (from {vocab_source}); use words of the training expressions.")
-    model = task_named("grounding").build_model(cfg.model, vocab)
-    load_weights(model, weights)
-    picks = ground(model, image, words, vocab, max_token)
+    grounder = Grounder(cfg, weights, vocab_path)
+    words, unknown, picks = grounder.ground(image, expression)
+    max_token = grounder.max_token
     shown = min(topk, len(picks["regions"]))
     lines = [f"expression: {expression}"]
     if unknown:
@@ -102,10 +132,8 @@ def run_predict_grounding(cfg: RunConfig, weights: str, feats: str, expression: 
         cfg.results_dir, "predict", f"{stem}__{re.sub(r'[^a-z0-9]+', '_', ' '.join(words))[:60]}.png")
     draw_boxes(picture_path, image, {k: v[:shown] for k, v in picks.items()}, expression, image_path)
     print(f"picture: {picture_path}")
-    result = {"expression": expression, "weights": weights, "vocabulary": vocab_source, "feature_file": feats,
-              "picks": [{"region": int(r), "probability": round(float(p), 6), "box": [round(float(v), 2) for v in b]}
-                        for r, p, b in zip(picks["regions"][:shown], picks["region_scores"][:shown],
-                                           picks["boxes"][:shown])],
+    result = {"expression": expression, "weights": weights, "vocabulary": grounder.vocab_source, "feature_file": feats,
+              "picks": pick_list(picks, shown),
               "picture": picture_path}
     if out_json:
         write_json_atomic(result, out_json)

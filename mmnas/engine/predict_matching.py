@@ -48,6 +48,47 @@ def _feature_files(folder: str) -> List[str]:
     return files
 
 
+class Matcher:
+    """A matching model loaded once (weights, vocabulary) for many queries: what --RUN=predict
+    does for one, and what the web demo's retrieval mode does for each caption."""
+
+    def __init__(self, cfg: RunConfig, weights: str, vocab_path: Optional[str] = None):
+        self.vocab, self.vocab_source = resolve_vocab(weights, vocab_path, cfg)
+        self.max_token, self.feat_size = cfg.model.max_token, cfg.model.feat_size
+        model = task_of(cfg).build_model(cfg.model, self.vocab)
+        load_weights(model, weights)
+        self.score = pair_scorer(model)
+
+    def _logits(self, pair_of, n: int, progress: bool) -> np.ndarray:
+        """[n] match logits, pair_of(k) giving the k-th (region_feats, boxes, token_ids, image, caption)."""
+        logits = np.zeros(n, dtype=np.float64)
+        for first in progress_bar(range(0, n, PAIRS_PER_PASS), desc="score pairs",
+                                  disable=not progress or n <= PAIRS_PER_PASS):
+            block = range(first, min(n, first + PAIRS_PER_PASS))
+            logits[first:first + len(block)] = self.score(collate_pairs([pair_of(k) for k in block]))
+        return logits
+
+    def image_logits(self, images, caption: str, progress: bool = False) -> np.ndarray:
+        """[len(images)] logits of one caption against each ImageFeatures."""
+        ids = read_tokens(caption, self.vocab, self.max_token)[1]
+        return self._logits(lambda k: (images[k].region_feats, images[k].boxes, ids, k, 0), len(images), progress)
+
+    def caption_logits(self, image, captions: List[str], progress: bool = False) -> np.ndarray:
+        """[len(captions)] logits of each caption against one ImageFeatures."""
+        ids = [read_tokens(c, self.vocab, self.max_token)[1] for c in captions]
+        return self._logits(lambda k: (image.region_feats, image.boxes, ids[k], 0, k), len(captions), progress)
+
+
+def match_probabilities(logits: np.ndarray) -> np.ndarray:
+    """sigmoid(logit): the probability that a pair matches."""
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
+def rank_order(logits: np.ndarray, topk: int) -> np.ndarray:
+    """Indices of the top `topk` logits, best first (ties in the given order)."""
+    return np.argsort(-logits, kind="stable")[:topk]
+
+
 def run_match_predict(cfg: RunConfig, weights: str, feats: str, caption: Optional[str] = None,
                       captions_path: Optional[str] = None, topk: int = 5, out_json: Optional[str] = None,
                       vocab_path: Optional[str] = None, progress: bool = True) -> dict:
@@ -63,20 +104,14 @@ def run_match_predict(cfg: RunConfig, weights: str, feats: str, caption: Optiona
     paths = _feature_files(feats) if images_for_caption else [feats]
     images = [read_image_features(p, cfg.model.feat_size) for p in paths]  # the user's files first
     captions = [caption] if images_for_caption else _read_captions(captions_path)
-    vocab, vocab_source = resolve_vocab(weights, vocab_path, cfg)
-    ids = [read_tokens(c, vocab, cfg.model.max_token)[1] for c in captions]
-    model = task_of(cfg).build_model(cfg.model, vocab)
-    load_weights(model, weights)
-    score = pair_scorer(model)
-    n = len(images) if images_for_caption else len(captions)
-    logits = np.zeros(n, dtype=np.float64)
-    for first in progress_bar(range(0, n, PAIRS_PER_PASS), desc="score pairs", disable=not progress or n <= PAIRS_PER_PASS):
-        block = range(first, min(n, first + PAIRS_PER_PASS))
-        pairs = [(images[k].region_feats, images[k].boxes, ids[0], k, 0) if images_for_caption else
-                 (images[0].region_feats, images[0].boxes, ids[k], 0, k) for k in block]
-        logits[first:first + len(block)] = score(collate_pairs(pairs))
-    order = np.argsort(-logits, kind="stable")[:topk]
-    probs = 1.0 / (1.0 + np.exp(-logits))
+    matcher = Matcher(cfg, weights, vocab_path)
+    if images_for_caption:
+        logits = matcher.image_logits(images, caption, progress)
+    else:
+        logits = matcher.caption_logits(images[0], captions, progress)
+    n = len(logits)
+    order = rank_order(logits, topk)
+    probs = match_probabilities(logits)
     if images_for_caption:
         query = {"caption": caption}
         ranked = [{"feats": paths[k], "score": round(float(probs[k]), 6)} for k in order]
@@ -87,7 +122,7 @@ def run_match_predict(cfg: RunConfig, weights: str, feats: str, caption: Optiona
     print(f"top {len(ranked)} of {n} {what} for {next(iter(query.values()))!r}:")
     for place, entry in enumerate(ranked, 1):
         print(f"  {place}. {entry['score']:.4f}  {entry.get('feats') or entry['caption']}")
-    result = {"query": query, "ranked": ranked, "candidates": n, "weights": weights, "vocabulary": vocab_source}
+    result = {"query": query, "ranked": ranked, "candidates": n, "weights": weights, "vocabulary": matcher.vocab_source}
     if out_json:
         write_json_atomic(result, out_json)
         print(f"wrote {out_json}")
