@@ -21,6 +21,7 @@ from mmnas.engine.train import train
 from mmnas.metrics.boxes import box_iou
 from mmnas.models import MMNasNet
 from mmnas.tasks import task_of
+from task_checks import search_one_epoch_within_budget
 
 FEAT = 32  # feature width of the synthetic world (and model.feat_size)
 EPOCHS = 2  # measured: 37 % after one epoch, 97 % after two (chance 12.5 %)
@@ -125,8 +126,6 @@ def test_run_val_and_test_write_boxes_per_expression(trained, capsys):
 def test_search_steps_on_grounding_within_a_flop_budget(world, tmp_path, algorithm):
     """One epoch of each strategy on grounding, the budget set just above the cheapest genotype
     of the grounding model (its head's FLOPs, not the answer head's): the reported genotype fits."""
-    from mmnas.engine.search import search
-    from mmnas.search.budget import BUDGET_REGIONS, position_costs, target_model_config
     cfg = load_config("search_vgd_tiny")
     cfg.search.algorithm = algorithm
     cfg.data.data_root, cfg.data.cache_dir = str(world.root), str(tmp_path / "cache")
@@ -135,20 +134,7 @@ def test_search_steps_on_grounding_within_a_flop_budget(world, tmp_path, algorit
     cfg.data.split = "val"  # 120 expressions: a few steps of each kind, seconds not minutes
     cfg.train.max_epoch, cfg.train.batch_size, cfg.train.eval_batch_size = 1, 16, 16
     cfg.search.warmup_epochs = 0
-    task = task_of(cfg)
-    target = target_model_config("vgd_tiny")
-    costs = position_costs(target, {p: cfg.search.pools(p) for p in ("enc", "dec")},
-                           task.head_flops(target, "refcoco", BUDGET_REGIONS, target.max_token))
-    cfg.search.budget_gflops = round(costs.cheapest_gflops() * 1.05, 6)
-    summary = search(cfg, progress=False)
-    report = summary["history"][-1]
-    assert report["gflops"] <= cfg.search.budget_gflops
-    assert np.isfinite(report["weight_loss"]) and report["weight_loss"] > 0
-    if algorithm == "binary_gate":
-        assert report["arch_steps"] > 0 and np.isfinite(report["arch_loss"])
-    if "top_path_score" in report:
-        assert 0.0 <= report["top_path_score"] <= 1.0
-    assert os.path.exists(summary["genotype_path"])
+    search_one_epoch_within_budget(cfg, "vgd_tiny", algorithm)
 
 
 def test_fine_tune_from_a_vqa_checkpoint_takes_the_backbone(world, tmp_path, capsys):

@@ -25,6 +25,7 @@ from mmnas.metrics.retrieval import chance_recalls
 from mmnas.models import MMNasNet
 from mmnas.models.matching_head import pair_scorer
 from mmnas.tasks import task_of
+from task_checks import search_one_epoch_within_budget
 
 FEAT = 32  # feature width of the synthetic world (and model.feat_size)
 TOKENS = 11  # the synthetic captions have at most 10 words
@@ -224,8 +225,6 @@ def test_run_val_and_test_rank_with_the_trained_weights(trained, validated, caps
 def test_search_steps_on_matching_within_a_flop_budget(small_world, tmp_path, algorithm):
     """One epoch of each strategy on matching (mining from the search's start epoch, here 0, so
     the hook mines with the supernet), the budget just above the cheapest genotype."""
-    from mmnas.engine.search import search
-    from mmnas.search.budget import BUDGET_REGIONS, position_costs, target_model_config
     cfg = load_config("search_tiny" if algorithm == "binary_gate" else "search_snas_tiny")
     itm = matching_cfg(small_world.root, tmp_path, f"s_{algorithm}")
     cfg.data, cfg.matching = itm.data, itm.matching
@@ -235,21 +234,8 @@ def test_search_steps_on_matching_within_a_flop_budget(small_world, tmp_path, al
     cfg.train.max_epoch, cfg.train.batch_size, cfg.train.box_pieces = 1, 32, 1
     cfg.matching.mine_from_epoch, cfg.matching.mine_candidates = 0, 6
     cfg.search.warmup_epochs, cfg.search.target_model = 0, "itm_tiny"
-    task = task_of(cfg)
-    assert task.name == "matching"
-    target = target_model_config("itm_tiny")
-    costs = position_costs(target, {p: cfg.search.pools(p) for p in ("enc", "dec")},
-                           task.head_flops(target, "flickr30k", BUDGET_REGIONS, target.max_token))
-    cfg.search.budget_gflops = round(costs.cheapest_gflops() * 1.05, 6)
-    summary = search(cfg, progress=False)
-    report = summary["history"][-1]
-    assert report["gflops"] <= cfg.search.budget_gflops
-    assert np.isfinite(report["weight_loss"]) and report["weight_loss"] > 0
-    if algorithm == "binary_gate":
-        assert report["arch_steps"] > 0 and np.isfinite(report["arch_loss"])
-    if "top_path_score" in report:
-        assert 0.0 <= report["top_path_score"] <= 1.0
-    assert os.path.exists(summary["genotype_path"])
+    assert task_of(cfg).name == "matching"
+    search_one_epoch_within_budget(cfg, "itm_tiny", algorithm)
 
 
 def test_fine_tune_from_a_vqa_checkpoint_takes_the_backbone(world, tmp_path, capsys):
