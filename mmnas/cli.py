@@ -395,7 +395,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             if task_name == "matching":  # retrieval with one query: images for a caption, captions for an image
                 from .engine.predict_matching import run_match_predict
                 run_match_predict(cfg, weights, args.FEATS, args.QUESTION, args.CAPTIONS, topk=args.TOPK,
-                                  out_json=args.OUT, vocab_path=args.VOCAB)
+                                  out_json=args.OUT, vocab_path=args.VOCAB, picture_path=args.PICTURE)
                 return 0
             if args.CAPTIONS is not None:
                 raise UsageError("--CAPTIONS ranks captions with a matching model (data.dataset flickr30k, "

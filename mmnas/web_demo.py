@@ -191,7 +191,7 @@ class GroundingBackend(DemoBackend):
 
     def page(self, name: Optional[str], upload: Optional[str], expression: str):
         """(rows [rank, region, probability %, x1, y1, x2, y2], picture uint8 [H, W, 3], notes)."""
-        from .engine.predict_grounding import box_figure, pick_list
+        from .engine.predict_grounding import box_figure, pick_list, top_picks
         try:
             image, picks, words, unknown, photo = self.ground(name, upload, expression)
         except user_errors() as e:
@@ -200,7 +200,7 @@ class GroundingBackend(DemoBackend):
         listed = pick_list(picks, shown)
         rows = [[rank + 1, pick["region"], round(100.0 * pick["probability"], 1)] + pick["box"]
                 for rank, pick in enumerate(listed)]
-        picture = figure_pixels(box_figure(image, {k: v[:shown] for k, v in picks.items()}, expression, photo))
+        picture = figure_pixels(box_figure(image, top_picks(picks, shown), expression, photo))
         notes = [f"The chosen box (red) is region {listed[0]['region']} of {len(image.boxes)} "
                  f"({100.0 * listed[0]['probability']:.1f} %); the dashed boxes are the runners-up, the grey ones "
                  f"every other proposal. Probabilities are the softmax over the regions."]

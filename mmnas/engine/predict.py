@@ -74,7 +74,7 @@ class Answer:
     image_attention: np.ndarray  # [n] over the regions, sums to 1 over the real (non-zero) rows
     image: ImageFeatures
     blocks: List[BlockMap] = field(default_factory=list)
-    score_kind: str = "sigmoid"  # what `scores` are: "sigmoid" (independent 0..1 scores) or "softmax"
+    score_kind: str = "sigmoid"  # what `scores` are: "sigmoid" (independent 0..1), "softmax", "match" (a pair's)
 
     @property
     def region_is_padding(self) -> np.ndarray:
@@ -206,6 +206,8 @@ def score_meaning(kind: str) -> str:
     """What the answers' numbers are, to follow "the numbers are "."""
     if kind == "softmax":
         return "probabilities: the softmax of the logits over all answers, summing to 100%."
+    if kind == "match":
+        return "the match probability of the image and the caption (the sigmoid of the matching logit)."
     return ("scores, not probabilities: one sigmoid per answer, 0 to 1, each answer judged on its own "
             "(they need not sum to 1).")
 

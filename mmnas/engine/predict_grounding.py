@@ -26,21 +26,55 @@ from .predict import PredictError, read_image_features, resolve_vocab
 
 def ground(model, image, words, vocab, max_token: int) -> dict:
     """The task's kept outputs for one expression (words) on one image (ImageFeatures):
-    regions [K], region_scores [K] (probabilities), boxes [K, 4] (pixels), best first."""
+    regions [K], region_scores [K] (probabilities), boxes [K, 4] (pixels), best first; and
+    word_weights [max_token]: the head's text AttFlat weights over the word positions (glimpses
+    averaged; they sum to 1 over the words read, padding gets < 1e-20)."""
     task = task_named("grounding")
     ids = encode_tokens(words, vocab.token_to_ix, max_token)[None]  # [1, T], the last id PAD
     batch = {"boxes": image.boxes[None], "image_size": np.array([[image.image_h, image.image_w]], np.float32)}
     model.eval()
-    with paddle.no_grad():
-        log_scores, deltas = model(paddle.to_tensor(image.region_feats[None]), None, paddle.to_tensor(batch["boxes"]),
-                                   paddle.to_tensor(ids))
+    text_pool = model.head.attflat_lang
+    text_pool.attention_record = []  # records only during this call
+    try:
+        with paddle.no_grad():
+            log_scores, deltas = model(paddle.to_tensor(image.region_feats[None]), None,
+                                       paddle.to_tensor(batch["boxes"]), paddle.to_tensor(ids))
+        word_weights = text_pool.attention_record[0].numpy()[0].mean(axis=1)  # [T, G] -> [T]
+    finally:
+        text_pool.attention_record = None
     kept = task.predict_outputs((log_scores.numpy(), deltas.numpy()), batch)
-    return {k: v[0] for k, v in kept.items()}
+    return dict({k: v[0] for k, v in kept.items()}, word_weights=word_weights)
+
+
+def top_picks(picks: dict, shown: int) -> dict:
+    """picks with the per-region entries cut to the best `shown` (word_weights kept whole)."""
+    return {k: v if k == "word_weights" else v[:shown] for k, v in picks.items()}
+
+
+def draw_words(ax, words, word_weights) -> None:
+    """The expression under the picture, each word shaded by its attention weight (the word's
+    weight printed after it; darkest = the most weighed word; words past the last position read
+    are marked unread), and a legend line saying what the shading is."""
+    from matplotlib import colormaps
+    shade = colormaps["Oranges"]
+    top_weight = float(max(word_weights)) or 1.0
+    previous, place = None, dict(xy=(0.0, -0.02), xycoords="axes fraction", va="top")
+    for i, word in enumerate(words):
+        read = i < len(word_weights) - 1  # the last position is always PAD
+        weight = float(word_weights[i]) if read else 0.0
+        label = f"{word} {weight:.2f}" if read else f"{word} [not read]"
+        previous = ax.annotate(label, fontsize=9, bbox={"facecolor": shade(0.1 + 0.8 * weight / top_weight) if read else "white",
+                                                         "edgecolor": "0.6", "pad": 2}, **place)
+        place = dict(xy=(1.0, 0.0), xycoords=previous, xytext=(6, 0), textcoords="offset points", va="bottom")
+    ax.annotate("word shading: the model's attention over the expression's words (darker = more; the weights "
+                "sum to 1 over the words read); box labels: rank and probability", xy=(0.0, -0.02), xycoords="axes fraction",
+                xytext=(0, -20), textcoords="offset points", va="top", fontsize=8, color="0.3")
 
 
 def box_figure(image, picks: dict, expression: str, photo: Optional[str] = None):
     """A matplotlib figure: the chosen box (thick, red) and the runners-up (dashed) over every
-    proposal (thin, grey), on the photo or a blank canvas of the image's size."""
+    proposal (thin, grey), on the photo or a blank canvas of the image's size; under it the
+    expression's words shaded by the model's attention (draw_words) when picks has word_weights."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -63,6 +97,8 @@ def box_figure(image, picks: dict, expression: str, photo: Optional[str] = None)
                 bbox={"facecolor": "red" if chosen else "tab:blue", "alpha": 0.8, "pad": 1, "edgecolor": "none"})
     ax.set_title(f'"{expression}"', fontsize=10)
     ax.axis("off")
+    if "word_weights" in picks:
+        draw_words(ax, tokenize(expression or ""), picks["word_weights"])
     return fig
 
 
@@ -130,7 +166,7 @@ def run_predict_grounding(cfg: RunConfig, weights: str, feats: str, expression: 
     stem = os.path.basename(feats).split(".")[0]
     picture_path = picture_path or os.path.join(
         cfg.results_dir, "predict", f"{stem}__{re.sub(r'[^a-z0-9]+', '_', ' '.join(words))[:60]}.png")
-    draw_boxes(picture_path, image, {k: v[:shown] for k, v in picks.items()}, expression, image_path)
+    draw_boxes(picture_path, image, top_picks(picks, shown), expression, image_path)
     print(f"picture: {picture_path}")
     result = {"expression": expression, "weights": weights, "vocabulary": grounder.vocab_source, "feature_file": feats,
               "picks": pick_list(picks, shown),

@@ -24,8 +24,9 @@ from ..data.flickr import collate_pairs
 from ..models.matching_head import pair_scorer
 from ..progress import progress_bar
 from ..tasks import task_of
+from .attention_picture import find_photo, save_attention_picture
 from .evaluate import write_json_atomic
-from .predict import PredictError, read_image_features, read_tokens, resolve_vocab
+from .predict import Answer, PredictError, default_picture_path, read_image_features, read_tokens, resolve_vocab
 
 PAIRS_PER_PASS = 64
 
@@ -57,6 +58,7 @@ class Matcher:
         self.max_token, self.feat_size = cfg.model.max_token, cfg.model.feat_size
         model = task_of(cfg).build_model(cfg.model, self.vocab)
         load_weights(model, weights)
+        self.model = model
         self.score = pair_scorer(model)
 
     def _logits(self, pair_of, n: int, progress: bool) -> np.ndarray:
@@ -79,6 +81,30 @@ class Matcher:
         return self._logits(lambda k: (image.region_feats, image.boxes, ids[k], 0, k), len(captions), progress)
 
 
+    def pair_attention(self, image, caption: str) -> Answer:
+        """One pair with the head's attention, for the attention picture: an Answer whose one
+        "answer" is "match" with the pair's match probability (score_kind "match"), lang_attention
+        the head's caption AttFlat weights [max_token] and image_attention its region AttFlat
+        weights [n] (glimpses averaged; each sums to 1 over the real words / regions)."""
+        import paddle
+        tokens, ids = read_tokens(caption, self.vocab, self.max_token)
+        pools = (self.model.head.attflat_lang, self.model.head.attflat_img)
+        for pool in pools:
+            pool.attention_record = []  # records only during this call
+        self.model.eval()
+        try:
+            with paddle.no_grad():
+                logit = self.model(paddle.to_tensor(image.region_feats[None]), paddle.to_tensor(image.boxes[None]),
+                                   paddle.to_tensor(ids[None]))
+            lang, img = (pool.attention_record[0].numpy()[0].mean(axis=1) for pool in pools)  # [T|N, G] -> [T|N]
+        finally:
+            for pool in pools:
+                pool.attention_record = None
+        return Answer(question=caption, answers=["match"],
+                      scores=[float(match_probabilities(logit.numpy().astype(np.float64))[0])],
+                      tokens=tokens, lang_attention=lang, image_attention=img, image=image, score_kind="match")
+
+
 def match_probabilities(logits: np.ndarray) -> np.ndarray:
     """sigmoid(logit): the probability that a pair matches."""
     return 1.0 / (1.0 + np.exp(-logits))
@@ -91,9 +117,11 @@ def rank_order(logits: np.ndarray, topk: int) -> np.ndarray:
 
 def run_match_predict(cfg: RunConfig, weights: str, feats: str, caption: Optional[str] = None,
                       captions_path: Optional[str] = None, topk: int = 5, out_json: Optional[str] = None,
-                      vocab_path: Optional[str] = None, progress: bool = True) -> dict:
+                      vocab_path: Optional[str] = None, progress: bool = True,
+                      picture_path: Optional[str] = None) -> dict:
     """Rank the images of the folder `feats` for `caption`, or the captions of `captions_path` for
-    the image `feats`; print and return the top `topk` ({"query", "ranked": [{..., "score"}]})."""
+    the image `feats`; print and return the top `topk` ({"query", "ranked": [{..., "score"}],
+    "picture"}); draw the attention picture of the best pair (to `picture_path` or results/predict/)."""
     if (caption is None) == (captions_path is None):
         raise PredictError("a matching model ranks images for --QUESTION=\"<caption>\" (with --FEATS=<folder of "
                            ".npz>) or captions for an image (--FEATS=<file.npz> --CAPTIONS=<text file>); give one.")
@@ -122,7 +150,15 @@ def run_match_predict(cfg: RunConfig, weights: str, feats: str, caption: Optiona
     print(f"top {len(ranked)} of {n} {what} for {next(iter(query.values()))!r}:")
     for place, entry in enumerate(ranked, 1):
         print(f"  {place}. {entry['score']:.4f}  {entry.get('feats') or entry['caption']}")
-    result = {"query": query, "ranked": ranked, "candidates": n, "weights": weights, "vocabulary": matcher.vocab_source}
+    best = int(order[0])
+    best_image, best_caption = (images[best], caption) if images_for_caption else (images[0], captions[best])
+    best_pair = matcher.pair_attention(best_image, best_caption)
+    picture_path = picture_path or default_picture_path(cfg.results_dir, best_image, best_caption)
+    photo = find_photo(best_image.path) if best_image.path else None
+    save_attention_picture(best_pair, picture_path, photo, flag="--PICTURE")
+    print(f"picture of the best pair: {picture_path}")
+    result = {"query": query, "ranked": ranked, "candidates": n, "weights": weights, "vocabulary": matcher.vocab_source,
+              "picture": picture_path}
     if out_json:
         write_json_atomic(result, out_json)
         print(f"wrote {out_json}")
