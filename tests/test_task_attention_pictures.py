@@ -17,15 +17,20 @@ from mmnas.engine.predict_matching import Matcher
 from test_demo_tasks import grounding, matching  # noqa: F401 (the shared trained fixtures)
 
 
+def run_predict(model, feats, query, out, picture):
+    """--RUN=predict --TOPK=3 of a trained fixture, writing JSON to `out` and the picture to `picture`."""
+    return cli.main(["--RUN=predict", f"--MODEL={model.yml}", f"--CKPT_PATH={model.params}", f"--FEATS={feats}",
+                     f"--QUESTION={query}", "--TOPK=3", f"--OUT={out}", f"--PICTURE={picture}",
+                     f"--RESULTS_DIR={model.results}"])
+
+
 def test_grounding_picture_shades_the_words_and_draws_predicts_box(grounding, tmp_path, capsys):
     cfg = load_config(grounding.yml)
     name = sorted(n for n in os.listdir(grounding.feats_dir) if n.endswith(".npz"))[0]
     feats = os.path.join(grounding.feats_dir, name)
     expression = "the small blue ball on the left"
     out, picture = tmp_path / "g.json", tmp_path / "g.png"
-    assert cli.main(["--RUN=predict", f"--MODEL={grounding.yml}", f"--CKPT_PATH={grounding.params}",
-                     f"--FEATS={feats}", f"--QUESTION={expression}", "--TOPK=3", f"--OUT={out}",
-                     f"--PICTURE={picture}", f"--RESULTS_DIR={grounding.results}"]) == 0
+    assert run_predict(grounding, feats, expression, out, picture) == 0
     capsys.readouterr()
     assert picture.stat().st_size > 0
     grounder = Grounder(cfg, grounding.params)
@@ -51,9 +56,7 @@ def test_matching_picture_is_of_the_best_pair_with_its_attention(matching, tmp_p
     cfg = load_config(matching.yml)
     caption = "a red cup and a blue dog"
     out, picture = tmp_path / "m.json", tmp_path / "m.png"
-    assert cli.main(["--RUN=predict", f"--MODEL={matching.yml}", f"--CKPT_PATH={matching.params}",
-                     f"--FEATS={matching.feats_dir}", f"--QUESTION={caption}", "--TOPK=3", f"--OUT={out}",
-                     f"--PICTURE={picture}", f"--RESULTS_DIR={matching.results}"]) == 0
+    assert run_predict(matching, matching.feats_dir, caption, out, picture) == 0
     capsys.readouterr()
     result = json.load(open(out))
     assert result["picture"] == str(picture) and picture.stat().st_size > 0
