@@ -63,12 +63,13 @@ def draw_words(ax, words, word_weights) -> None:
         read = i < len(word_weights) - 1  # the last position is always PAD
         weight = float(word_weights[i]) if read else 0.0
         label = f"{word} {weight:.2f}" if read else f"{word} [not read]"
-        previous = ax.annotate(label, fontsize=9, bbox={"facecolor": shade(0.1 + 0.8 * weight / top_weight) if read else "white",
-                                                         "edgecolor": "0.6", "pad": 2}, **place)
+        colour = shade(0.1 + 0.8 * weight / top_weight) if read else "white"
+        previous = ax.annotate(label, fontsize=9, bbox={"facecolor": colour, "edgecolor": "0.6", "pad": 2}, **place)
         place = dict(xy=(1.0, 0.0), xycoords=previous, xytext=(6, 0), textcoords="offset points", va="bottom")
     ax.annotate("word shading: the model's attention over the expression's words (darker = more; the weights "
-                "sum to 1 over the words read); box labels: rank and probability", xy=(0.0, -0.02), xycoords="axes fraction",
-                xytext=(0, -20), textcoords="offset points", va="top", fontsize=8, color="0.3")
+                "sum to 1 over the words read); box labels: rank and probability",
+                xy=(0.0, -0.02), xycoords="axes fraction", xytext=(0, -20), textcoords="offset points",
+                va="top", fontsize=8, color="0.3")
 
 
 def box_figure(image, picks: dict, expression: str, photo: Optional[str] = None):
