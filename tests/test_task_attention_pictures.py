@@ -71,3 +71,6 @@ def test_matching_picture_is_of_the_best_pair_with_its_attention(matching, tmp_p
     np.testing.assert_allclose(pair.lang_attention[:words].sum(), 1.0, atol=1e-5)
     assert (pair.lang_attention[words:] < 1e-12).all()
 
+    from mmnas.engine.attention_picture import legend_entries
+    score_line = dict(legend_entries(pair))["score"]
+    assert score_line.startswith("the number beside 'match' is the match probability"), score_line

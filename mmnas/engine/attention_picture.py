@@ -200,7 +200,8 @@ def legend_entries(answer) -> List[Tuple[str, str]]:
     if cut:
         entries.append(("cut", f"[not read]: past the {sum(t.used for t in answer.tokens)}th word, the last "
                                f"the model reads."))
-    entries.append(("score", f"the numbers beside the answers are {score_meaning(answer.score_kind)}"))
+    shown = "the number beside 'match' is" if answer.score_kind == "match" else "the numbers beside the answers are"
+    entries.append(("score", f"{shown} {score_meaning(answer.score_kind)}"))
     return entries
 
 
