@@ -28,3 +28,30 @@ def search_one_epoch_within_budget(cfg, target_name: str, algorithm: str) -> dic
         assert 0.0 <= report["top_path_score"] <= 1.0
     assert os.path.exists(summary["genotype_path"])
     return summary
+
+
+def fine_tune_takes_the_backbone(cfg, tmp_path, capsys, shared_keys) -> None:
+    """A VQA checkpoint of another vocabulary loaded into the task's model (--CKPT_PATH): the
+    `shared_keys` backbone tensors are the VQA model's, the head stays as initialised, and the
+    report names what it took and what it initialised (the embedding, the head)."""
+    import paddle
+
+    from mmnas.engine.checkpoint import load_pretrained
+    from mmnas.engine.runner import open_vocab
+    from mmnas.models import MMNasNet
+    paddle.seed(1)
+    vqa = MMNasNet(cfg.model, 50, 7)  # another vocabulary: the embedding does not fit
+    path = str(tmp_path / "vqa.pdparams")
+    paddle.save(vqa.state_dict(), path)
+    task = task_of(cfg)
+    paddle.seed(2)
+    model = task.build_model(cfg.model, open_vocab(cfg, False))
+    head_before = {k: v.numpy().copy() for k, v in model.state_dict().items() if k.startswith("head.")}
+    load_pretrained(model, path, task)
+    out = capsys.readouterr().out
+    state, vqa_state = model.state_dict(), vqa.state_dict()
+    for key in shared_keys:
+        np.testing.assert_array_equal(state[key].numpy(), vqa_state[key].numpy())
+    for key, value in head_before.items():
+        np.testing.assert_array_equal(state[key].numpy(), value)  # fresh head, untouched
+    assert "took" in out and "initialised" in out and "embedding.weight" in out and "head." in out
