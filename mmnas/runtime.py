@@ -335,6 +335,28 @@ def stop_signals_held():
         if previous is not None:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
+
+@contextlib.contextmanager
+def process_pool(workers: int):
+    """A pool of `workers` processes (concurrent.futures) that start fresh ("spawn"), not forked
+    from this one.
+
+    A fork copies this process's memory with the locks its other threads held at that moment
+    (Paddle's OpenMP pool, a progress bar's monitor, a web server, a telemetry sender); a child
+    that needs one of them waits for ever. A worker that dies raises BrokenProcessPool here instead
+    of leaving the caller waiting for its results. Stop signals held here are released in each
+    worker. Ctrl-C or an error in the caller cancels the work not yet started."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=release_stop_signals)
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=False, **({"cancel_futures": True} if sys.version_info >= (3, 9) else {}))
+        raise
+    pool.shutdown()
+
+
 # ---- mixed precision and to_static --------------------------------------------------------------
 
 def amp_enabled(cfg) -> bool:

@@ -1,6 +1,7 @@
 """Shared test helpers: the golden vectors and spec key lists kept in tests/golden/ (copies of the
 project's reference outputs, so that a fresh clone runs every fidelity test), and quiet, seeded Paddle."""
 import os
+import signal
 import sys
 
 import pytest
@@ -18,6 +19,26 @@ from mmnas import runtime  # noqa: E402
 # runs Paddle, and kept by the tests that call cli.main in this process.
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 runtime.configure()
+
+# The tests never reach the internet: no usage reports from Gradio or its client (a machine whose
+# network drops packets would keep a thread of this process waiting on them).
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def signals_as_pytest_had_them():
+    """A test that runs cli.main or the web demo in this process installs their handlers of
+    SIGTERM and SIGHUP (and holds the stop signals for a moment); put pytest's own back after it,
+    so that every later test, and every process it starts, begins as under a plain pytest."""
+    handlers = {signum: signal.getsignal(signum) for signum in runtime.STOP_SIGNALS}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    yield
+    for signum, handler in handlers.items():
+        if handler is not None and signal.getsignal(signum) is not handler:
+            signal.signal(signum, handler)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 GOLDEN_DIR = os.path.join(REPO, "tests", "golden")
 SPEC_DIR = os.path.join(GOLDEN_DIR, "spec")

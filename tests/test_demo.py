@@ -105,7 +105,7 @@ def server(weights, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(server):
-    return gradio_client.Client(server[0], verbose=False)
+    return gradio_client.Client(server[0], verbose=False, analytics_enabled=False)
 
 
 def test_demo_answers_over_http_equal_the_predictors(weights, client):

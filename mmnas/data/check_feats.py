@@ -232,10 +232,10 @@ def _map(fn, paths: List[str], workers: int, progress: bool) -> List[dict]:
         bar = progress_bar(total=len(paths), desc="check feats", unit="file")
     results = []
     if workers > 1 and len(paths) > 1:
-        import multiprocessing as mp
-        with mp.get_context("fork").Pool(workers) as pool:
+        from mmnas.runtime import process_pool
+        with process_pool(workers) as pool:
             chunk = max(1, min(64, len(paths) // (workers * 8)))
-            for r in pool.imap_unordered(fn, paths, chunksize=chunk):
+            for r in pool.map(fn, paths, chunksize=chunk):
                 results.append(r)
                 if bar is not None:
                     bar.update()

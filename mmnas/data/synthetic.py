@@ -792,12 +792,12 @@ def make_synthetic_vqa(out_root: str, n_train_images: int = 1500, n_val_images: 
             os.makedirs(picture_dir, exist_ok=True)
         jobs += [(seed, split, i, min_boxes, max_boxes, folder, style, picture_dir) for i in range(sizes[split])]
     if workers > 1 and len(jobs) > 1:
-        import multiprocessing as mp
-        with mp.get_context("fork").Pool(workers) as pool:
-            qa = pool.apply_async(_make_all_questions, (seed, sizes, questions_per_image, min_boxes, max_boxes,
-                                                        style, cumulative))
-            box_counts = _drain(pool.imap(_write_image_features, jobs, chunksize=16), len(jobs), progress)
-            questions, annotations, truth = qa.get()
+        from mmnas.runtime import process_pool
+        with process_pool(workers) as pool:
+            qa = pool.submit(_make_all_questions, seed, sizes, questions_per_image, min_boxes, max_boxes,
+                             style, cumulative)
+            box_counts = _drain(pool.map(_write_image_features, jobs, chunksize=16), len(jobs), progress)
+            questions, annotations, truth = qa.result()
     else:
         box_counts = _drain(map(_write_image_features, jobs), len(jobs), progress)
         questions, annotations, truth = _make_all_questions(seed, sizes, questions_per_image,
