@@ -198,8 +198,33 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         from .engine.resume import restore_settings  # the checkpoint's seed, batch setup, ... (or a refusal)
         for note in restore_settings(cfg, args):
             print(note, file=sys.stderr)
+    if cfg.run in ("val", "test", "predict") and args.DATASET is None:
+        adopt_trained_dataset(cfg, args)
     validate_args(cfg, args)
     return cfg
+
+
+def adopt_trained_dataset(cfg: RunConfig, args: argparse.Namespace) -> None:
+    """--RUN=val/test/predict without --DATASET: the dataset the weights were trained on (named in the
+    vocab.json that training writes beside them), so that a grounding model trained on refcocog is
+    evaluated on refcocog rather than on its config's refcoco; a model of another task than the
+    config's is refused with the flags to give."""
+    from .data.datasets import dataset_spec
+    from .data.vocab import VOCAB_FILE, trained_dataset
+    weights, _ = checkpoint_for_eval(cfg)
+    trained = trained_dataset(weights)
+    if trained is None or trained == cfg.data.dataset or trained not in DATASETS:
+        return
+    source = os.path.join(os.path.dirname(weights), VOCAB_FILE)
+    trained_task, config_task = dataset_spec(trained).task, dataset_spec(cfg.data.dataset).task
+    if trained_task != config_task:
+        model = f"--MODEL={args.MODEL}" if args.MODEL else f"the default --MODEL ({cfg.config_path})"
+        raise UsageError(f"{weights} was trained on {trained} (the {trained_task} task, says {source}), but "
+                         f"{model} is a config of the {config_task} task; pass the --MODEL it was trained with "
+                         f"(`python run.py --help` lists the configs).")
+    cfg.data.dataset = trained
+    print(f"note: --RUN={cfg.run} on {trained}, the dataset {weights} was trained on (from {source}); "
+          f"--DATASET chooses another", file=sys.stderr)
 
 
 def default_version(args: argparse.Namespace) -> str:

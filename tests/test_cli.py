@@ -202,3 +202,41 @@ def test_budget_gflops_flag_sets_the_search_budget(capsys, dirs):
     assert_usage_error(["--RUN=search", "--MODEL=search_tiny", "--BUDGET_GFLOPS=0", *dirs], capsys, "--BUDGET_GFLOPS")
     assert_usage_error(["--RUN=train", "--MODEL=tiny", "--BUDGET_GFLOPS=4", *dirs], capsys,
                        "--BUDGET_GFLOPS", "--RUN=search")
+
+
+def fake_checkpoint(tmp_path, vocab_fields):
+    """ckpt/ckpt_g/epoch1.pdparams (empty: config_from_args reads only the vocab.json beside it)."""
+    folder = tmp_path / "ckpt" / "ckpt_g"
+    folder.mkdir(parents=True)
+    (folder / "epoch1.pdparams").write_bytes(b"")
+    (folder / "vocab.json").write_text(json.dumps({"token_to_ix": {"PAD": 0, "UNK": 1}, "ans_to_ix": {},
+                                                   "ix_to_ans": {}, **vocab_fields}))
+    return [f"--CKPT_DIR={tmp_path / 'ckpt'}", "--CKPT_V=g", "--CKPT_E=1", f"--DATA_ROOT={tmp_path}"]
+
+
+@pytest.mark.parametrize("run", ["val", "test", "predict"])
+def test_evaluating_a_checkpoint_uses_the_dataset_it_was_trained_on(tmp_path, capsys, run):
+    flags = fake_checkpoint(tmp_path, {"dataset": "refcocog"})
+    extra = ["--EVAL_SPLIT=test"] if run == "test" else ["--FEATS=x.npz", "--QUESTION=the cat"] if run == "predict" else []
+    cfg = cli.config_from_args(cli.build_parser().parse_args([f"--RUN={run}", "--MODEL=vgd_tiny", *flags, *extra]))
+    assert load_config("vgd_tiny").data.dataset == "refcoco" and cfg.data.dataset == "refcocog"
+    note = capsys.readouterr().err
+    assert "refcocog, the dataset" in note and "vocab.json" in note and "--DATASET" in note
+    # --DATASET given: the user's choice stands, without a note
+    extra = ["--EVAL_SPLIT=testA"] if run == "test" else extra  # RefCOCO+ has testA/testB, no test
+    cfg = cli.config_from_args(cli.build_parser().parse_args(
+        [f"--RUN={run}", "--MODEL=vgd_tiny", "--DATASET=refcoco+", *flags, *extra]))
+    assert cfg.data.dataset == "refcoco+" and capsys.readouterr().err == ""
+
+
+def test_a_vocab_json_without_a_dataset_changes_nothing(tmp_path, capsys):
+    flags = fake_checkpoint(tmp_path, {})  # written before training named its dataset there
+    cfg = cli.config_from_args(cli.build_parser().parse_args(["--RUN=val", "--MODEL=vgd_tiny", *flags]))
+    assert cfg.data.dataset == "refcoco" and capsys.readouterr().err == ""
+
+
+def test_evaluating_a_checkpoint_with_a_config_of_another_task_names_the_flag(tmp_path, capsys):
+    flags = fake_checkpoint(tmp_path, {"dataset": "refcocog"})
+    message = assert_usage_error(["--RUN=val", *flags], capsys, "trained on refcocog", "grounding task",
+                                 "the default --MODEL", "answer task", "pass the --MODEL it was trained with")
+    assert "vocab.json" in message

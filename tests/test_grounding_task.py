@@ -156,6 +156,13 @@ def test_resume_on_grounding_replays_the_last_epoch_exactly(trained):
         np.testing.assert_array_equal(np.asarray(resumed[key]), np.asarray(straight[key]), err_msg=key)
 
 
+def test_the_vocabulary_beside_the_checkpoints_names_the_dataset(trained):
+    """--RUN=val/test/predict read it to evaluate on the dataset of training (cli.adopt_trained_dataset)."""
+    from mmnas.data.vocab import trained_dataset
+    params, _ = ckpt_paths(trained.cfg.ckpt_dir, "vgd", EPOCHS)
+    assert trained_dataset(params) == "refcoco"
+
+
 def test_predict_gives_the_box_of_run_val(trained, capsys):
     """--RUN=predict with a val expression's words picks and decodes the same box as the val
     result file (and draws it)."""

@@ -142,6 +142,23 @@ class Vocab:
 VOCAB_FILE = "vocab.json"  # written by training beside its checkpoints (ckpt/ckpt_<VERSION>/)
 
 
+def write_checkpoint_vocab(vocab: Vocab, dataset: str, path: str) -> None:
+    """Training's vocab.json: the vocabulary and the dataset it was built from (`trained_dataset`)."""
+    write_json_atomic({**vocab.to_dict(), "dataset": dataset}, path, "--CKPT_DIR")
+
+
+def trained_dataset(weights_path: str) -> Optional[str]:
+    """The dataset named in the vocab.json beside `weights_path` (None: no such file, written before
+    it named one, or unreadable; reading the vocabulary itself reports the latter)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(weights_path)), VOCAB_FILE)
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            dataset = json.load(f).get("dataset")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return dataset if isinstance(dataset, str) else None
+
+
 def read_vocab_file(path: str) -> Vocab:
     """A vocabulary JSON (Vocab.to_dict: training's vocab.json or the cache); DataError if unusable
     or inconsistent (check_vocab)."""

@@ -20,11 +20,11 @@ import paddle
 import paddle.distributed as dist
 
 from ..config import RunConfig
-from ..data import VOCAB_FILE
+from ..data.vocab import VOCAB_FILE, write_checkpoint_vocab
 from ..tasks import Task, task_of
 from ..runtime import amp_context, clip_and_step, make_grad_scaler, maybe_to_static
 from .checkpoint import TrainingError, ckpt_paths, load_pretrained, resume_from, save_epoch
-from .evaluate import evaluate, write_json_atomic
+from .evaluate import evaluate
 from .interrupt import RunPosition
 from .logger import RunLogger, vdl_tag
 from .runner import initial_word_vectors, open_dataset, open_vocab, run_epoch, run_logged, seed_epoch
@@ -159,7 +159,7 @@ def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLog
         logger.text(f"train split {dcfg.split}: {len(train_set)} {task.sample_noun}, {steps_per_epoch} steps/epoch, "
                     f"{world} process(es), vocab {task.vocab_text(vocab)}{start}")
         # the vocabularies travel with the checkpoints: --RUN=predict reads them from here
-        write_json_atomic(vocab.to_dict(), os.path.join(cfg.ckpt_dir, f"ckpt_{cfg.version}", VOCAB_FILE), "--CKPT_DIR")
+        write_checkpoint_vocab(vocab, dcfg.dataset, os.path.join(cfg.ckpt_dir, f"ckpt_{cfg.version}", VOCAB_FILE))
     history = []
     # attention pictures of a few val questions (tasks whose demo draws them), tagged per dataset
     watch = AttentionWatch.for_run(val_set, vocab, logger, dcfg.dataset) if task.watches_attention else None
