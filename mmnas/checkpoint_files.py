@@ -15,6 +15,7 @@ import os
 import re
 import pickle
 import pickletools
+import shutil
 import socket
 import tempfile
 import warnings
@@ -318,6 +319,14 @@ def write_text_atomic(text: str, path: str, flag: str = "") -> None:
 def write_json_atomic(obj: Any, path: str, flag: str = "--RESULTS_DIR", indent: Optional[int] = None) -> None:
     """`obj` as JSON at `path`, through atomic_write."""
     write_text_atomic(json.dumps(obj, indent=indent), path, flag)  # dumps: the C encoder
+
+
+def copy_file_atomic(source: str, path: str, flag: str = "") -> None:
+    """The bytes of `source` (a file a library wrote somewhere temporary) at `path`, through atomic_write."""
+    def write(f):
+        with open(source, "rb") as src:
+            shutil.copyfileobj(src, f, 1 << 20)
+    atomic_write(path, write, flag)
 
 
 class _Digesting:

@@ -2,6 +2,7 @@
 project's reference outputs, so that a fresh clone runs every fidelity test), and quiet, seeded Paddle."""
 import os
 import signal
+import subprocess
 import sys
 
 import pytest
@@ -52,3 +53,23 @@ def golden_dir():
 @pytest.fixture
 def spec_dir():
     return SPEC_DIR
+
+
+@pytest.fixture
+def mount_tmpfs():
+    """mount(size, read_only) -> a fresh tmpfs folder; skipped where mounting is not allowed."""
+    mounted = []
+
+    def mount(folder, size, read_only=False):
+        os.makedirs(folder, exist_ok=True)
+        options = f"size={size}" + (",ro" if read_only else "")
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root in a mount namespace): {proc.stderr.strip()}")
+        mounted.append(str(folder))
+        return folder
+
+    yield mount
+    for folder in reversed(mounted):
+        subprocess.run(["umount", "-l", folder], capture_output=True)

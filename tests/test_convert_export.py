@@ -257,3 +257,26 @@ def test_export_tool_default_path(reference, tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         load_tool("export_inference").main(["--MODEL", "tiny", "--CKPT_PATH", str(tmp_path / "nope.pdparams")])
     assert "not found" in str(e.value.code)
+
+
+def test_export_on_a_full_disk_keeps_the_earlier_export(reference, tmp_path, mount_tmpfs):
+    """Real fault: a tmpfs with room for one export; exporting again over it fails with one
+    sentence naming the file and --out, and the earlier export is intact, no temporary left."""
+    from mmnas.checkpoint_files import atomic_save
+    ckpt = tmp_path / "epoch3.pdparams"
+    atomic_save(reference[1], str(ckpt))
+    tool = load_tool("export_inference")
+    first = tmp_path / "first"
+    tool.main(["--MODEL", "tiny", "--CKPT_PATH", str(ckpt), "--out", str(first / "model"), "--no-verify"])
+    exported = {name: (first / name).read_bytes() for name in os.listdir(first)}
+    assert any(name.endswith(".pdiparams") for name in exported)
+    full = mount_tmpfs(tmp_path / "full", sum(map(len, exported.values())) + 64 * 1024)
+    for name, data in exported.items():
+        (full / name).write_bytes(data)
+    with pytest.raises(SystemExit) as e:
+        tool.main(["--MODEL", "tiny", "--CKPT_PATH", str(ckpt), "--out", str(full / "model"), "--no-verify"])
+    assert str(e.value.code).startswith(f"error: cannot write {full / 'model.pdiparams'}: No space left on device")
+    assert "--out" in str(e.value.code)
+    assert sorted(os.listdir(full)) == sorted(exported)
+    for name, data in exported.items():
+        assert (full / name).read_bytes() == data

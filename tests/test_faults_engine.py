@@ -467,26 +467,6 @@ def test_atomic_save_removes_only_dead_processes_temporaries(tmp_path):
 
 # ----------------------------------------------------------------------------- full / read-only disk
 
-@pytest.fixture
-def mount_tmpfs():
-    """mount(size, read_only) -> a fresh tmpfs folder; skipped where mounting is not allowed."""
-    mounted = []
-
-    def mount(folder, size, read_only=False):
-        os.makedirs(folder, exist_ok=True)
-        options = f"size={size}" + (",ro" if read_only else "")
-        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here (needs root in a mount namespace): {proc.stderr.strip()}")
-        mounted.append(str(folder))
-        return folder
-
-    yield mount
-    for folder in reversed(mounted):
-        subprocess.run(["umount", "-l", folder], capture_output=True)
-
-
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(world, tmp_path, mount_tmpfs):
     first = run_args(world, tmp_path, "full")
     first[first.index(f"--MAX_EPOCH={EPOCHS}")] = "--MAX_EPOCH=1"

@@ -24,7 +24,8 @@ import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 
 from mmnas.config import ConfigError, load_config  # noqa: E402
-from mmnas.checkpoint_files import CheckpointError, extract_state_dict, match_state_dict, safe_load  # noqa: E402
+from mmnas.checkpoint_files import (CheckpointError, WriteError, extract_state_dict, match_state_dict,  # noqa: E402
+                                    safe_load)
 from mmnas.models import MMNasNet  # noqa: E402
 from mmnas.models.convert import check_hidden_size, checkpoint_sizes  # noqa: E402
 from mmnas.inference.onnx_export import OnnxUnavailable, export_onnx, onnx_predictor  # noqa: E402
@@ -65,14 +66,17 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     model.set_state_dict({k: v.astype(np.float32) if v.dtype == np.float64 else v for k, v in state.items()})
     model.eval()
-    files = export_inference(model, out, max_token=cfg.max_token, feat_size=cfg.feat_size)
+    try:
+        files = export_inference(model, out, max_token=cfg.max_token, feat_size=cfg.feat_size, flag="--out")
+    except WriteError as e:  # a full disk or a read-only folder: the earlier export, if any, is intact
+        sys.exit(f"error: {e}")
     print(f"exported {args.CKPT_PATH} (T={token_size}, A={answer_size})\n"
           f"  program: {files['model']}\n  params:  {files['params']}")
     runners = {"Paddle Inference": lambda *batch: predict(create_predictor(out), *batch)}
     if args.onnx:
         try:
-            files["onnx"] = export_onnx(model, out + ".onnx")
-        except OnnxUnavailable as e:
+            files["onnx"] = export_onnx(model, out + ".onnx", flag="--out")
+        except (OnnxUnavailable, WriteError) as e:
             sys.exit(f"error: {e}")
         print(f"  onnx:    {files['onnx']}")
         runners["onnxruntime"] = lambda *batch: onnx_predictor(files["onnx"])(*batch)

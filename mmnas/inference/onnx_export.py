@@ -11,6 +11,8 @@ import tempfile
 
 import numpy as np
 
+from ..checkpoint_files import copy_file_atomic
+
 ONNX_MISSING = ("ONNX export needs paddle2onnx and onnxruntime: pip install -e \".[onnx]\" "
                 "(or pip install paddle2onnx onnxruntime)")
 OPSET = 17
@@ -20,21 +22,23 @@ class OnnxUnavailable(ImportError):
     """paddle2onnx or onnxruntime is not installed (the message says how to install them)."""
 
 
-def export_onnx(model, path: str, opset: int = OPSET) -> str:
-    """Write `model` (put in eval mode) as an ONNX file at `path`; returns the path."""
+def export_onnx(model, path: str, opset: int = OPSET, flag: str = "") -> str:
+    """Write `model` (put in eval mode) as an ONNX file at `path` (whole or not at all: through
+    atomic_write); returns the path."""
     try:
         import paddle2onnx
     except ImportError:
         raise OnnxUnavailable(ONNX_MISSING) from None
     from ..models.export import export_inference, stdout_to_devnull
     cfg = model.cfg
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mmnas_onnx_") as folder:
         files = export_inference(model, os.path.join(folder, "model"), max_token=cfg.max_token,
                                  feat_size=cfg.feat_size)
+        converted = os.path.join(folder, "model.onnx")
         with stdout_to_devnull():  # the converter prints its progress to stdout
-            paddle2onnx.export(files["model"], files["params"], path, opset_version=opset,
+            paddle2onnx.export(files["model"], files["params"], converted, opset_version=opset,
                                enable_onnx_checker=True, optimize_tool="None")
+        copy_file_atomic(converted, path, flag)
     return path
 
 

@@ -9,6 +9,7 @@ import contextlib
 import glob
 import os
 import sys
+import tempfile
 from typing import Dict, List
 
 import numpy as np
@@ -16,6 +17,7 @@ import paddle
 import paddle.nn as nn
 from paddle.static import InputSpec
 
+from ..checkpoint_files import copy_file_atomic
 from ..runtime import paddle_log_filtered
 
 
@@ -39,16 +41,23 @@ def input_specs(max_token: int = 14, feat_size: int = 2048) -> List[InputSpec]:
 
 
 def export_inference(model: nn.Layer, out_prefix: str, max_token: int = 14,
-                     feat_size: int = 2048) -> Dict[str, str]:
+                     feat_size: int = 2048, flag: str = "") -> Dict[str, str]:
     """Save `model` (put in eval mode: dropout off) with `paddle.jit.save` under `out_prefix`.
     Returns the files written: {'model': <program file>, 'params': <.pdiparams>}. Paddle 3
     writes the program as `<prefix>.json` (PIR); older Paddle as `<prefix>.pdmodel`."""
     model.eval()
     wrapper = InferenceWrapper(model)
     wrapper.eval()
-    os.makedirs(os.path.dirname(os.path.abspath(out_prefix)), exist_ok=True)
-    with paddle_log_filtered():  # Paddle's PIR log lines, see runtime "Known noise"
-        paddle.jit.save(wrapper, out_prefix, input_spec=input_specs(max_token, feat_size))
+    # paddle.jit.save writes in place; it writes to a temporary folder here, and each file reaches
+    # out_prefix through atomic_write, the program last: a kill or a full disk leaves the earlier
+    # export (or none), never a program beside half its parameters
+    with tempfile.TemporaryDirectory(prefix="mmnas_export_") as folder:
+        saved = os.path.join(folder, "model")
+        with paddle_log_filtered():  # Paddle's PIR log lines, see runtime "Known noise"
+            paddle.jit.save(wrapper, saved, input_spec=input_specs(max_token, feat_size))
+        program = exported_files(saved)["model"]
+        for name in sorted(os.listdir(folder), key=lambda n: os.path.join(folder, n) == program):
+            copy_file_atomic(os.path.join(folder, name), out_prefix + name[len("model"):], flag)
     return exported_files(out_prefix)
 
 
