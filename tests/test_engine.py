@@ -318,20 +318,27 @@ def test_resume_refuses_a_different_batch_setup(world, base_run, tmp_path):
 
 
 def test_error_inside_data_parallel_processes_is_one_sentence(world, base_run, tmp_path):
-    """A refusal raised inside 2 spawned processes (resuming epoch 1 with --MAX_EPOCH=1): the
-    processes print the one-sentence error and run.py exits 2 without a line of its own (the
-    parent supervises them: engine/distributed.py), with no Python traceback of ours."""
+    """A refusal raised inside 2 spawned processes (resuming epoch 1 with --MAX_EPOCH=1): both
+    processes leave the one-sentence error to the parent (engine/distributed.py), which prints it
+    once and exits 2, with no Python traceback of ours."""
     proc = subprocess.run(
         [sys.executable, os.path.join(REPO, "run.py"), "--RUN=train", f"--MODEL={world.yml}", "--NPROCS=2",
          "--MAX_EPOCH=1", "--RESUME=True", "--CKPT_V=base", "--CKPT_E=1", "--VERSION=R3",
          f"--CKPT_DIR={base_run.ckpt_dir}", f"--RESULTS_DIR={tmp_path / 'results'}"],
         cwd=str(tmp_path), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "error: --CKPT_E=1 is already >= --MAX_EPOCH=1; nothing to train." in proc.stderr
-    assert all(line == "error: --CKPT_E=1 is already >= --MAX_EPOCH=1; nothing to train."
-               for line in proc.stderr.splitlines() if line.startswith("error:")), proc.stderr[-3000:]
+    assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == \
+        ["error: --CKPT_E=1 is already >= --MAX_EPOCH=1; nothing to train."], proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     assert not os.path.exists(ckpt_paths(base_run.ckpt_dir, "R3", 2)[0])
+
+
+def test_processes_stopped_on_errors_report_each_different_message_once_in_process_order(tmp_path):
+    from mmnas.engine.distributed import _expected_messages
+    for index, message in ((2, "A"), (1, "B"), (0, "A")):
+        (tmp_path / f"{index}.txt").write_text(message)
+    assert _expected_messages(str(tmp_path), 4) == "A\nerror: B"  # cli prints "error: " before it
+    assert "could not report" in _expected_messages(str(tmp_path / "nothing"), 2)
 
 
 # ----------------------------------------------------------------------------- 5. atomic checkpoints

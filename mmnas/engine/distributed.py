@@ -8,20 +8,23 @@ process then finds its rank in the environment and `run_parallel` does not spawn
 Stopping: a signal to run.py (Ctrl-C, SIGTERM, SIGHUP), to its process group or to one process
 stops every process of the run at the same step; rank 0 prints the one line. A process whose
 parent died (kill -9, or paddle.distributed.launch killed) notices within a second and stops the
-same way. A process that stops on an error prints it; the others, whose next all-reduce fails
-at once, leave without a word; the parent kills any process still running STOP_GRACE seconds
+same way. A process that stops on an expected error leaves its message to the parent, which
+prints each different message once (processes that refuse the same thing say it once); the
+others, whose next all-reduce fails at once, leave without a word; the parent kills any process still running STOP_GRACE seconds
 after a signal or an error (one blocked for good in a collective).
 """
 import multiprocessing.connection
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 
 import paddle
 import paddle.distributed as dist
 
+from ..checkpoint_files import write_text_atomic
 from ..runtime import STOP_SIGNALS, release_stop_signals, set_paddle_threads
 from .checkpoint import ckpt_paths
 from .interrupt import (InterruptGuard, RunInterrupted, exit_status, interrupted_by, not_started_message,
@@ -29,7 +32,8 @@ from .interrupt import (InterruptGuard, RunInterrupted, exit_status, interrupted
 
 
 class WorkerStopped(RuntimeError):
-    """A spawned process stopped on an expected error; its one-sentence message is printed above."""
+    """A spawned process stopped on an expected error; the message is its one sentence (or the
+    different sentences of several processes, a line each)."""
 
 
 def launched_externally() -> bool:
@@ -43,7 +47,7 @@ def owns_run_folder() -> bool:
     return not launched_externally() or os.environ.get("PADDLE_TRAINER_ID", "0") == "0"
 
 
-_EXPECTED_EXIT = 2  # a spawned process that stopped on one of the `expected` errors (it printed it)
+_EXPECTED_EXIT = 2  # a spawned process that stopped on one of the `expected` errors (its message is in the errors folder)
 # a spawned process stopped by a signal exits with exit_status(signal) (rank 0 printed where it stopped)
 STOP_GRACE = 60.0  # seconds the parent waits for its processes after a signal or an error, then kills them
 ORPHAN_GRACE = 30.0  # seconds a process whose parent died has to stop on its own before it exits anyway
@@ -62,9 +66,10 @@ def watch_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="watch-parent", daemon=True).start()
 
 
-def _worker(fn, cfg, use_gpu, expected=(), parent_pid=None):
+def _worker(fn, cfg, use_gpu, expected=(), parent_pid=None, errors_dir=None):
     """One process of the run; `parent_pid`: run.py's process when spawned by it (None when
-    started by paddle.distributed.launch, whose process is then the parent watched)."""
+    started by paddle.distributed.launch, whose process is then the parent watched), and
+    `errors_dir` the folder where it leaves the message of an expected error."""
     spawned = parent_pid is not None
     stop_on_signals()  # Paddle, imported with this module, installed its C++ SIGTERM handler
     watch_parent(parent_pid if spawned else os.getppid())
@@ -79,10 +84,10 @@ def _worker(fn, cfg, use_gpu, expected=(), parent_pid=None):
     except expected as e:
         if not spawned:
             raise
-        # the message the single-process run would print, then an exit status the parent
-        # recognises; a normal exit releases the loader's semaphores, and the other processes,
-        # whose next collective fails at once, leave without a word (_supervise)
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        # the message the single-process run would print, for the parent to print once, then an
+        # exit status it recognises; a normal exit releases the loader's semaphores, and the other
+        # processes, whose next collective fails at once, leave without a word (_supervise)
+        write_text_atomic(str(e), os.path.join(errors_dir, f"{os.environ.get('PADDLE_TRAINER_ID', '0')}.txt"))
         sys.exit(_EXPECTED_EXIT)
     except KeyboardInterrupt as e:  # RunInterrupted, or a signal before the run started
         if not spawned:
@@ -98,8 +103,8 @@ def _worker(fn, cfg, use_gpu, expected=(), parent_pid=None):
 
 def run_parallel(fn, cfg, nprocs: int, gpus: str = "", expected=()):
     """Run fn(cfg, rank, world) in `nprocs` processes (or in this one when nprocs == 1). An
-    `expected` exception in a spawned process is printed there as one sentence and raised here
-    as WorkerStopped; anything else keeps its traceback."""
+    `expected` exception in spawned processes is raised here as WorkerStopped with its one
+    sentence (once, however many processes raised it); anything else keeps its traceback."""
     use_gpu = bool(gpus)
     if launched_externally():
         return _worker(fn, cfg, use_gpu, expected)
@@ -108,18 +113,19 @@ def run_parallel(fn, cfg, nprocs: int, gpus: str = "", expected=()):
             paddle.set_device(f"gpu:{gpus.split(',')[0]}")
         return fn(cfg, 0, 1)
     options = {"gpus": gpus} if use_gpu else {"backend": "gloo"}
-    with InterruptGuard(world=nprocs) as guard:  # records a signal to this process, never raises
-        context = dist.spawn(_worker, args=(fn, cfg, use_gpu, tuple(expected), os.getpid()), nprocs=nprocs,
-                             join=False, **options)
-        _supervise(context, guard, cfg)
+    with tempfile.TemporaryDirectory(prefix="mmnas_errors_") as errors_dir, \
+            InterruptGuard(world=nprocs) as guard:  # records a signal to this process, never raises
+        context = dist.spawn(_worker, args=(fn, cfg, use_gpu, tuple(expected), os.getpid(), errors_dir),
+                             nprocs=nprocs, join=False, **options)
+        _supervise(context, guard, cfg, errors_dir)
     return None
 
 
-def _supervise(context, guard: InterruptGuard, cfg) -> None:
+def _supervise(context, guard: InterruptGuard, cfg, errors_dir: str) -> None:
     """Wait for the spawned processes. A signal to this process (recorded by `guard`) is passed
     on to each; once a signal came or a process failed, any process still running STOP_GRACE
-    seconds later is killed. Then: WorkerStopped if a process stopped on an expected error (it
-    printed it), RunInterrupted if they stopped on a signal (rank 0 printed where), else the
+    seconds later is killed. Then: WorkerStopped if a process stopped on an expected error (with
+    the messages left in `errors_dir`), RunInterrupted if they stopped on a signal (rank 0 printed where), else the
     first failure's traceback."""
     processes = context.processes
     deadline, passed_on = None, False
@@ -143,7 +149,7 @@ def _supervise(context, guard: InterruptGuard, cfg) -> None:
                 p.join()
     codes = [p.exitcode for p in processes]
     if _EXPECTED_EXIT in codes:
-        raise WorkerStopped("")  # the process printed its error
+        raise WorkerStopped(_expected_messages(errors_dir, len(processes)))
     stopped_by = [code - 128 for code in codes if code and code - 128 in STOP_SIGNALS]
     if guard.requested or stopped_by:
         signum = guard.signum if guard.requested else stopped_by[0]
@@ -166,6 +172,21 @@ def _supervise(context, guard: InterruptGuard, cfg) -> None:
         how = f"by {signal.Signals(-code).name}" if code < 0 else f"with exit status {code}"
         raise WorkerStopped(f"training process {index} ended {how}; the complete checkpoints are in "
                             f"{os.path.join(cfg.ckpt_dir, f'ckpt_{cfg.version}')}")
+
+
+def _expected_messages(errors_dir: str, nprocs: int) -> str:
+    """The different messages the processes stopped on, in process order, joined as lines of
+    "error: ..." (the first line's "error: " is the caller's)."""
+    messages = []
+    for index in range(nprocs):
+        try:
+            with open(os.path.join(errors_dir, f"{index}.txt"), encoding="utf-8") as f:
+                message = f.read()
+        except FileNotFoundError:
+            continue
+        if message not in messages:
+            messages.append(message)
+    return "\nerror: ".join(messages) or "a training process stopped on an error it could not report"
 
 
 def _send(process, signum) -> None:
