@@ -31,7 +31,10 @@ What it does (measured on a 2-core AMD EPYC with bench/train_step.py, bench/eval
 * Known noise. PADDLE_WARNINGS and PADDLE_LOG_LINES list what Paddle prints that says nothing
   about the user's run ("No ccache found"; on every export and Paddle Inference start, a
   "Tensor do not have 'place' interface" warning per attention layer and a PIR "not support
-  input out tensor" log line). `filter_paddle_noise()` (called by configure(), and by the tools
+  input out tensor" log line; in each process of a data-parallel run, a GLOO warning, the flags
+  of PADDLE_FLAGS framed as "Modified FLAGS detected", and glog lines of the rendezvous; the
+  launcher's "find free ports" goes to the root logger, which run_parallel keeps at WARNING
+  meanwhile). `filter_paddle_noise()` (called by configure(), and by the tools
   that never import Paddle) filters the warnings here and, via PYTHONWARNINGS, in child processes;
   `paddle_log_filtered()` drops the log lines Paddle's C++ side writes straight to stderr.
 
@@ -58,10 +61,15 @@ _MARK = "MMNAS_RUNTIME_SET"  # names configure() set itself; inherited by the pr
 PADDLE_WARNINGS = (
     "No ccache found",  # importing paddle.utils.cpp_extension: a compiler cache for custom C++ ops
     "Tensor do not have 'place' interface for pir graph mode",  # paddle.where while exporting
+    "Your model will be trained under CPUONLY mode by using GLOO",  # dist.spawn on CPU (--NPROCS)
 )
-# ... and lines its C++ side writes to file descriptor 2 (glog), by a part of the line
+# ... and lines its C++ side (glog) or init_parallel_env write to file descriptor 2, by a part of the line
 PADDLE_LOG_LINES = (
     "Paddle static graph(PIR) not support input out tensor",  # paddle.jit.save
+    # dist.init_parallel_env in every process of a data-parallel run: the flags this project sets
+    # (PADDLE_FLAGS) framed as "modified", and the rendezvous store's glog INFO lines
+    "======================= Modified FLAGS detected =======================", "FLAGS(name='FLAGS_",
+    "=" * 71, "tcp_store.cc:", "tcp_utils.cc:",
 )
 _state: Dict[str, object] = {}
 

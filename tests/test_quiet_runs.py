@@ -9,14 +9,15 @@ import sys
 
 import pytest
 
-from mmnas import cli
+from mmnas import cli, runtime
 from mmnas.config import MODEL_ALIASES
 from mmnas.data.synthetic import make_synthetic_vqa
 from mmnas import progress
 from mmnas.progress import LOG_STEP_PERCENT, progress_bar
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PADDLE_NOISE = ("No ccache found", "PLEASE USE OMP_NUM_THREADS WISELY", "OMP_NUM_THREADS set to")
+PADDLE_NOISE = ("No ccache found", "PLEASE USE OMP_NUM_THREADS WISELY", "OMP_NUM_THREADS set to", "find free ports",
+                *runtime.PADDLE_WARNINGS, *runtime.PADDLE_LOG_LINES)  # the last: GLOO, FLAGS frame, glog lines
 
 
 def run_py(args, cwd, env_extra=None):

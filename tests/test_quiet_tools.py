@@ -47,9 +47,22 @@ def tiny_weights(tmp_path_factory):
     return model, path
 
 
+DATA_PARALLEL_START = """import paddle.distributed as dist
+
+
+def work():
+    dist.init_parallel_env()
+
+
+if __name__ == "__main__":
+    dist.spawn(work, nprocs=2, backend="gloo")
+"""
+
+
 def test_the_noise_is_real_without_the_filter(tmp_path):
     """The patterns match what Paddle prints when nothing filters it (so their absence below means
-    something): the import warning, and the PIR lines of exporting a masked fill (as attention does)."""
+    something): the import warning and the PIR lines of exporting a masked fill (as attention
+    does), and the start of two gloo processes with one of PADDLE_FLAGS set (as --NPROCS=2)."""
     code = ("import paddle\n"
             "from paddle.static import InputSpec\n"
             "class MaskedFill(paddle.nn.Layer):\n"
@@ -57,13 +70,19 @@ def test_the_noise_is_real_without_the_filter(tmp_path):
             "        return paddle.where(mask, paddle.full([1], -1e9, scores.dtype), scores)\n"
             "paddle.jit.save(MaskedFill(), %r, input_spec=[InputSpec([None, 4], 'float32', 'scores'),\n"
             "                                          InputSpec([None, 4], 'bool', 'mask')])\n" % str(tmp_path / "m"))
-    script = tmp_path / "export_masked_fill.py"  # a file: paddle.jit reads the layer's source
-    script.write_text(code)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
-    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    export = tmp_path / "export_masked_fill.py"  # a file: paddle.jit reads the layer's source
+    export.write_text(code)
+    data_parallel = tmp_path / "data_parallel_start.py"
+    data_parallel.write_text(DATA_PARALLEL_START)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONWARNINGS", *runtime.PADDLE_FLAGS)}
+    printed = ""
+    for script, flags in ((export, {}), (data_parallel, runtime.PADDLE_FLAGS)):
+        proc = subprocess.run([sys.executable, str(script)], env={**env, **flags}, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        printed += proc.stderr
     for pattern in NOISE:
-        assert pattern in proc.stderr, pattern
+        assert pattern in printed, pattern
 
 
 def test_tools_and_bench_print_none_of_the_known_noise(tmp_path, tiny_weights):

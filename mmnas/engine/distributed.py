@@ -13,6 +13,7 @@ prints each different message once (processes that refuse the same thing say it 
 others, whose next all-reduce fails at once, leave without a word; the parent kills any process still running STOP_GRACE seconds
 after a signal or an error (one blocked for good in a collective).
 """
+import logging
 import multiprocessing.connection
 import os
 import signal
@@ -25,7 +26,7 @@ import paddle
 import paddle.distributed as dist
 
 from ..checkpoint_files import write_text_atomic
-from ..runtime import STOP_SIGNALS, release_stop_signals, set_paddle_threads
+from ..runtime import STOP_SIGNALS, paddle_log_filtered, release_stop_signals, set_paddle_threads
 from .checkpoint import ckpt_paths
 from .interrupt import (InterruptGuard, RunInterrupted, exit_status, interrupted_by, not_started_message,
                         signal_of, stop_on_signals)
@@ -76,7 +77,8 @@ def _worker(fn, cfg, use_gpu, expected=(), parent_pid=None, errors_dir=None):
     set_paddle_threads()  # a spawned process starts with Paddle's single OpenMP thread
     try:
         release_stop_signals()  # held since run.py's first line (run as __mp_main__ when spawned)
-        dist.init_parallel_env()
+        with paddle_log_filtered():  # its "Modified FLAGS" frame and the rendezvous's glog lines
+            dist.init_parallel_env()
         rank, world = dist.get_rank(), dist.get_world_size()
         if use_gpu:
             paddle.set_device(f"gpu:{paddle.distributed.ParallelEnv().device_id}")
@@ -115,8 +117,14 @@ def run_parallel(fn, cfg, nprocs: int, gpus: str = "", expected=()):
     options = {"gpus": gpus} if use_gpu else {"backend": "gloo"}
     with tempfile.TemporaryDirectory(prefix="mmnas_errors_") as errors_dir, \
             InterruptGuard(world=nprocs) as guard:  # records a signal to this process, never raises
-        context = dist.spawn(_worker, args=(fn, cfg, use_gpu, tuple(expected), os.getpid(), errors_dir),
-                             nprocs=nprocs, join=False, **options)
+        root_logger = logging.getLogger()  # Paddle's launch utilities make it log INFO ("find free ports")
+        level = root_logger.level
+        root_logger.setLevel(logging.WARNING)
+        try:
+            context = dist.spawn(_worker, args=(fn, cfg, use_gpu, tuple(expected), os.getpid(), errors_dir),
+                                 nprocs=nprocs, join=False, **options)
+        finally:
+            root_logger.setLevel(level)
         _supervise(context, guard, cfg, errors_dir)
     return None
 
