@@ -280,3 +280,23 @@ def test_export_on_a_full_disk_keeps_the_earlier_export(reference, tmp_path, mou
     assert sorted(os.listdir(full)) == sorted(exported)
     for name, data in exported.items():
         assert (full / name).read_bytes() == data
+
+
+def test_export_tool_names_what_it_does_not_export(reference, tmp_path):
+    """Grounding/matching configs and checkpoints are refused by what they are, not as 'not an
+    MMNasNet checkpoint'; a hidden-size mismatch lists the tiny config too."""
+    from mmnas.checkpoint_files import atomic_save
+    tool = load_tool("export_inference")
+    ckpt = tmp_path / "epoch3.pdparams"
+    atomic_save(reference[1], str(ckpt))
+    with pytest.raises(SystemExit) as e:
+        tool.main(["--MODEL", "vgd_tiny", "--CKPT_PATH", str(ckpt)])
+    assert "--MODEL=vgd_tiny is a grounding model" in str(e.value.code) and "dygraph" in str(e.value.code)
+    headless = tmp_path / "headless.pdparams"  # the backbone of an MMNasNet without the answer layer
+    atomic_save({k: v for k, v in reference[1].items() if not k.startswith("proj.")}, str(headless))
+    with pytest.raises(SystemExit) as e:
+        tool.main(["--MODEL", "tiny", "--CKPT_PATH", str(headless)])
+    assert "no answer layer (`proj.weight`)" in str(e.value.code) and "grounding or matching" in str(e.value.code)
+    with pytest.raises(SystemExit) as e:
+        tool.main(["--MODEL", "small", "--CKPT_PATH", str(ckpt)])
+    assert "--MODEL tiny: 64, small: 512, large: 1024" in str(e.value.code)

@@ -328,7 +328,9 @@ def test_error_inside_data_parallel_processes_is_one_sentence(world, base_run, t
         cwd=str(tmp_path), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == \
-        ["error: --CKPT_E=1 is already >= --MAX_EPOCH=1; nothing to train."], proc.stderr[-3000:]
+        ["error: --CKPT_E=1 is already >= --MAX_EPOCH=1; nothing to train (--MAX_EPOCH=2 or more continues "
+         "the run)."], proc.stderr[-3000:]
+    assert "resumed from" not in proc.stdout and "preload" not in proc.stderr  # refused before reading anything
     assert "Traceback" not in proc.stderr
     assert not os.path.exists(ckpt_paths(base_run.ckpt_dir, "R3", 2)[0])
 

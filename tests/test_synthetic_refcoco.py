@@ -104,3 +104,19 @@ def test_refuses_real_data_and_bad_arguments(tmp_path, capsys):
     assert (real / "vgd" / "refcoco" / "train.json").read_text() == "[]"
     assert tool().main(["--out", str(tmp_path / "x"), "--min-regions", "9", "--max-regions", "8", "--quiet"]) == 2
     assert "min_regions <= max_regions" in capsys.readouterr().err
+
+
+def test_check_feats_reads_the_grounding_layout(world):
+    """--dataset vgd: the bottom-up grounding features have no num_bbox, which is not a warning;
+    question files are VQA's and GQA's only (one sentence)."""
+    from mmnas.data.check_feats import check_feats
+    root, _ = world
+    feats = os.path.join(root, "vgd", "bua-r101-fix100")
+    report = check_feats(feats, workers=1, progress=False, dataset="vgd", feat_size=F, min_regions=1)
+    assert report["ok"] and report["n_files"] == report["n_readable"] > 0, report
+    assert report["problem_counts"] == {}, report["problem_counts"]
+    as_vqa = check_feats(feats, workers=1, progress=False, dataset="vqa", feat_size=F, min_regions=1)
+    assert as_vqa["problem_counts"] == {"missing_meta": report["n_files"]}  # VQA's files carry num_bbox
+    with pytest.raises(ValueError, match="--questions reads VQA-v2 and GQA question files"):
+        check_feats(feats, question_files=[os.path.join(root, "vgd", "refcoco", "val.json")], workers=1,
+                    progress=False, dataset="vgd", feat_size=F, min_regions=1)

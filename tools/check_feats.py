@@ -6,6 +6,7 @@
         --questions data/vqa/raw/VG_questions.json      # VG asks about train and val images
     python tools/check_feats.py data/gqa/feats/gqa-frcn --dataset gqa \
         --questions data/gqa/raw/questions1.2/val_balanced_questions.json
+    python tools/check_feats.py data/vgd/bua-r101-fix100 --dataset vgd     # grounding (itm: matching)
 
 Exit status 0: nothing would break training; 1: something would (unreadable or malformed
 files, NaN/inf, bad boxes, images asked about without features); 2: bad arguments.
@@ -24,21 +25,29 @@ from mmnas.data.check_feats import LAYOUTS, USUAL_MIN_REGIONS, check_feats, form
 from mmnas.data.features import FEAT_DIM, MAX_REGIONS  # noqa: E402
 
 
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows the defaults, except None (the help says what an option left out means)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description="Scan region-feature .npz files (VQA-v2 or GQA layout) for anything that would "
                     "break training, write a JSON report and a PNG histogram of box counts.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsFormatter)
     p.add_argument("feat_dir", nargs="+", help="feature folder(s), e.g. data/vqa/feats/train2014")
     p.add_argument("--questions", nargs="+", default=None, metavar="JSON",
                    help="question or annotation files: report image ids they ask about that have no "
                         "feature file, and feature files they never ask about")
     p.add_argument("--dataset", choices=sorted(LAYOUTS), default="vqa",
-                   help="layout of the files: vqa (x [2048, n]) or gqa (x [n, 2048], <imageId>.npz)")
+                   help="layout of the files: vqa (x [2048, n]), gqa (x [n, 2048], <imageId>.npz), or the "
+                        "grounding (vgd) and matching (itm) features (as vqa, without num_bbox)")
     p.add_argument("--workers", type=int, default=2, help="processes reading files")
     p.add_argument("--report", default=None,
-                   help="JSON report path (default: results/check_feats/<folder name>.json)")
-    p.add_argument("--png", default=None, help="box-count histogram (default: the report path with .png)")
+                   help="JSON report path (results/check_feats/<folder name>.json when not given)")
+    p.add_argument("--png", default=None, help="box-count histogram (the report path with .png when not given)")
     p.add_argument("--no-png", action="store_true", help="do not draw the histogram")
     p.add_argument("--max-regions", type=int, default=MAX_REGIONS,
                    help="more boxes than this is an error (use the config's model.max_regions)")

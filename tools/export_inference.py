@@ -27,6 +27,7 @@ from mmnas.config import ConfigError, load_config  # noqa: E402
 from mmnas.checkpoint_files import (CheckpointError, WriteError, extract_state_dict, match_state_dict,  # noqa: E402
                                     safe_load)
 from mmnas.models import MMNasNet  # noqa: E402
+from mmnas.tasks import task_of  # noqa: E402
 from mmnas.models.convert import check_hidden_size, checkpoint_sizes  # noqa: E402
 from mmnas.inference.onnx_export import OnnxUnavailable, export_onnx, onnx_predictor  # noqa: E402
 from mmnas.models.export import create_predictor, export_inference, predict, sample_inputs  # noqa: E402
@@ -56,7 +57,13 @@ def main(argv=None):
     stem = os.path.splitext(os.path.basename(args.CKPT_PATH))[0]
     out = args.out or os.path.join("results", "inference", stem, "model")
     try:
-        cfg = load_config(args.MODEL, args.ARCH_PATH).model
+        run_cfg = load_config(args.MODEL, args.ARCH_PATH)
+        task = task_of(run_cfg).name
+        if task != "answer":
+            sys.exit(f"error: --MODEL={args.MODEL} is a {task} model; this tool exports the answer models (VQA, "
+                     f"GQA), whose one output is the answer logits; grounding and matching models run in "
+                     f"dygraph (--RUN=val/test/predict, docs/deployment.md)")
+        cfg = run_cfg.model
         state = extract_state_dict(safe_load(args.CKPT_PATH), args.CKPT_PATH)
         token_size, answer_size = checkpoint_sizes(state, args.CKPT_PATH)
         check_hidden_size(state, cfg, args.CKPT_PATH)

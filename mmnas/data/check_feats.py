@@ -14,8 +14,9 @@ With question files, we also list image ids asked about but without a feature fi
 and feature files nobody asks about (informational).
 
 `dataset` picks the layout of the release: "vqa" (COCO_<split>_<id>.jpg.npz, x [2048, n],
-image_h/image_w/num_bbox, questions files with a "questions" list) or "gqa" (<imageId>.npz,
-x [n, 2048], width/height, questions files keyed by question id with "imageId").
+image_h/image_w/num_bbox, questions files with a "questions" list), "gqa" (<imageId>.npz,
+x [n, 2048], width/height, questions files keyed by question id with "imageId"), or "vgd" /
+"itm" (the grounding and matching features: as vqa without num_bbox, no question files).
 """
 from __future__ import annotations
 
@@ -32,7 +33,11 @@ from mmnas.data.features import FEAT_DIM, MAX_REGIONS, BadFeatureFile, validate_
 
 # per dataset: x regions first?, the image-size keys (width, height), the metadata keys expected
 LAYOUTS = {"vqa": (False, ("image_w", "image_h"), ("image_h", "image_w", "num_bbox")),
-           "gqa": (True, ("width", "height"), ("width", "height"))}
+           "gqa": (True, ("width", "height"), ("width", "height")),
+           # the bottom-up features of grounding (vgd/bua-r101-fix100) and matching
+           # (itm/flickr_bua-r101-fix36): VQA's layout without num_bbox
+           "vgd": (False, ("image_w", "image_h"), ("image_h", "image_w")),
+           "itm": (False, ("image_w", "image_h"), ("image_h", "image_w"))}
 USUAL_MIN_REGIONS = 10  # fewer regions than this is legal but unusual for bottom-up features: a warning
 
 # Problem kinds that would break or corrupt training (non-zero exit), and mere warnings.
@@ -119,6 +124,8 @@ def inspect_file(path: str, max_regions: int = MAX_REGIONS, min_regions: int = U
 def question_image_ids(question_files: Iterable[str], dataset: str = "vqa") -> Dict[Union[int, str], str]:
     """image id -> first file that asks about it, from questions or annotations JSON files
     (GQA: questions files, one object keyed by question id)."""
+    if dataset not in ("vqa", "gqa"):
+        raise ValueError(f"--questions reads VQA-v2 and GQA question files; leave it out for the {dataset} features")
     ids: Dict[Union[int, str], str] = {}
     for path in question_files:
         with open(path, "r", encoding="utf-8") as f:

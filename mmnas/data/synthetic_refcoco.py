@@ -119,7 +119,7 @@ def make_synthetic_refcoco(out_root: str, dataset: str = "refcoco", n_train_imag
     refs: Dict[str, List[dict]] = {part: [] for part in SPLIT_FILES[dataset]}
     chance: Dict[str, List[float]] = {part: [] for part in refs}
     raw_ious = []
-    for part, i in progress_bar(plan, desc="synthetic RefCOCO", unit="img", disable=not progress):
+    for part, i in progress_bar(plan, desc=f"synthetic {dataset}", unit="img", disable=not progress):
         rng = np.random.default_rng([seed, list(FIRST_IMAGE_ID).index(part), i])
         feats, boxes, height, width, expressions = make_image(rng, matrix, min_regions, max_regions,
                                                               expressions_per_image)

@@ -26,6 +26,13 @@ class TrainingError(RuntimeError):
     the message says why and what to do."""
 
 
+def check_epochs_left(start_epoch: int, max_epoch: int, run: str) -> None:
+    """TrainingError when a resumed run has no epoch left to `run` (train or search)."""
+    if start_epoch >= max_epoch:
+        raise TrainingError(f"--CKPT_E={start_epoch} is already >= --MAX_EPOCH={max_epoch}; nothing to {run} "
+                            f"(--MAX_EPOCH={start_epoch + 1} or more continues the run).")
+
+
 def ckpt_folder(ckpt_dir: str, version: str) -> str:
     return os.path.join(ckpt_dir, f"ckpt_{version}")
 

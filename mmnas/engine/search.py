@@ -29,7 +29,7 @@ from ..models.supernet import Searchable, genotype_from_choices
 from ..ops.registry import op_names
 from ..search import Partition, SearchStrategy, StepAt, strategy_class, strategy_settings
 from ..search.budget import BUDGET_REGIONS, check_feasible, expected_gflops, genotype_gflops, position_costs, target_model_config
-from .checkpoint import TrainingError, ckpt_paths, materialize_optimizer_state, resume_from, save_epoch
+from .checkpoint import TrainingError, check_epochs_left, ckpt_paths, materialize_optimizer_state, resume_from, save_epoch
 from .evaluate import make_loader, write_json_atomic
 from .interrupt import RunPosition
 from .logger import RunLogger, vdl_tag
@@ -234,6 +234,8 @@ def search(cfg: RunConfig, rank: int = 0, world: int = 1, progress: Optional[boo
 
 def _search(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLogger, position: RunPosition) -> dict:
     tcfg, dcfg, scfg = cfg.train, cfg.data, cfg.search
+    start_epoch = cfg.ckpt_epoch if cfg.resume else 0
+    check_epochs_left(start_epoch, tcfg.max_epoch, "search")  # before any data is read
     vocab = open_vocab(cfg, progress)
     dataset = open_dataset(cfg, dcfg.split, vocab, progress)
     strategy_type = strategy_class(scfg.algorithm)
@@ -252,7 +254,6 @@ def _search(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLo
     split_info = {"size": len(dataset), "weight": len(parts.weight), "arch": len(parts.arch),
                   "seed": scfg.split_seed, "split": dcfg.split}
 
-    start_epoch = cfg.ckpt_epoch if cfg.resume else 0
     paddle.seed(tcfg.seed)
     model = task.build_supernet(cfg.model, scfg, vocab, initial_word_vectors(cfg, vocab))
     lr_base = base_learning_rate(tcfg, dcfg.split)
@@ -267,8 +268,6 @@ def _search(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLo
             print(f"resumed search from {params_path} (epoch {start_epoch} done)")
     materialize_optimizer_state(weight_opt, model.weight_parameters())
     materialize_optimizer_state(arch_opt, model.arch_parameters())
-    if start_epoch >= tcfg.max_epoch:
-        raise TrainingError(f"--CKPT_E={start_epoch} is already >= --MAX_EPOCH={tcfg.max_epoch}; nothing to search.")
 
     net = paddle.DataParallel(model, find_unused_parameters=True) if world > 1 else model
     if rank == 0:

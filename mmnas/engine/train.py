@@ -23,7 +23,7 @@ from ..config import RunConfig
 from ..data.vocab import VOCAB_FILE, write_checkpoint_vocab
 from ..tasks import Task, task_of
 from ..runtime import amp_context, clip_and_step, make_grad_scaler, maybe_to_static
-from .checkpoint import TrainingError, ckpt_paths, load_pretrained, resume_from, save_epoch
+from .checkpoint import TrainingError, check_epochs_left, ckpt_paths, load_pretrained, resume_from, save_epoch
 from .evaluate import evaluate
 from .interrupt import RunPosition
 from .logger import RunLogger, vdl_tag
@@ -119,6 +119,8 @@ def train(cfg: RunConfig, rank: int = 0, world: int = 1, progress: Optional[bool
 
 def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLogger, position: RunPosition) -> dict:
     tcfg, dcfg = cfg.train, cfg.data
+    start_epoch = cfg.ckpt_epoch if cfg.resume else 0
+    check_epochs_left(start_epoch, tcfg.max_epoch, "train")  # before any data is read
     vocab = open_vocab(cfg, progress)
     train_set = open_dataset(cfg, dcfg.split, vocab, progress)
     task = task_of(cfg)
@@ -132,7 +134,6 @@ def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLog
         raise TrainingError(f"the {dcfg.split} split has {len(train_set)} {task.sample_noun}, fewer than one "
                             f"batch of --BS={tcfg.batch_size}.")
 
-    start_epoch = cfg.ckpt_epoch if cfg.resume else 0
     paddle.seed(tcfg.seed)
     model = task.build_model(cfg.model, vocab, initial_word_vectors(cfg, vocab))
     lr_base = base_learning_rate(tcfg, dcfg.split)
@@ -146,8 +147,6 @@ def _train(cfg: RunConfig, rank: int, world: int, progress: bool, logger: RunLog
         load_pretrained(model, cfg.ckpt_path, task)  # fine-tuning: fresh optimizer and schedule
         if rank == 0:
             print(f"starting from the weights of {cfg.ckpt_path} (fresh optimizer and schedule)")
-    if start_epoch >= tcfg.max_epoch:
-        raise TrainingError(f"--CKPT_E={start_epoch} is already >= --MAX_EPOCH={tcfg.max_epoch}; nothing to train.")
 
     net = maybe_to_static(model, cfg)  # --TO_STATIC; the plain model otherwise
     net = paddle.DataParallel(net) if world > 1 else net

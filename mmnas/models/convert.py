@@ -141,13 +141,16 @@ def check_hidden_size(state: Dict[str, np.ndarray], cfg: ModelConfig, path: str 
     if w is not None and np.ndim(w) == 2 and w.shape[1] != cfg.hidden_size:
         raise CheckpointError(f"{path} has hidden size {w.shape[1]} (lstm.weight_hh_l0 {list(w.shape)}) but "
                               f"the config has hidden_size {cfg.hidden_size}: choose the config the "
-                              f"checkpoint was trained with (--MODEL small: 512, large: 1024)")
+                              f"checkpoint was trained with (--MODEL tiny: 64, small: 512, large: 1024)")
 
 
 def checkpoint_sizes(state: Dict[str, np.ndarray], path: str = "<checkpoint>") -> Tuple[int, int]:
     """(token_size T, answer_size A) of a Paddle-layout state dict, from the shapes of
     `embedding.weight` [T, 300] and `proj.weight` [FLAT_OUT, A]."""
     for key in ("embedding.weight", "proj.weight"):
+        if key == "proj.weight" and key not in state and "embedding.weight" in state:
+            raise CheckpointError(f"{path} has no answer layer (`proj.weight`): an MMNasNet of another task "
+                                  f"(grounding or matching), not a VQA/GQA answer model")
         if key not in state:
             raise CheckpointError(f"{path} has no `{key}`: it is not an MMNasNet checkpoint "
                                   f"(or not a complete one)")
