@@ -210,12 +210,12 @@ def adopt_trained_dataset(cfg: RunConfig, args: argparse.Namespace) -> None:
     evaluated on refcocog rather than on its config's refcoco; a model of another task than the
     config's is refused with the flags to give."""
     from .data.datasets import dataset_spec
-    from .data.vocab import VOCAB_FILE, trained_dataset
+    from .data.vocab import trained_dataset, vocab_beside
     weights, _ = checkpoint_for_eval(cfg)
     trained = trained_dataset(weights)
     if trained is None or trained == cfg.data.dataset or trained not in DATASETS:
         return
-    source = os.path.join(os.path.dirname(weights), VOCAB_FILE)
+    source = vocab_beside(weights)
     trained_task, config_task = dataset_spec(trained).task, dataset_spec(cfg.data.dataset).task
     if trained_task != config_task:
         model = f"--MODEL={args.MODEL}" if args.MODEL else f"the default --MODEL ({cfg.config_path})"

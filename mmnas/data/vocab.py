@@ -147,12 +147,16 @@ def write_checkpoint_vocab(vocab: Vocab, dataset: str, path: str) -> None:
     write_json_atomic({**vocab.to_dict(), "dataset": dataset}, path, "--CKPT_DIR")
 
 
+def vocab_beside(weights_path: str) -> str:
+    """The vocab.json training wrote beside the weights file (it may not exist: released weights)."""
+    return os.path.join(os.path.dirname(os.path.abspath(weights_path)), VOCAB_FILE)
+
+
 def trained_dataset(weights_path: str) -> Optional[str]:
     """The dataset named in the vocab.json beside `weights_path` (None: no such file, written before
     it named one, or unreadable; reading the vocabulary itself reports the latter)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(weights_path)), VOCAB_FILE)
     try:
-        with open(path, "r", encoding="utf-8") as f:
+        with open(vocab_beside(weights_path), "r", encoding="utf-8") as f:
             dataset = json.load(f).get("dataset")
     except (OSError, ValueError, AttributeError):
         return None

@@ -22,6 +22,7 @@ import paddle
 
 from ..config import ModelConfig, RunConfig, load_config
 from ..data import VOCAB_FILE, DataError, Vocab, encode_question, load_npz, read_vocab_file, tokenize
+from ..data.vocab import vocab_beside
 from ..data.datasets import dataset_spec
 from ..data.features import FEAT_DIM, BadFeatureFile
 from ..tasks import task_named
@@ -184,7 +185,7 @@ def resolve_vocab(weights_path: str, vocab_path: Optional[str], cfg: RunConfig) 
     build them (how the released .pdparams gets its vocabularies; max_token = model.max_token)."""
     if vocab_path:
         return read_vocab_file(vocab_path), vocab_path
-    beside = os.path.join(os.path.dirname(os.path.abspath(weights_path)), VOCAB_FILE)
+    beside = vocab_beside(weights_path)
     if os.path.isfile(beside):
         return read_vocab_file(beside), beside
     data_root = cfg.data.data_root
