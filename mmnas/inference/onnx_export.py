@@ -29,11 +29,11 @@ def export_onnx(model, path: str, opset: int = OPSET, flag: str = "") -> str:
         import paddle2onnx
     except ImportError:
         raise OnnxUnavailable(ONNX_MISSING) from None
-    from ..models.export import export_inference, stdout_to_devnull
+    from ..models.export import save_inference, stdout_to_devnull
     cfg = model.cfg
     with tempfile.TemporaryDirectory(prefix="mmnas_onnx_") as folder:
-        files = export_inference(model, os.path.join(folder, "model"), max_token=cfg.max_token,
-                                 feat_size=cfg.feat_size)
+        files = save_inference(model, os.path.join(folder, "model"), max_token=cfg.max_token,
+                               feat_size=cfg.feat_size)
         converted = os.path.join(folder, "model.onnx")
         with stdout_to_devnull():  # the converter prints its progress to stdout
             paddle2onnx.export(files["model"], files["params"], converted, opset_version=opset,

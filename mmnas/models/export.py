@@ -40,22 +40,30 @@ def input_specs(max_token: int = 14, feat_size: int = 2048) -> List[InputSpec]:
             InputSpec([None, max_token], "int64", "question_ids")]
 
 
-def export_inference(model: nn.Layer, out_prefix: str, max_token: int = 14,
-                     feat_size: int = 2048, flag: str = "") -> Dict[str, str]:
-    """Save `model` (put in eval mode: dropout off) with `paddle.jit.save` under `out_prefix`.
-    Returns the files written: {'model': <program file>, 'params': <.pdiparams>}. Paddle 3
-    writes the program as `<prefix>.json` (PIR); older Paddle as `<prefix>.pdmodel`."""
+def save_inference(model: nn.Layer, out_prefix: str, max_token: int = 14, feat_size: int = 2048) -> Dict[str, str]:
+    """`paddle.jit.save` of `model` (put in eval mode: dropout off) under `out_prefix`, in place:
+    for a temporary folder (export_onnx); export_inference is the safe way to a user's path.
+    Returns {'model': <program file>, 'params': <.pdiparams>}."""
     model.eval()
     wrapper = InferenceWrapper(model)
     wrapper.eval()
-    # paddle.jit.save writes in place; it writes to a temporary folder here, and each file reaches
-    # out_prefix through atomic_write, the program last: a kill or a full disk leaves the earlier
-    # export (or none), never a program beside half its parameters
+    with paddle_log_filtered():  # Paddle's PIR log lines, see runtime "Known noise"
+        paddle.jit.save(wrapper, out_prefix, input_spec=input_specs(max_token, feat_size))
+    return exported_files(out_prefix)
+
+
+def export_inference(model: nn.Layer, out_prefix: str, max_token: int = 14,
+                     feat_size: int = 2048, flag: str = "") -> Dict[str, str]:
+    """Save `model` (save_inference) under `out_prefix`. Returns the files written: {'model':
+    <program file>, 'params': <.pdiparams>}. Paddle 3 writes the program as `<prefix>.json` (PIR);
+    older Paddle as `<prefix>.pdmodel`.
+
+    paddle.jit.save writes in place, so it writes to a temporary folder here, and each file reaches
+    out_prefix through atomic_write, the program last: a kill or a full disk leaves the earlier
+    export (or none), never a program beside half its parameters."""
     with tempfile.TemporaryDirectory(prefix="mmnas_export_") as folder:
         saved = os.path.join(folder, "model")
-        with paddle_log_filtered():  # Paddle's PIR log lines, see runtime "Known noise"
-            paddle.jit.save(wrapper, saved, input_spec=input_specs(max_token, feat_size))
-        program = exported_files(saved)["model"]
+        program = save_inference(model, saved, max_token, feat_size)["model"]
         for name in sorted(os.listdir(folder), key=lambda n: os.path.join(folder, n) == program):
             copy_file_atomic(os.path.join(folder, name), out_prefix + name[len("model"):], flag)
     return exported_files(out_prefix)
