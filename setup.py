@@ -19,8 +19,8 @@ setup(
         "onnx": ["paddle2onnx>=2.0", "onnxruntime>=1.17"],  # ONNX export (mmnas/inference/onnx_export.py)
         # torch for the conversion tests and the PyTorch rows of bench/eval.py; 2.13.0 is the CPU
         # build this project's machines carry (an unpinned torch from PyPI is a CUDA build of several GB)
-        "test": ["pytest>=7", "pytest-timeout>=2.1", "matplotlib>=3.6", "torch==2.13.0", "gradio>=6; python_version >= '3.10'",
-                 "paddle2onnx>=2.0", "onnxruntime>=1.17"],
+        "test": ["pytest>=7", "pytest-timeout>=2.1", "matplotlib>=3.6", "torch==2.13.0",
+                 "gradio>=6; python_version >= '3.10'", "paddle2onnx>=2.0", "onnxruntime>=1.17"],
     },
     entry_points={"console_scripts": ["mmnas=mmnas.cli:main"]},
 )

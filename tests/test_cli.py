@@ -217,7 +217,7 @@ def fake_checkpoint(tmp_path, vocab_fields):
 @pytest.mark.parametrize("run", ["val", "test", "predict"])
 def test_evaluating_a_checkpoint_uses_the_dataset_it_was_trained_on(tmp_path, capsys, run):
     flags = fake_checkpoint(tmp_path, {"dataset": "refcocog"})
-    extra = ["--EVAL_SPLIT=test"] if run == "test" else ["--FEATS=x.npz", "--QUESTION=the cat"] if run == "predict" else []
+    extra = {"test": ["--EVAL_SPLIT=test"], "predict": ["--FEATS=x.npz", "--QUESTION=the cat"]}.get(run, [])
     cfg = cli.config_from_args(cli.build_parser().parse_args([f"--RUN={run}", "--MODEL=vgd_tiny", *flags, *extra]))
     assert load_config("vgd_tiny").data.dataset == "refcoco" and cfg.data.dataset == "refcocog"
     note = capsys.readouterr().err

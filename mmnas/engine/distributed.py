@@ -10,8 +10,8 @@ stops every process of the run at the same step; rank 0 prints the one line. A p
 parent died (kill -9, or paddle.distributed.launch killed) notices within a second and stops the
 same way. A process that stops on an expected error leaves its message to the parent, which
 prints each different message once (processes that refuse the same thing say it once); the
-others, whose next all-reduce fails at once, leave without a word; the parent kills any process still running STOP_GRACE seconds
-after a signal or an error (one blocked for good in a collective).
+others, whose next all-reduce fails at once, leave without a word; the parent kills any process
+still running STOP_GRACE seconds after a signal or an error (one blocked for good in a collective).
 """
 import logging
 import multiprocessing.connection
@@ -48,7 +48,7 @@ def owns_run_folder() -> bool:
     return not launched_externally() or os.environ.get("PADDLE_TRAINER_ID", "0") == "0"
 
 
-_EXPECTED_EXIT = 2  # a spawned process that stopped on one of the `expected` errors (its message is in the errors folder)
+_EXPECTED_EXIT = 2  # a spawned process stopped on one of the `expected` errors (its message: the errors folder)
 # a spawned process stopped by a signal exits with exit_status(signal) (rank 0 printed where it stopped)
 STOP_GRACE = 60.0  # seconds the parent waits for its processes after a signal or an error, then kills them
 ORPHAN_GRACE = 30.0  # seconds a process whose parent died has to stop on its own before it exits anyway
@@ -133,8 +133,8 @@ def _supervise(context, guard: InterruptGuard, cfg, errors_dir: str) -> None:
     """Wait for the spawned processes. A signal to this process (recorded by `guard`) is passed
     on to each; once a signal came or a process failed, any process still running STOP_GRACE
     seconds later is killed. Then: WorkerStopped if a process stopped on an expected error (with
-    the messages left in `errors_dir`), RunInterrupted if they stopped on a signal (rank 0 printed where), else the
-    first failure's traceback."""
+    the messages left in `errors_dir`), RunInterrupted if they stopped on a signal (rank 0
+    printed where), else the first failure's traceback."""
     processes = context.processes
     deadline, passed_on = None, False
     failed = []  # indices of the processes that ended with a non-zero status, first first

@@ -29,7 +29,8 @@ from ..models.supernet import Searchable, genotype_from_choices
 from ..ops.registry import op_names
 from ..search import Partition, SearchStrategy, StepAt, strategy_class, strategy_settings
 from ..search.budget import BUDGET_REGIONS, check_feasible, expected_gflops, genotype_gflops, position_costs, target_model_config
-from .checkpoint import TrainingError, check_epochs_left, ckpt_paths, materialize_optimizer_state, resume_from, save_epoch
+from .checkpoint import (TrainingError, check_epochs_left, ckpt_paths, materialize_optimizer_state, resume_from,
+                         save_epoch)
 from .evaluate import make_loader, write_json_atomic
 from .interrupt import RunPosition
 from .logger import RunLogger, vdl_tag
